@@ -1,0 +1,27 @@
+# Two front-door commands: `make demo` and `make test`. Both create .venv on first use.
+# Python 3.11 is preferred: it is what the local torch 2.14.1 / torchvision 0.29.1 files are built for.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The stamp is tied to pyproject.toml so a dependency change reinstalls.
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# One pip command on purpose: moto[server] and s3fs must agree on botocore (NOTES.md).
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m adir_ops.example --task sr4 --out example-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) example-out demo-out

@@ -1,0 +1,1 @@
+"""Ray runtime for dataset-scale reconstruction: GPU-pinned worker actors and cluster definitions."""

@@ -1,0 +1,1 @@
+"""Corpus → embeddings Parquet shards → FAISS index, through Ray Data and fsspec."""
