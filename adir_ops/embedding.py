@@ -1,0 +1,329 @@
+"""Image (and text) encoders that turn images into L2-normalised vectors for K-NN retrieval."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_EMBEDDER = "offline-lowpass"
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+# BT.601 luma, the weights RGB->gray colorization operators use (deepinv's Decolorize too).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class Embedder:
+    """What retrieval needs from an encoder.
+
+    `name` is the full spec string ("offline-lowpass", "openclip:ViT-B-32:laion2b_s34b_b79k"):
+    an index records it with `dim` and refuses queries from any other encoder.
+    `image_size` is the square size the encoder works from; callers may pre-resize to it
+    (the corpus reader does, to move less data), but any H, W is accepted.
+    """
+
+    name: str
+    dim: int
+    image_size: int
+
+    def embed_images(self, images: torch.Tensor) -> np.ndarray:
+        """(n, C, H, W) floats in [0, 1], C in {1, 3} -> float32 (n, dim), rows of unit L2 norm."""
+        raise NotImplementedError
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError(
+            f"embedder {self.name!r} has no text encoder; use an 'openclip:<model>[:<pretrained>]' embedder for text queries"
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, image_size={self.image_size})"
+
+
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    """Validate a batch and return it as float (n, 3, H, W) in [0, 1]; gray is replicated."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"images must be a torch float tensor (n, C, H, W) in [0, 1]; got {type(images).__name__} "
+            "(convert numpy HWC uint8 with torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255)"
+        )
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (n, C, H, W) with C in {{1, 3}}; got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floats in [0, 1]; got dtype {images.dtype} (divide uint8 by 255)")
+    if images.numel():
+        lo, hi = float(images.min()), float(images.max())
+        # Noisy observations (y = Ax + e) legitimately leave [0, 1] by a few sigma; a [-1, 1]
+        # or [0, 255] image does not belong here and would embed as garbage.
+        if lo < -0.5 or hi > 1.5:
+            raise ValueError(
+                f"images must be in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] "
+                "(map a [-1, 1] prior image with (x + 1) / 2, a [0, 255] one with x / 255)"
+            )
+    images = images.float().clamp(0.0, 1.0)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _unit(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return v / v.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def _orientation_histograms(lum: torch.Tensor, cells: int, bins: int) -> torch.Tensor:
+    """Magnitude-weighted, softly binned unsigned gradient orientations pooled on a cells x cells grid."""
+    padded = F.pad(lum, (1, 1, 1, 1), mode="replicate")
+    gx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
+    gy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
+    magnitude = torch.sqrt(gx**2 + gy**2 + 1e-12)
+    # Unsigned orientation: a dark-to-bright edge and its mirror vote together.
+    theta = torch.atan2(gy, gx) % math.pi
+    centres = (torch.arange(bins, dtype=lum.dtype, device=lum.device) + 0.5) * (math.pi / bins)
+    distance = (theta - centres.view(1, bins, 1, 1)).abs()
+    distance = torch.minimum(distance, math.pi - distance)
+    votes = (1 - distance / (math.pi / bins)).clamp_min(0) * magnitude
+    hist = F.adaptive_avg_pool2d(votes, cells).flatten(1)
+    # sqrt (Hellinger) so one strong edge cannot drown the texture statistics.
+    return _unit(hist.sqrt())
+
+
+class OfflineLowpassEmbedder(Embedder):
+    """A weight-free, deterministic image descriptor built to survive ADIR's degradations.
+
+    Why: the paper retrieves neighbours with CLIP; without downloadable weights we still need
+    an encoder whose nearest neighbour of a degraded query y (SR x4/x8 low-res image, 5x5 blur
+    plus noise, gray image, pixel-masked image) is the clean image it came from. So it only
+    looks at what those degradations leave intact:
+
+    - everything is computed from a 32x32 area-downsampled, Gaussian-blurred (sigma 1 px)
+      copy: what survives x8 downsampling of a 256 px image and a 5x5 blur; averaging 64+
+      pixels also removes sensor noise (sigma 10/255 -> ~1/255);
+    - structure is read from luminance only, so a gray query matches its colour original;
+    - layout: an 8x8 luminance thumbnail with mean removed and unit norm (contrast and
+      brightness invariant, so the uniform dimming of a random-pixel mask cancels);
+    - texture/edges: unsigned gradient-orientation histograms (8 bins, Hellinger-normalised)
+      on a 4x4 grid at 32 px and a 2x2 grid at 16 px;
+    - colour: 4x4 grid of mean chroma (Cb, Cr), softly normalised and weighted low
+      (0.3 vs 1 for luminance blocks). It is exactly zero for gray images, so for a gray
+      query it changes every corpus score by the same factor up to at most 1/sqrt(1 + 0.3^2)
+      (about 4%): colour helps colour queries without deciding gray ones.
+
+    Each block is unit-normalised then weighted, and the concatenation (dim 256) is
+    L2-normalised, so inner product = cosine. Every step is per image: an embedding does
+    not depend on the rest of the batch. Inpainting with a large contiguous hole is not
+    invariant by construction (the hole is layout); fill it before embedding if it matters.
+    """
+
+    name = "offline-lowpass"
+    image_size = 64
+    work_size = 32
+    bins = 8
+    chroma_softness = 0.28  # chroma vector norm at which the block reaches 1/sqrt(2)
+    weights = MappingProxyType({"layout": 1.0, "edges32": 1.0, "edges16": 0.6, "chroma": 0.3})
+
+    def __init__(self):
+        self.dim = 64 + self.bins * 16 + self.bins * 4 + 32
+
+    def embed_images(self, images: torch.Tensor) -> np.ndarray:
+        images = _check_images(images)
+        if images.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.no_grad():
+            return self._features(images).cpu().numpy().astype(np.float32)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.work_size
+        # antialias=True makes downscaling an area-like average for any (non-integer) factor.
+        small = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        small = _gaussian_blur(small, sigma=1.0)
+        luma = torch.tensor(_LUMA, dtype=small.dtype, device=small.device).view(1, 3, 1, 1)
+        lum = (small * luma).sum(1, keepdim=True)
+        chroma = torch.cat([small[:, 2:3] - lum, small[:, 0:1] - lum], dim=1)  # Cb, Cr (unscaled)
+
+        layout = F.adaptive_avg_pool2d(lum, 8).flatten(1)
+        layout = _unit(layout - layout.mean(dim=1, keepdim=True))
+        edges32 = _orientation_histograms(lum, cells=4, bins=self.bins)
+        edges16 = _orientation_histograms(F.avg_pool2d(lum, 2), cells=2, bins=self.bins)
+        colour = F.adaptive_avg_pool2d(chroma, 4).flatten(1)
+        colour = colour / torch.sqrt((colour**2).sum(1, keepdim=True) + self.chroma_softness**2)
+
+        w = self.weights
+        blocks = [w["layout"] * layout, w["edges32"] * edges32, w["edges16"] * edges16, w["chroma"] * colour]
+        return _unit(torch.cat(blocks, dim=1))
+
+
+_registered_configs = False
+
+
+def _register_configs(open_clip) -> None:
+    global _registered_configs
+    if not _registered_configs:
+        open_clip.add_model_config(CONFIGS_DIR)
+        _registered_configs = True
+
+
+def _weights_source(open_clip, model: str, tag: str) -> str:
+    """Where open_clip fetches a tag's weights from, as a URL a person can download."""
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        # open_clip's convention: 'org/repo/' means the repo's default weights file.
+        repo_id, filename = hub.rstrip("/"), "open_clip_model.safetensors"
+        if not hub.endswith("/"):
+            repo_id, filename = hub.rsplit("/", 1)
+        return f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+    return cfg.get("url") or f"(open_clip records no download location for {model}/{tag})"
+
+
+def _tag_preprocess(open_clip, model: str) -> dict:
+    """The preprocessing the model's published weights were trained with, when all its tags agree.
+
+    open_clip only knows it for a tag; a local file would otherwise get OpenAI's mean/std,
+    which is wrong for e.g. SigLIP weights.
+    """
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    seen = {
+        tuple(tuple(v) if isinstance(v, list) else v for v in (cfg.get(k) for k in keys))
+        for cfg in (open_clip.get_pretrained_cfg(model, tag) for tag in open_clip.list_pretrained_tags_by_model(model))
+    }
+    return dict(zip(keys, seen.pop())) if len(seen) == 1 else {}
+
+
+class OpenClipEmbedder(Embedder):
+    """An OpenCLIP image/text encoder (the paper's retrieval encoder is CLIP).
+
+    `pretrained`: None = random weights, seeded by `seed` so every process (index builder
+    workers, the query side) builds the same encoder; an existing local file = load it;
+    otherwise an open_clip tag, which open_clip downloads (fine on a cluster with network).
+    A failed download raises an error naming the file to fetch and the local-path spec.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        pretrained: str | None = None,
+        *,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ):
+        import open_clip
+
+        _register_configs(open_clip)
+        if model not in open_clip.list_models():
+            raise ValueError(
+                f"unknown OpenCLIP model {model!r}; known: {', '.join(open_clip.list_models()[:12])}, ... "
+                "(see open_clip.list_models())"
+            )
+        self.name = f"openclip:{model}" + (f":{pretrained}" if pretrained else "")
+        device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        if pretrained is None:
+            # open_clip initialises from the global RNG; fork it so the weights are a
+            # function of `seed` alone and the caller's RNG state is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = open_clip.create_model(model, pretrained=None)
+        elif os.path.isfile(pretrained):
+            net = open_clip.create_model(
+                model, pretrained=pretrained, force_preprocess_cfg=_tag_preprocess(open_clip, model)
+            )
+        elif open_clip.get_pretrained_cfg(model, pretrained):
+            try:
+                net = open_clip.create_model(model, pretrained=pretrained, cache_dir=cache_dir)
+            except Exception as err:
+                raise RuntimeError(
+                    f"could not fetch OpenCLIP weights {model}/{pretrained}: {err}. Download "
+                    f"{_weights_source(open_clip, model, pretrained)} on a machine with network, copy it here "
+                    f"and use the spec 'openclip:{model}:/path/to/that/file' instead"
+                ) from err
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(model)
+            raise ValueError(
+                f"pretrained {pretrained!r} for OpenCLIP model {model!r} is neither an existing local file nor a "
+                f"known tag (tags: {', '.join(tags) if tags else 'none'}); omit it for random weights"
+            )
+        self.model = net.to(device).eval()
+        self.model_name = model
+        visual = self.model.visual
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        cfg = getattr(visual, "preprocess_cfg", {})
+        self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        self.resize_mode = cfg.get("resize_mode", "shortest")
+        self.dim = int(open_clip.get_model_config(model)["embed_dim"])
+        self._tokenizer = open_clip.get_tokenizer(model)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize like open_clip's own transform (shortest side + centre crop, or squash), then normalise."""
+        images = _check_images(images)
+        s = self.image_size
+        h, w = images.shape[-2:]
+        if self.resize_mode == "squash":
+            images = F.interpolate(images, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
+        else:
+            scale = s / min(h, w)
+            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+            images = F.interpolate(images, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+            top, left = (nh - s) // 2, (nw - s) // 2
+            images = images[..., top : top + s, left : left + s]
+        images = images.clamp(0, 1)
+        mean = torch.tensor(self.mean, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean.to(images.device)) / std.to(images.device)
+
+    def embed_images(self, images: torch.Tensor) -> np.ndarray:
+        param = next(self.model.parameters())
+        pixels = self.preprocess(images.to(param.device) if isinstance(images, torch.Tensor) else images)
+        if pixels.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.no_grad():
+            features = self.model.encode_image(pixels.to(param.device, param.dtype))
+        return F.normalize(features.float(), dim=-1).cpu().numpy()
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        param = next(self.model.parameters())
+        tokens = self._tokenizer(list(texts)).to(param.device)
+        with torch.no_grad():
+            features = self.model.encode_text(tokens)
+        return F.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def get_embedder(name: str = DEFAULT_EMBEDDER, **kw) -> Embedder:
+    """Build an encoder from its spec: 'offline-lowpass' or 'openclip:<model>[:<pretrained>]'.
+
+    <pretrained> is a tag, a local file (it may itself contain ':'), or omitted for random
+    weights. Keyword arguments go to the encoder (e.g. device=, seed=).
+    """
+    if name == OfflineLowpassEmbedder.name:
+        if kw:
+            raise TypeError(f"embedder {name!r} takes no options; got {sorted(kw)}")
+        return OfflineLowpassEmbedder()
+    if name.startswith("openclip:"):
+        _, model, *rest = name.split(":", 2)
+        if not model:
+            raise ValueError(f"embedder spec {name!r} names no model; use e.g. 'openclip:ViT-B-32:laion2b_s34b_b79k'")
+        return OpenClipEmbedder(model, rest[0] if rest and rest[0] else None, **kw)
+    raise ValueError(
+        f"unknown embedder {name!r}; use 'offline-lowpass' (no weights needed) or "
+        "'openclip:<model>[:<pretrained tag or local file>]', e.g. 'openclip:ViT-B-32:laion2b_s34b_b79k'"
+    )

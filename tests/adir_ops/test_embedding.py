@@ -1,0 +1,201 @@
+"""Encoders: the weight-free default retrieves clean originals from degraded queries; OpenCLIP builds offline."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adir_ops.embedding import DEFAULT_EMBEDDER, OfflineLowpassEmbedder, OpenClipEmbedder, get_embedder
+
+# Distinct real photos and textures shipped inside scikit-image: (name, crops per image).
+CORPUS = [
+    ("astronaut", 4), ("immunohistochemistry", 4), ("hubble_deep_field", 4), ("retina", 1), ("coffee", 2),
+    ("rocket", 2), ("chelsea", 1), ("colorwheel", 1), ("brick", 4), ("grass", 4), ("gravel", 4),
+    ("camera", 4), ("moon", 4), ("coins", 1), ("clock", 1), ("cell", 2),
+]  # fmt: skip
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> torch.Tensor:
+    """43 non-overlapping 256 px RGB crops in [0, 1] (gray sources as R = G = B)."""
+    import skimage.data
+
+    size, crops = 256, []
+    for name, count in CORPUS:
+        image = np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255
+        image = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
+        h, w = image.shape[:2]
+        corners = {
+            4: [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)],
+            2: [((h - size) // 2, 0), ((h - size) // 2, w - size)] if w >= 2 * size else [(0, 0), (h - size, w - size)],
+            1: [((h - size) // 2, (w - size) // 2)],
+        }[count]
+        crops += [torch.from_numpy(image[y : y + size, x : x + size]).permute(2, 0, 1) for y, x in corners]
+    return torch.stack(crops)
+
+
+def degrade(x: torch.Tensor, kind: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    if kind == "sr4":
+        return F.avg_pool2d(x, 4)
+    if kind == "sr8":
+        return F.avg_pool2d(x, 8)
+    if kind == "deblur":
+        blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), torch.full((3, 1, 5, 5), 1 / 25), groups=3)
+        return blurred + 10 / 255 * torch.randn(x.shape, generator=g)
+    if kind == "gray":
+        return (x * LUMA).sum(1, keepdim=True)
+    raise KeyError(kind)
+
+
+def top1(queries: np.ndarray, keys: np.ndarray) -> float:
+    return float((np.argmax(queries @ keys.T, axis=1) == np.arange(len(queries))).mean())
+
+
+def raw_pixels(x: torch.Tensor) -> np.ndarray:
+    """The naive baseline: 16x16 RGB thumbnails as vectors."""
+    x = x.clamp(0, 1).expand(-1, 3, -1, -1)
+    return F.normalize(F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True).flatten(1), dim=1).numpy()
+
+
+@pytest.mark.parametrize("kind", ["sr4", "sr8", "deblur", "gray"])
+def test_degraded_query_retrieves_its_clean_original(corpus, kind):
+    embedder = OfflineLowpassEmbedder()
+    keys = embedder.embed_images(corpus)
+    queries = embedder.embed_images(degrade(corpus, kind))
+    assert top1(queries, keys) >= 0.95, f"{kind}: top-1 {top1(queries, keys):.3f}"
+
+
+def test_gray_query_beats_raw_pixels(corpus):
+    # The point of a luminance-only structure: colour photos must not lose to gray ones.
+    gray = degrade(corpus, "gray")
+    embedder = OfflineLowpassEmbedder()
+    ours = top1(embedder.embed_images(gray), embedder.embed_images(corpus))
+    naive = top1(raw_pixels(gray), raw_pixels(corpus))
+    assert ours == 1.0 and naive < 0.95, (ours, naive)
+
+
+def test_offline_embedding_contract():
+    embedder = get_embedder()
+    assert DEFAULT_EMBEDDER == embedder.name == "offline-lowpass"
+    images = torch.rand(5, 3, 50, 77, generator=torch.Generator().manual_seed(0))
+    out = embedder.embed_images(images)
+    assert out.dtype == np.float32 and out.shape == (5, embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed_images(images[:0]).shape == (0, embedder.dim)
+    # Deterministic: no weights, no randomness.
+    np.testing.assert_array_equal(out, OfflineLowpassEmbedder().embed_images(images))
+
+
+@pytest.mark.parametrize("spec", ["offline-lowpass", "openclip:adir-tiny"])
+def test_embedding_does_not_depend_on_the_batch(spec):
+    embedder = get_embedder(spec, **({"device": "cpu"} if spec.startswith("openclip") else {}))
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    together = embedder.embed_images(images)
+    alone = np.concatenate([embedder.embed_images(images[i : i + 1]) for i in range(6)])
+    shuffled = embedder.embed_images(images.flip(0))[::-1]
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(together, shuffled, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["offline-lowpass", "openclip:adir-tiny"])
+def test_gray_input_is_replicated(spec):
+    embedder = get_embedder(spec)
+    gray = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_allclose(embedder.embed_images(gray), embedder.embed_images(gray.repeat(1, 3, 1, 1)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(2, 4, 8, 8), "C in {1, 3}"),
+        (torch.rand(3, 8, 8), "shape (n, C, H, W)"),
+        (torch.rand(2, 3, 8, 8) * 255, "x / 255"),
+        (torch.rand(2, 3, 8, 8) * 2 - 1, "(x + 1) / 2"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "divide uint8 by 255"),
+        (np.zeros((2, 3, 8, 8), np.float32), "torch float tensor"),
+    ],
+)
+def test_bad_images_are_refused_with_the_fix(images, message):
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        OfflineLowpassEmbedder().embed_images(images)
+
+
+def test_noise_overshoot_is_accepted():
+    # y = Ax + e leaves [0, 1] by a few sigma; that is a valid query.
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 1.1 - 0.05
+    assert np.isfinite(OfflineLowpassEmbedder().embed_images(y)).all()
+
+
+def test_offline_has_no_text_encoder():
+    with pytest.raises(NotImplementedError, match="offline-lowpass"):
+        get_embedder("offline-lowpass").embed_text(["a cat"])
+
+
+def test_unknown_specs_name_the_accepted_forms():
+    with pytest.raises(ValueError, match="openclip:<model>"):
+        get_embedder("clip-vit")
+    with pytest.raises(ValueError, match="unknown OpenCLIP model"):
+        get_embedder("openclip:no-such-model")
+    with pytest.raises(ValueError, match="neither an existing local file nor a known tag"):
+        get_embedder("openclip:adir-tiny:/no/such/file.pt")
+
+
+def test_tiny_openclip_embeds_images_and_text():
+    embedder = get_embedder("openclip:adir-tiny", device="cpu")
+    assert (embedder.name, embedder.dim, embedder.image_size) == ("openclip:adir-tiny", 64, 64)
+    images = embedder.embed_images(torch.rand(3, 3, 48, 96, generator=torch.Generator().manual_seed(4)))
+    text = embedder.embed_text(["a photo of a cat", "brick wall"])
+    for out, n in ((images, 3), (text, 2)):
+        assert out.dtype == np.float32 and out.shape == (n, 64)
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(text[0], text[1])
+
+
+def test_random_weights_are_a_function_of_the_seed():
+    # Index workers and the query side build the encoder separately; they must agree.
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(123)
+    first = OpenClipEmbedder("adir-tiny").embed_images(images)
+    state = torch.random.get_rng_state()
+    second = OpenClipEmbedder("adir-tiny").embed_images(images)
+    assert torch.equal(state, torch.random.get_rng_state()), "building an encoder must not consume the global RNG"
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, OpenClipEmbedder("adir-tiny", seed=1).embed_images(images))
+
+
+def test_preprocess_uses_the_models_mean_std_and_size():
+    embedder = OpenClipEmbedder("adir-tiny")
+    pixels = embedder.preprocess(torch.full((1, 3, 30, 90), 0.5))
+    assert pixels.shape == (1, 3, 64, 64)
+    expected = (0.5 - torch.tensor(embedder.mean)) / torch.tensor(embedder.std)
+    torch.testing.assert_close(pixels[0, :, 32, 32], expected.float())
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    source = OpenClipEmbedder("adir-tiny", seed=9)
+    path = tmp_path / "adir-tiny-weights.pt"
+    torch.save(source.model.state_dict(), path)
+    loaded = get_embedder(f"openclip:adir-tiny:{path}")
+    assert loaded.name == f"openclip:adir-tiny:{path}"
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    np.testing.assert_allclose(loaded.embed_images(images), source.embed_images(images), atol=1e-6)
+
+
+def test_failed_tag_download_names_the_file_and_the_local_form(tmp_path, monkeypatch):
+    # Offline mode makes the hub refuse at once, so this never downloads, even where there is network.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError) as err:
+        OpenClipEmbedder("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
+    message = str(err.value)
+    assert (
+        "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_model.safetensors"
+        in message
+    )
+    assert "openclip:ViT-B-32:/path/to/that/file" in message
+    assert not any(p.is_file() and p.stat().st_size > 1e6 for p in tmp_path.rglob("*"))

@@ -1,0 +1,112 @@
+"""DiffusionPrior: the tiny test prior, the diffusers round trip and the Guided Diffusion loader."""
+
+import pytest
+import torch
+
+from adir_ops.priors import (
+    GUIDED_DIFFUSION_256_UNCOND,
+    DiffusionPrior,
+    guided_diffusion_unet,
+    linear_betas,
+)
+
+# A Guided Diffusion UNet of the real class and block layout, small enough for a test.
+SMALL_GD = {"image_size": 32, "model_channels": 32, "num_res_blocks": 1, "channel_mult": (1, 2), "attention_resolutions": (16,), "num_head_channels": 32}
+
+
+def noisy_batch(n=2, size=16, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_tiny_prior_is_a_few_thousand_parameter_diffusers_unet():
+    from diffusers import UNet2DModel
+
+    prior = DiffusionPrior.tiny(resolution=16)
+    assert isinstance(prior.unet, UNet2DModel) and prior.kind == "diffusers"
+    assert 1_000 <= sum(p.numel() for p in prior.unet.parameters()) <= 20_000
+    assert prior.betas.dtype == torch.float64 and prior.num_train_timesteps == 1000
+    with torch.no_grad():
+        eps = prior.eps(noisy_batch(), torch.tensor([10, 900]))
+    assert eps.shape == (2, 3, 16, 16) and eps.isfinite().all()
+
+
+def test_tiny_prior_is_the_same_for_the_same_seed():
+    a, b = DiffusionPrior.tiny(seed=3), DiffusionPrior.tiny(seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.unet.parameters(), b.unet.parameters()))
+
+
+def test_save_pretrained_then_from_diffusers_gives_identical_eps(tmp_path):
+    prior = DiffusionPrior.tiny(resolution=16, seed=1)
+    prior.save_pretrained(str(tmp_path / "prior"))
+    loaded = DiffusionPrior.from_diffusers(str(tmp_path / "prior"))
+    x, t = noisy_batch(), torch.tensor([3, 700])
+    with torch.no_grad():
+        assert torch.equal(loaded.eps(x, t), prior.eps(x, t))
+    torch.testing.assert_close(loaded.alphas_cumprod, prior.alphas_cumprod, rtol=1e-6, atol=0)
+    assert (loaded.resolution, loaded.channels) == (16, 3)
+
+
+def test_default_architecture_is_deepinvs_diffunet_of_openais_256_uncond():
+    from deepinv.models import DiffUNet
+
+    with torch.device("meta"):  # shapes only: no 2 GB of weights
+        ours = guided_diffusion_unet(**GUIDED_DIFFUSION_256_UNCOND)
+        theirs = DiffUNet(large_model=True, pretrained=None)
+    assert type(ours) is DiffUNet
+    ours_shapes = {k: v.shape for k, v in ours.state_dict().items()}
+    theirs_shapes = {k: v.shape for k, v in theirs.state_dict().items() if k not in ("sqrt_alphas_cumprod", "sqrt_1m_alphas_cumprod")}
+    assert ours_shapes == theirs_shapes
+    assert sum(p.numel() for p in ours.parameters()) == 552_814_086
+
+
+def small_gd_checkpoint(path, seed=0):
+    """A small Guided Diffusion UNet with every weight random (its output conv starts at zero)."""
+    unet = guided_diffusion_unet(**SMALL_GD)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    torch.save(unet.state_dict(), path)
+    return unet
+
+
+def test_guided_diffusion_checkpoint_loads_through_the_real_loader(tmp_path):
+    path = tmp_path / "small_gd.pt"
+    unet = small_gd_checkpoint(path)
+    prior = DiffusionPrior.from_guided_diffusion(str(path), **SMALL_GD)
+    assert prior.kind == "guided-diffusion" and (prior.resolution, prior.channels) == (32, 3)
+    assert torch.equal(prior.betas, linear_betas(1000))
+    x, t = noisy_batch(size=32), torch.tensor([5, 800])
+    with torch.no_grad():
+        eps = prior.eps(x, t)
+        # Integer timesteps go to OpenAI's timestep path; the variance channels are dropped.
+        assert torch.equal(eps, unet.forward_diffusion(x, t)[:, :3])
+        assert not torch.allclose(prior.eps(x, torch.tensor([6, 801])), eps)
+    assert eps.shape == (2, 3, 32, 32) and eps.abs().max() > 0
+    assert prior.config["architecture"]["model_channels"] == 32
+
+
+def test_guided_diffusion_missing_file_names_the_checkpoint_to_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="256x256_diffusion_uncond.pt"):
+        DiffusionPrior.from_guided_diffusion(str(tmp_path / "nope.pt"))
+
+
+def test_guided_diffusion_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "small_gd.pt"
+    small_gd_checkpoint(path)
+    with pytest.raises(ValueError, match="does not match the Guided Diffusion UNet.*missing"):
+        DiffusionPrior.from_guided_diffusion(str(path), **{**SMALL_GD, "num_res_blocks": 2})
+    state = torch.load(path, weights_only=True)
+    state["label_emb.weight"] = torch.zeros(1000, 128)  # the class-conditional model's extra key
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="1 unexpected.*label_emb"):
+        DiffusionPrior.from_guided_diffusion(str(path), **SMALL_GD)
+    with pytest.raises(TypeError, match="unknown Guided Diffusion architecture argument"):
+        DiffusionPrior.from_guided_diffusion(str(path), channels=3)
+
+
+def test_guided_diffusion_loader_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": torch.zeros(1), "hook": print}, path)
+    with pytest.raises(Exception, match="(?i)weights_only"):
+        DiffusionPrior.from_guided_diffusion(str(path), **SMALL_GD)
