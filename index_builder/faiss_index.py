@@ -1,0 +1,213 @@
+"""FAISS index from the embeddings shards (streamed), and NeighborIndex: the K-NN lookup the rest of ADIR uses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index_builder.manifest import IDS_NAME, INDEX_NAME, Manifest, ShardEntry
+from index_builder.sources import join_url, open_fs
+from index_builder.writer import embeddings_array, embeddings_url, read_shard
+
+METRIC = "inner_product"  # embeddings are unit vectors: inner product = cosine similarity
+DEFAULT_TRAIN_SIZE = 100_000
+IDS_SCHEMA = pa.schema([pa.field("image_id", pa.string(), nullable=False), pa.field("uri", pa.string(), nullable=False)])
+# On these CPUs FAISS's BLAS path (bundled OpenBLAS) is ~6x slower than its own SIMD
+# kernels for query batches below ~1000 (NOTES.md: 1.0 s vs 175 ms, 200k x 512, 100 queries).
+CPU_BLAS_THRESHOLD = 1000
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def use_gpu(gpu: bool | None) -> bool:
+    faiss = _faiss()
+    available = hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0
+    if gpu and not available:
+        raise RuntimeError("GPU FAISS was requested but faiss sees no GPU; install faiss-gpu on a GPU node or pass gpu=False")
+    return available if gpu is None else bool(gpu)
+
+
+def _to_gpu(index):
+    """All GPUs when the index type has a GPU version (Flat, IVF*); HNSW and others stay on CPU."""
+    faiss = _faiss()
+    try:
+        return faiss.index_cpu_to_all_gpus(index), True
+    except Exception:  # faiss raises for index types without a GPU implementation
+        return index, False
+
+
+def new_index(dim: int, factory: str):
+    faiss = _faiss()
+    if factory == "Flat":
+        return faiss.IndexFlatIP(dim)
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except Exception as exc:
+        raise ValueError(f"FAISS cannot build index factory {factory!r} for dim {dim}: {exc}; try 'Flat', 'HNSW32' or 'IVF1024,PQ64'") from exc
+
+
+def _training_sample(out: str, shards: Sequence[ShardEntry], train_size: int, storage_options) -> np.ndarray:
+    """An evenly spread sample (same rows every time) of at most train_size vectors, one shard at a time."""
+    total = sum(s.rows for s in shards)
+    fraction = min(1.0, train_size / max(total, 1))
+    parts = []
+    for entry in shards:
+        take = min(entry.rows, math.ceil(entry.rows * fraction))
+        if take == 0:
+            continue
+        vectors = embeddings_array(read_shard(embeddings_url(out, entry.name), storage_options, ["embedding"]))
+        parts.append(vectors[np.linspace(0, entry.rows - 1, take).round().astype(np.int64)])
+    return np.concatenate(parts)[:train_size] if parts else np.zeros((0, 0), np.float32)
+
+
+def build_faiss_index(
+    out: str,
+    shards: Sequence[ShardEntry],
+    dim: int,
+    factory: str = "Flat",
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    train_size: int = DEFAULT_TRAIN_SIZE,
+    gpu: bool | None = None,
+) -> int:
+    """Stream the committed shards into OUT/index.faiss and OUT/ids.parquet; return the vector count.
+
+    Only one shard's embeddings are in memory besides the index itself. Row r of the
+    index is row r of ids.parquet: shards in manifest order, rows in file order.
+    """
+    faiss = _faiss()
+    index = new_index(dim, factory)
+    on_gpu = False
+    if use_gpu(gpu):
+        index, on_gpu = _to_gpu(index)
+    if not index.is_trained:
+        sample = _training_sample(out, shards, train_size, storage_options)
+        try:
+            index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        except Exception as exc:
+            raise ValueError(
+                f"index factory {factory!r} could not be trained on {len(sample)} vectors: {exc}; "
+                "use 'Flat' or fewer clusters for a corpus this small"
+            ) from exc
+    ids_fs, ids_path = open_fs(join_url(out, IDS_NAME), storage_options)
+    count = 0
+    with ids_fs.open(ids_path, "wb") as sink, pq.ParquetWriter(sink, IDS_SCHEMA) as ids_writer:
+        for entry in shards:
+            table = read_shard(embeddings_url(out, entry.name), storage_options)
+            if table.num_rows != entry.rows:
+                raise RuntimeError(f"shard {entry.name} has {table.num_rows} rows but its commit record says {entry.rows}; rerun the build")
+            if table.num_rows:
+                index.add(np.ascontiguousarray(embeddings_array(table)))
+                ids_writer.write_table(table.select(["image_id", "uri"]).cast(IDS_SCHEMA))
+            count += table.num_rows
+    if on_gpu:
+        index = faiss.index_gpu_to_cpu(index)
+    if index.ntotal != count:
+        raise RuntimeError(f"FAISS holds {index.ntotal} vectors but {count} rows were read")
+    index_fs, index_path = open_fs(join_url(out, INDEX_NAME), storage_options)
+    with index_fs.open(index_path, "wb") as f:
+        # Streamed through a callback: serialize_index would copy a 3.5 GB index in memory.
+        faiss.write_index(index, faiss.PyCallbackIOWriter(lambda b: f.write(b) or len(b)))
+    return count
+
+
+class NeighborIndex:
+    """The K nearest corpus images of query embeddings: (ids, uris, scores), best first."""
+
+    def __init__(self, index, image_ids: pa.Array, uris: pa.Array, manifest: Manifest, location: str = ""):
+        if index.ntotal != len(image_ids):
+            raise ValueError(f"index at {location} holds {index.ntotal} vectors but {len(image_ids)} ids; rebuild it")
+        self.index = index
+        self.manifest = manifest
+        self.location = location
+        self._ids = image_ids
+        self._uris = uris
+
+    @classmethod
+    def open(
+        cls,
+        out: str,
+        *,
+        embedder=None,
+        storage_options: Mapping[str, Any] | None = None,
+        gpu: bool | None = None,
+        search_params: Mapping[str, Any] | None = None,
+    ) -> NeighborIndex:
+        """Load OUT's manifest, index and ids; with `embedder` (name or Embedder), refuse a mismatch first.
+
+        `search_params` go to FAISS's ParameterSpace, e.g. {"nprobe": 16} for IVF or
+        {"efSearch": 128} for HNSW.
+        """
+        faiss = _faiss()
+        manifest = Manifest.read(out, storage_options)
+        if embedder is not None:
+            check_embedder(manifest, out, embedder)
+        fs, path = open_fs(join_url(out, INDEX_NAME), storage_options)
+        with fs.open(path, "rb") as f:
+            index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+        for name, value in (search_params or {}).items():
+            faiss.ParameterSpace().set_index_parameter(index, name, value)
+        if use_gpu(gpu):
+            index, _ = _to_gpu(index)
+        else:
+            faiss.cvar.distance_compute_blas_threshold = CPU_BLAS_THRESHOLD
+        ids_fs, ids_path = open_fs(join_url(out, IDS_NAME), storage_options)
+        with ids_fs.open(ids_path, "rb") as f:
+            table = pq.read_table(f)
+        # Arrow arrays, not numpy object arrays: 1.7M ids stay one compact buffer.
+        return cls(index, table.column("image_id").combine_chunks(), table.column("uri").combine_chunks(), manifest, out)
+
+    @property
+    def embedder_name(self) -> str:
+        return self.manifest.embedder
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def check_embedder(self, embedder) -> None:
+        check_embedder(self.manifest, self.location, embedder)
+
+    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, uris, scores), each (n, k), for n query embeddings (n, dim); scores are inner products."""
+        queries = np.asarray(embeddings, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(
+                f"query embeddings have shape {tuple(np.shape(embeddings))}; the index at {self.location} "
+                f"was built with {self.embedder_name} (dim {self.dim})"
+            )
+        if not 1 <= k <= len(self):
+            raise ValueError(f"k={k} but the index at {self.location} holds {len(self)} images; ask for 1 <= k <= {len(self)}")
+        scores, rows = self.index.search(np.ascontiguousarray(queries), k)
+        flat = rows.ravel()
+        found = flat >= 0  # approximate indexes may return fewer than k hits (-1 rows)
+        take = pa.array(np.where(found, flat, 0))
+        ids = np.where(found, self._ids.take(take).to_numpy(zero_copy_only=False), "")
+        uris = np.where(found, self._uris.take(take).to_numpy(zero_copy_only=False), "")
+        return ids.reshape(rows.shape).astype(object), uris.reshape(rows.shape).astype(object), scores.astype(np.float32)
+
+
+def check_embedder(manifest: Manifest, location: str, embedder) -> None:
+    """Raise if `embedder` (a name or an Embedder) is not the one the index was built with."""
+    name = embedder if isinstance(embedder, str) else embedder.name
+    dim = None if isinstance(embedder, str) else int(embedder.dim)
+    if name != manifest.embedder or (dim is not None and dim != manifest.dim):
+        this = f"{name} (dim {dim})" if dim is not None else name
+        raise ValueError(
+            f"index at {location} was built with {manifest.embedder} (dim {manifest.dim}); this query uses {this}. "
+            f"Query with --embedder {manifest.embedder}, or rebuild the index with {name}"
+        )
