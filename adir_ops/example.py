@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {}
     for arm, image in results.items():
         save_png(image[0], os.path.join(args.out, f"{arm}.png"))
-        metrics[arm] = quality.compute_metrics(image, truth, names=("psnr", "ssim"))
+        result = quality.compute_metrics(image, truth, names=("psnr", "ssim"))
+        metrics[arm] = {**result.rows()[0], **{f"{name}_unavailable": why for name, why in result.unavailable.items()}}
 
     report = {
         "config": {
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
-    print(json.dumps(report["metrics"], indent=2, default=str))
+    for arm, values in metrics.items():
+        print(f"{arm:>14}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
     print(f"Wrote ground_truth/input/naive/no_adaptation/adir PNGs and metrics.json to {os.path.abspath(args.out)}")
     return 0
 
