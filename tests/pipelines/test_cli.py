@@ -21,7 +21,7 @@ def test_help_lists_commands_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    for command in ("index", "example"):
+    for command in ("index", "reconstruct", "example"):
         assert command in out.stdout
 
 

@@ -1,0 +1,140 @@
+"""The reconstruction job's one frozen config: what every actor is built from and what OUT/config.yaml records."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+TASKS = ("sr4", "sr8", "deblur", "colorize", "inpaint")
+# The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.
+MODES = ("adir", "baseline", "random-nn", "mse-nn")
+TINY_PRIOR = re.compile(r"^tiny(?::(\d+))?$")
+DEFAULT_TINY_RESOLUTION = 32
+# storage_options keys whose values are credentials: never written to config.yaml or logs.
+SECRET_KEYS = re.compile(r"(secret|token|password|key|credential|session)", re.IGNORECASE)
+# Fields that may change between a run and its resume without changing any result.
+RUNTIME_FIELDS = ("num_actors", "cpus_per_actor", "gpus_per_actor", "max_restarts", "max_attempts", "limit", "storage_options")
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """Everything `adir reconstruct` needs; plain data, so Ray ships it to actors (never a model).
+
+    inputs: folder (fsspec URL) of clean images, degraded by the job (evaluation), or with
+        `degraded` of already-degraded ones (real use; DIV2K's `0801x4.png` names give id `0801`).
+    reference: with `degraded`, an optional folder of ground truths (`0801.png`) for metrics.
+    prior: a diffusers UNet2DModel folder or hub id, a Guided Diffusion `.pt`, a remote URL of
+        either, or `tiny[:resolution]` (random weights: mechanics only, for tests).
+    embedder: None = the one the index was built with; another name is refused before any work.
+    """
+
+    inputs: str
+    out: str
+    task: str
+    index: str | None = None
+    prior: str = f"tiny:{DEFAULT_TINY_RESOLUTION}"
+    mode: str = "adir"
+    k: int = 20
+    steps: int = 100
+    lora_steps: int = 400
+    lora_rank: int = 16
+    lora_alpha: float = 8.0
+    lora_learning_rate: float = 1e-4
+    lora_batch_size: int = 6
+    guidance_scale: float = 1000.0
+    noise_sigma_255: float | None = None
+    seed: int = 0
+    degraded: bool = False
+    reference: str | None = None
+    embedder: str | None = None
+    tile_overlap: int | None = None
+    tile_batch: int = 4
+    small_images: str = "pad"
+    mse_thumbnail: int = 32
+    metrics: tuple[str, ...] = ("psnr", "ssim")
+    num_actors: int | None = None
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float | None = None
+    max_restarts: int = 3
+    max_attempts: int = 3
+    limit: int | None = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "storage_options", dict(self.storage_options or {}))
+        for name in ("inputs", "out", "task"):
+            if not getattr(self, name):
+                raise ValueError(f"reconstruct needs --{name} (on the command line or in --config job.yaml)")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.mode != "baseline" and not self.index:
+            raise ValueError(f"mode {self.mode!r} retrieves neighbours and needs --index URL (only --mode baseline runs without one)")
+        if self.degraded and self.task == "inpaint":
+            raise ValueError(
+                "inpaint with --degraded would need the mask of each input, which the job cannot recover; "
+                "run inpaint on clean images (the job masks them) instead"
+            )
+        if self.reference and not self.degraded:
+            raise ValueError("--reference (ground truths) only applies with --degraded; clean inputs are their own reference")
+        for name, minimum in (("k", 1), ("steps", 1), ("lora_steps", 0), ("lora_rank", 1), ("lora_batch_size", 1),
+                              ("tile_batch", 1), ("mse_thumbnail", 4), ("max_restarts", 0), ("max_attempts", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}; got {value!r}")
+        if self.num_actors is not None and self.num_actors < 1:
+            raise ValueError(f"--num-actors must be >= 1; got {self.num_actors}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"--limit must be >= 0; got {self.limit}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"--guidance-scale must be >= 0; got {self.guidance_scale}")
+        unknown_metrics = sorted(set(self.metrics) - {"psnr", "ssim"})
+        if unknown_metrics:
+            raise ValueError(f"metrics {unknown_metrics} are not results columns; choose from psnr, ssim")
+        if self.small_images not in ("pad", "native"):
+            raise ValueError(f"small_images must be 'pad' or 'native'; got {self.small_images!r}")
+
+    # ------------------------------------------------------------------ conversions
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ReconstructConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown reconstruct option(s) {unknown}; known options: {sorted(known)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["metrics"] = list(self.metrics)
+        values["storage_options"] = dict(self.storage_options)
+        return values
+
+    def redacted(self) -> dict[str, Any]:
+        """to_dict() with credential values in storage_options replaced: what config.yaml holds."""
+        values = self.to_dict()
+        values["storage_options"] = _redact(values["storage_options"])
+        return values
+
+    def result_fields(self) -> dict[str, Any]:
+        """The options that decide an image's output: a resume must not change any of them."""
+        values = self.to_dict()
+        for name in RUNTIME_FIELDS:
+            values.pop(name)
+        return values
+
+    @property
+    def tiny_resolution(self) -> int | None:
+        match = TINY_PRIOR.match(self.prior or "")
+        if match is None:
+            return None
+        return int(match.group(1) or DEFAULT_TINY_RESOLUTION)
+
+
+def _redact(options: Any) -> Any:
+    if isinstance(options, Mapping):
+        return {k: ("***" if SECRET_KEYS.search(str(k)) and not isinstance(v, Mapping) else _redact(v)) for k, v in options.items()}
+    return options

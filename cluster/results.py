@@ -1,0 +1,192 @@
+"""Where a reconstruction's outputs live: safe names, per-image result parts, resume checks, the merged table.
+
+Output protocol (what makes a killed job safe to rerun). Each image owns two objects,
+`OUT/images/<name>.png` and `OUT/results/<name>.parquet` (its one-row result), both written
+by the actor that reconstructed it, each made visible in one step (temp file + rename on
+local disks, a single PUT on object stores: `index_builder.writer.commit_bytes`). The PNG
+goes first and the row second, so a row always means its PNG is complete. An image is done
+when both exist; a rerun skips it, so nothing finished is recomputed and no image is written
+twice. A kill between the two writes leaves a PNG without a row: that image was not finished
+and is reconstructed again (same seed, same bytes). A failed image gets
+`OUT/results/<name>.error.parquet` instead; a rerun retries it (errors can be transient) and
+removes that row once it succeeds. `OUT/results.parquet` is merged from the parts at the end
+of every run: one row per image, sorted by id.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index_builder.sources import join_url, open_fs
+from index_builder.writer import commit_bytes
+
+IMAGES_DIR = "images"
+RESULTS_DIR = "results"
+RESULTS_NAME = "results.parquet"
+CONFIG_NAME = "config.yaml"
+ERROR_SUFFIX = ".error"
+MAX_NAME_CHARS = 120
+STAGES = ("read", "degrade", "retrieval", "fetch", "adaptation", "sampling", "write")
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),  # safe output name: images/<name>.png
+        pa.field("output", pa.string()),  # OUT-relative PNG path; null for an error row
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("image_seed", pa.int64(), nullable=False),
+        pa.field("k", pa.int32(), nullable=False),
+        pa.field("neighbour_ids", pa.list_(pa.string())),
+        pa.field("neighbour_scores", pa.list_(pa.float32())),  # adir: inner product; mse-nn: -MSE; random-nn: 0
+        pa.field("neighbours_used", pa.int32()),
+        pa.field("input_width", pa.int32()),
+        pa.field("input_height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("tiles", pa.int32()),  # UNet tiles per sampling step
+        *[pa.field(f"{stage}_s", pa.float64()) for stage in STAGES],
+        pa.field("total_s", pa.float64()),
+        pa.field("lora_final_loss", pa.float64()),
+        pa.field("psnr", pa.float64()),  # vs ground truth, when known
+        pa.field("ssim", pa.float64()),
+        pa.field("naive_psnr", pa.float64()),  # the plain restoration (bicubic, ...) for comparison
+        pa.field("stage", pa.string()),  # where an error happened
+        pa.field("error", pa.string()),
+        pa.field("worker_pid", pa.int64()),
+        pa.field("worker_device", pa.string()),
+        pa.field("attempt", pa.int32()),
+        pa.field("finished_at", pa.string(), nullable=False),
+    ]
+)
+
+
+# ---------------------------------------------------------------------- names
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(image_id: str) -> str:
+    """A file name for an image id that cannot leave OUT/images/ and is the same in every run.
+
+    Ids made only of letters, digits, '.', '_' and '-' (not starting with '.') are kept as
+    they are (DIV2K's `0801` stays `0801.png`). Anything else — `../x`, `/etc/passwd`, `a/b`,
+    spaces, non-ASCII — is reduced to those characters and suffixed with a hash of the whole
+    id, so two ids never share a name and the name does not depend on the other ids in the job
+    (a resumed or extended dataset keeps its outputs).
+    """
+    image_id = str(image_id)
+    if image_id and len(image_id) <= MAX_NAME_CHARS and not _UNSAFE.search(image_id) and not image_id.startswith("."):
+        return image_id
+    cleaned = _UNSAFE.sub("_", image_id).strip("._-")[: MAX_NAME_CHARS - 17] or "image"
+    digest = hashlib.sha256(image_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{cleaned}-{digest}"
+
+
+def assign_names(image_ids: Sequence[str]) -> list[str]:
+    """safe_name of each id; raises on the (astronomically unlikely) case of two ids sharing one."""
+    names = [safe_name(i) for i in image_ids]
+    seen: dict[str, str] = {}
+    for image_id, name in zip(image_ids, names):
+        # Compared case-insensitively: some file systems (macOS, Windows) fold case.
+        other = seen.setdefault(name.lower(), image_id)
+        if other != image_id:
+            raise ValueError(f"image ids {other!r} and {image_id!r} map to the same output name {name!r}; rename one input")
+    return names
+
+
+# ---------------------------------------------------------------------- locations
+def image_url(out: str, name: str) -> str:
+    return join_url(out, IMAGES_DIR, name + ".png")
+
+
+def part_url(out: str, name: str, *, error: bool = False) -> str:
+    return join_url(out, RESULTS_DIR, name + (ERROR_SUFFIX if error else "") + ".parquet")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------- rows
+def row_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts) as a table of RESULTS_SCHEMA; a missing column is null, an unknown one is an error."""
+    rows = list(rows)
+    names = set(RESULTS_SCHEMA.names)
+    for row in rows:
+        extra = sorted(set(row) - names)
+        if extra:
+            raise ValueError(f"result row has columns {extra} that RESULTS_SCHEMA does not declare")
+    return pa.Table.from_pylist([{n: row.get(n) for n in RESULTS_SCHEMA.names} for row in rows], schema=RESULTS_SCHEMA)
+
+
+def write_part(out: str, row: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
+    """Commit one image's row; a success also drops the error row a previous run left."""
+    error = row.get("error") is not None
+    sink = io.BytesIO()
+    pq.write_table(row_table([row]), sink)
+    commit_bytes(part_url(out, row["name"], error=error), sink.getvalue(), storage_options)
+    if not error:
+        fs, path = open_fs(part_url(out, row["name"], error=True), storage_options)
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+
+def _listing(out: str, folder: str, storage_options) -> set[str]:
+    fs, path = open_fs(join_url(out, folder), storage_options)
+    fs.invalidate_cache()
+    try:
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+    except FileNotFoundError:
+        return set()
+
+
+def finished_names(out: str, storage_options: Mapping[str, Any] | None = None) -> set[str]:
+    """Names of images that are done: a success row and its PNG both exist (two listings, no per-image calls)."""
+    images = {f[: -len(".png")] for f in _listing(out, IMAGES_DIR, storage_options) if f.endswith(".png")}
+    parts = {
+        f[: -len(".parquet")]
+        for f in _listing(out, RESULTS_DIR, storage_options)
+        if f.endswith(".parquet") and not f.endswith(ERROR_SUFFIX + ".parquet")
+    }
+    return images & parts
+
+
+def read_parts(out: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None, threads: int = 16) -> pa.Table:
+    """The current row of each named image (success row, else its error row); names without one are left out."""
+    listing = _listing(out, RESULTS_DIR, storage_options)
+
+    def read(name: str) -> pa.Table | None:
+        for error in (False, True):
+            url = part_url(out, name, error=error)
+            if url.rsplit("/", 1)[-1] in listing:
+                fs, path = open_fs(url, storage_options)
+                with fs.open(path, "rb") as f:
+                    return pq.read_table(f, schema=RESULTS_SCHEMA)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(names)))) as pool:
+        tables = [t for t in pool.map(read, names) if t is not None]
+    if not tables:
+        return RESULTS_SCHEMA.empty_table()
+    return pa.concat_tables(tables).sort_by("image_id")
+
+
+def merge_results(out: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> pa.Table:
+    """Write OUT/results.parquet from the parts of `names` (one row per image) and return it."""
+    table = read_parts(out, names, storage_options)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    commit_bytes(join_url(out, RESULTS_NAME), sink.getvalue(), storage_options)
+    return table

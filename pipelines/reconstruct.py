@@ -1,0 +1,213 @@
+"""`adir reconstruct`: resolve the job config, check it before any work, run the actor pool, merge the results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from cluster.config import TINY_PRIOR, ReconstructConfig
+from cluster.results import CONFIG_NAME, RESULTS_NAME, finished_names, merge_results
+from index_builder.sources import is_local, join_url, open_fs
+from index_builder.writer import commit_bytes
+
+# CLI flag → config field; every flag defaults to None so that --config values are not overridden by defaults.
+CLI_FIELDS = (
+    "index", "inputs", "task", "out", "prior", "k", "mode", "steps", "lora_steps", "seed", "degraded", "reference",
+    "guidance_scale", "embedder", "tile_batch", "tile_overlap", "num_actors", "cpus_per_actor", "limit",
+)  # fmt: skip
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+STAGE_COLUMNS = ("retrieval", "fetch", "adaptation", "sampling")
+
+
+def _read_yaml(url: str) -> dict[str, Any]:
+    fs, path = open_fs(url)
+    try:
+        with fs.open(path, "rb") as f:
+            values = yaml.safe_load(f.read().decode("utf-8")) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"job config {url} not found; check --config") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"job config {url} must be a YAML mapping of options; got {type(values).__name__}")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
+    """Dataclass defaults < --config job.yaml < command-line flags."""
+    values = _read_yaml(args.config) if getattr(args, "config", None) else {}
+    for name in CLI_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    # Local paths become absolute: actors may run elsewhere, and config.yaml must say where things were.
+    for name in ("inputs", "out", "index", "reference"):
+        if values.get(name) and is_local(values[name]):
+            values[name] = os.path.abspath(os.path.expanduser(values[name].removeprefix("file://")))
+    prior = values.get("prior")
+    if prior and is_local(prior) and os.path.exists(prior):
+        values["prior"] = os.path.abspath(prior)
+    return ReconstructConfig.from_dict(values)
+
+
+# ---------------------------------------------------------------- job-level checks
+def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
+    if TINY_PRIOR.match(spec):
+        return
+    if not is_local(spec):
+        fs, path = open_fs(spec, storage_options)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"prior {spec} does not exist; pass a diffusers UNet folder, a Guided Diffusion .pt or a hub id")
+        return
+    if os.path.exists(spec):
+        return
+    if HUB_ID.match(spec) and not spec.startswith("."):
+        return  # a hub id: the actors load it (and fail the job with the loader's message if they cannot)
+    raise FileNotFoundError(
+        f"prior {spec!r} does not exist; pass a diffusers UNet2DModel folder (config.json + weights), "
+        "OpenAI's 256x256_diffusion_uncond.pt, a hub id like 'org/name', or 'tiny' for a random test prior"
+    )
+
+
+def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[str, Any]]]:
+    """Every job-level problem, raised before any actor starts; returns the resolved config and the items."""
+    from pipelines.inputs import list_inputs
+
+    check_prior(config.prior, config.storage_options)
+    if config.mode != "baseline":
+        from index_builder.faiss_index import check_embedder
+        from index_builder.manifest import Manifest
+
+        manifest = Manifest.read(config.index, config.storage_options)
+        if config.embedder is not None:
+            check_embedder(manifest, config.index, config.embedder)
+        if config.k > manifest.count:
+            raise ValueError(f"--k {config.k} but the index at {config.index} holds {manifest.count} images; ask for at most {manifest.count}")
+        config = ReconstructConfig.from_dict({**config.to_dict(), "embedder": manifest.embedder})
+    items = list_inputs(
+        config.inputs, task=config.task, degraded=config.degraded, reference=config.reference,
+        limit=config.limit, storage_options=config.storage_options,
+    )  # fmt: skip
+    _check_previous_run(config)
+    return config, items
+
+
+def _check_previous_run(config: ReconstructConfig) -> None:
+    """A rerun into the same OUT resumes only with the same result-deciding options."""
+    fs, path = open_fs(join_url(config.out, CONFIG_NAME), config.storage_options)
+    fs.invalidate_cache()
+    if not fs.exists(path):
+        return
+    with fs.open(path, "rb") as f:
+        previous = yaml.safe_load(f.read().decode("utf-8")) or {}
+    ours = config.result_fields()
+    changed = {k: (previous.get(k), v) for k, v in ours.items() if k in previous and previous.get(k) != v}
+    if changed:
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise ValueError(
+            f"{config.out} holds results of another job ({what}); resuming would mix them. "
+            "Use another --out, or rerun with the same options"
+        )
+
+
+# ---------------------------------------------------------------------- the job
+class _Progress:
+    """done / total, per-stage mean seconds and ETA (tqdm), plus a count of error rows."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=done, unit="img", desc="reconstruct", disable=not enabled, file=sys.stderr)
+        self.sums = dict.fromkeys(STAGE_COLUMNS, 0.0)
+        self.count = 0
+        self.errors = 0
+
+    def __call__(self, row: Mapping[str, Any]) -> None:
+        self.count += 1
+        self.errors += row.get("error") is not None
+        for stage in STAGE_COLUMNS:
+            self.sums[stage] += row.get(f"{stage}_s") or 0.0
+        self.bar.set_postfix({**{s[:5]: f"{v / self.count:.2f}s" for s, v in self.sums.items()}, "errors": self.errors})
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(
+    config: ReconstructConfig,
+    *,
+    progress: bool = True,
+    on_row: Callable[[dict[str, Any], Any], None] | None = None,
+) -> dict[str, Any]:
+    """Reconstruct every input not yet done; returns a summary (the merged table under "results").
+
+    `on_row(row, pool)` is called after each finished image (progress hooks, fault-injection tests).
+    Ray must be initialised (main() does it); the pool is torn down on any exit, including Ctrl-C.
+    """
+    from cluster.pool import WorkerPool
+    from cluster.retrieval import build_corpus_thumbnails
+
+    start = time.perf_counter()
+    config, items = preflight(config)
+    commit_bytes(join_url(config.out, CONFIG_NAME), yaml.safe_dump(config.redacted(), sort_keys=True).encode("utf-8"), config.storage_options)
+    done = finished_names(config.out, config.storage_options)
+    todo = [item for item in items if item["name"] not in done]
+    if todo and config.mode == "mse-nn":
+        build_corpus_thumbnails(config.out, config.index, config.mse_thumbnail, config.storage_options)
+    bar = _Progress(len(items), len(items) - len(todo), progress)
+    rows: list[dict[str, Any]] = []
+    pool = None
+    try:
+        if todo:
+            pool = WorkerPool(config)
+            if progress:
+                print(f"{len(pool.ready)} of {pool.count} actor(s) ready ({pool.options}); {len(todo)} image(s) to do", file=sys.stderr)
+
+            def finished(row: dict[str, Any]) -> None:
+                bar(row)
+                if on_row is not None:
+                    on_row(row, pool)
+
+            rows = pool.run(todo, finished)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown()
+    table = merge_results(config.out, [item["name"] for item in items], config.storage_options)
+    elapsed = time.perf_counter() - start
+    errors = table.num_rows - table.column("error").null_count
+    return {
+        "total": len(items),
+        "skipped": len(items) - len(todo),
+        "processed": len(rows),
+        "errors": errors,
+        "elapsed_s": elapsed,
+        "results": table,
+        "config": config,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    import ray
+
+    config = resolve_config(args)
+    if config.tiny_resolution is not None:
+        print(f"prior {config.prior!r}: a tiny RANDOM-WEIGHT prior; this run shows the mechanics, not image quality", file=sys.stderr)
+    if not ray.is_initialized():
+        ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    summary = run(config, progress=not args.no_progress)
+    table = summary["results"]
+    print(
+        f"{summary['total']} images: {summary['skipped']} already done, {summary['processed']} processed, "
+        f"{summary['errors']} error row(s), {summary['elapsed_s']:.1f} s. "
+        f"Results: {join_url(config.out, RESULTS_NAME)} ({table.num_rows} rows), images under {join_url(config.out, 'images')}"
+    )
+    for row in table.filter(table.column("error").is_valid()).to_pylist()[:10]:
+        print(f"  error {row['image_id']} [{row['stage']}]: {row['error'].splitlines()[0]}", file=sys.stderr)
+    # Error rows are results (bad inputs); the job itself succeeded, and a rerun retries them.
+    return 0

@@ -1,0 +1,10 @@
+"""Fixtures of the cluster tests: the session's tiny index (built once, shared with tests/pipelines)."""
+
+import pytest
+
+from tests.cluster.helpers import tiny_index
+
+
+@pytest.fixture(scope="session")
+def corpus_and_index(ray_cluster, tmp_path_factory):
+    return tiny_index(tmp_path_factory)

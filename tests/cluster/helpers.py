@@ -1,0 +1,54 @@
+"""Shared test material for the reconstruction job: generated pictures and a tiny index built by the real builder."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+CORPUS_SIZE = 8
+_INDEXES: dict[str, str] = {}
+
+
+def smooth_picture(seed: int, height: int, width: int) -> np.ndarray:
+    """A distinct smooth colour picture: its structure survives x4 downsampling, blur and graying."""
+    rng = np.random.default_rng(seed)
+    grid = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    return np.asarray(grid.resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def write_pictures(folder: str, names_and_seeds, height: int = 32, width: int = 40, fmt: str = "png") -> list[str]:
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for name, seed in names_and_seeds:
+        path = os.path.join(folder, f"{name}.{fmt}")
+        Image.fromarray(smooth_picture(seed, height, width)).save(path)
+        paths.append(path)
+    return paths
+
+
+def tiny_index(tmp_path_factory) -> tuple[str, str]:
+    """(corpus folder, index folder): CORPUS_SIZE pictures (seeds 100..) indexed with the offline encoder.
+
+    Built once per session with index_builder.job.run_build (real Ray Data, real FAISS);
+    needs the session's Ray cluster (the `ray_cluster` fixture).
+    """
+    if "index" not in _INDEXES:
+        from index_builder.job import BuildConfig, run_build
+
+        root = tmp_path_factory.mktemp("corpus")
+        corpus = str(root / "corpus")
+        # Corpus pictures at 48x64, larger than the tiny prior's 16 px: adaptation crops them.
+        write_pictures(corpus, [(f"c{i}", 100 + i) for i in range(CORPUS_SIZE)], height=48, width=64, fmt="jpg")
+        index = str(root / "index")
+        run_build(BuildConfig(corpus, index, shard_size=4, batch_size=8, progress=False))
+        _INDEXES["corpus"], _INDEXES["index"] = corpus, index
+    return _INDEXES["corpus"], _INDEXES["index"]
+
+
+def job_options(**overrides) -> dict:
+    """A small, fast job: tiny 16 px prior, 4 sampling steps, 2 LoRA steps of batch 2, K = 3."""
+    options = dict(prior="tiny:16", steps=4, lora_steps=2, lora_batch_size=2, k=3, task="sr4", mode="adir", seed=7)
+    options.update(overrides)
+    return options

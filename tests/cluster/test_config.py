@@ -1,0 +1,56 @@
+"""The job config refuses what cannot run, keeps credentials out of config.yaml, and sizes the actor pool."""
+
+import pytest
+
+from cluster.config import ReconstructConfig
+from cluster.pool import actor_plan
+
+
+def _config(**kw):
+    base = dict(inputs="in", out="out", task="sr4", index="idx")
+    base.update(kw)
+    return ReconstructConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"task": "sr3"}, "unknown task 'sr3'"),
+        ({"mode": "knn"}, "unknown mode 'knn'"),
+        ({"index": None}, "needs --index"),
+        ({"task": "inpaint", "degraded": True}, "mask"),
+        ({"reference": "hr"}, "only applies with --degraded"),
+        ({"k": 0}, "--k must be"),
+        ({"steps": 0}, "--steps must be"),
+        ({"metrics": ["lpips"]}, "not results columns"),
+        ({"out": ""}, "needs --out"),
+    ],
+)
+def test_bad_options_are_refused_with_the_fix(options, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**options)
+
+
+def test_baseline_needs_no_index_and_unknown_yaml_keys_are_refused():
+    assert _config(mode="baseline", index=None).index is None
+    with pytest.raises(ValueError, match="unknown reconstruct option"):
+        ReconstructConfig.from_dict({"inputs": "in", "out": "out", "task": "sr4", "index": "i", "kk": 3})
+
+
+def test_credentials_never_reach_config_yaml_and_runtime_options_may_change_on_resume():
+    config = _config(storage_options={"key": "AKIA", "secret": "s3cr3t", "client_kwargs": {"endpoint_url": "http://h:1",
+                                                                                           "aws_session_token": "T0KEN-VALUE"}})
+    redacted = config.redacted()
+    assert "AKIA" not in str(redacted) and "s3cr3t" not in str(redacted) and "T0KEN-VALUE" not in str(redacted)
+    assert redacted["storage_options"]["client_kwargs"]["endpoint_url"] == "http://h:1"
+    assert ReconstructConfig.from_dict(config.to_dict()) == config
+    assert _config(num_actors=1).result_fields() == _config(num_actors=4).result_fields()
+    assert _config(seed=1).result_fields() != _config(seed=2).result_fields()
+
+
+def test_pool_size_follows_the_cluster():
+    assert actor_plan({"CPU": 16.0, "GPU": 4.0}) == (4, {"num_gpus": 1.0, "num_cpus": 1.0})
+    # CPU-only: one actor per core, half a CPU each so Ray Data and the driver keep CPUs.
+    assert actor_plan({"CPU": 2.0}) == (2, {"num_cpus": 0.5})
+    assert actor_plan({"CPU": 2.0}, num_actors=1, cpus_per_actor=1.0) == (1, {"num_cpus": 1.0})
+    assert actor_plan({"CPU": 8.0, "GPU": 2.0}, gpus_per_actor=0) == (8, {"num_cpus": 0.5})
