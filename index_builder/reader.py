@@ -69,13 +69,13 @@ def _center_square(width: int, height: int) -> tuple[float, float, float, float]
     return (left, top, left + side, top + side)
 
 
-def decode_image(data: bytes, image_size: int, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, int, int]:
-    """Encoded bytes → (uint8 array (image_size, image_size, 3), width, height).
+def load_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, draft_size: int | None = None):
+    """Encoded bytes → (loaded PIL image, original (width, height) as displayed), bomb-guarded.
 
-    The array is the centre square, resized (CLIP's resize-then-crop); width/height are
-    the original's as displayed (after EXIF rotation). JPEGs decode in draft mode at the
-    smallest 1/2^k scale that still covers image_size, so a big photo costs a fraction
-    of a full decode. Raises DecodeError for anything that is not a usable image.
+    `draft_size`: JPEGs decode at the smallest 1/2^k scale that still covers it, so a big
+    photo costs a fraction of a full decode (None: full size). Width/height are read from
+    the header and swapped for EXIF rotations, so they are the original's even in draft
+    mode. Raises DecodeError for anything that is not a usable image.
     """
     if not data:
         raise DecodeError("empty file (0 bytes)")
@@ -90,15 +90,36 @@ def decode_image(data: bytes, image_size: int, *, max_image_pixels: int = DEFAUL
             if width * height > max_image_pixels:
                 raise DecodeError(f"declared size {width}x{height} exceeds max_image_pixels={max_image_pixels}")
             orientation = img.getexif().get(ORIENTATION_TAG, 1)
-            if img.format == "JPEG":
-                img.draft(None, (image_size, image_size))
+            if draft_size is not None and img.format == "JPEG":
+                img.draft(None, (draft_size, draft_size))
             img.load()
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise DecodeError(f"decompression bomb guard: {exc} (raise max_image_pixels if the image is genuine)") from exc
+        except DecodeError:
+            raise
+        except Exception as exc:  # PIL raises many types for bad files; each is one DecodeError
+            raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             Image.MAX_IMAGE_PIXELS = previous_limit
     if orientation in (5, 6, 7, 8):
         width, height = height, width
+    return img, (width, height)
+
+
+def decode_rgb(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded bytes → (H, W, 3) uint8 RGB at full size, EXIF-rotated; DecodeError for anything unusable."""
+    img, _ = load_image(data, max_image_pixels=max_image_pixels)
+    return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
+
+
+def decode_image(data: bytes, image_size: int, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, int, int]:
+    """Encoded bytes → (uint8 array (image_size, image_size, 3), width, height).
+
+    The array is the centre square, resized (CLIP's resize-then-crop); width/height are
+    the original's as displayed (after EXIF rotation). Raises DecodeError for anything
+    that is not a usable image.
+    """
+    img, (width, height) = load_image(data, max_image_pixels=max_image_pixels, draft_size=image_size)
     img = _to_rgb(ImageOps.exif_transpose(img))
     img = img.resize((image_size, image_size), Image.Resampling.BICUBIC, box=_center_square(*img.size))
     return np.array(img, dtype=np.uint8), width, height
