@@ -17,8 +17,9 @@ from index_builder.writer import embeddings_array, embeddings_url, read_shard
 METRIC = "inner_product"  # embeddings are unit vectors: inner product = cosine similarity
 DEFAULT_TRAIN_SIZE = 100_000
 IDS_SCHEMA = pa.schema([pa.field("image_id", pa.string(), nullable=False), pa.field("uri", pa.string(), nullable=False)])
-# On these CPUs FAISS's BLAS path (bundled OpenBLAS) is ~6x slower than its own SIMD
-# kernels for query batches below ~1000 (NOTES.md: 1.0 s vs 175 ms, 200k x 512, 100 queries).
+# faiss 1.15 takes its BLAS path only when queries x dim reaches this threshold (default
+# 128000, i.e. 250 queries at d=512); below it a scalar scan runs. Measured by
+# bench/retrieval.py (200k x 512, 100 queries): 2.35 s with the default vs 0.31 s with 1000.
 CPU_BLAS_THRESHOLD = 1000
 
 
@@ -50,9 +51,17 @@ def new_index(dim: int, factory: str):
     if factory == "Flat":
         return faiss.IndexFlatIP(dim)
     try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except Exception as exc:
         raise ValueError(f"FAISS cannot build index factory {factory!r} for dim {dim}: {exc}; try 'Flat', 'HNSW32' or 'IVF1024,PQ64'") from exc
+    # index_factory turns on polysemous training for PQ: 99 of 103 CPU s of an IVF-PQ
+    # training in bench/retrieval.py, for a code ordering that exact re-ranking never uses.
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf = faiss.downcast_index(ivf)
+        if hasattr(ivf, "do_polysemous_training"):
+            ivf.do_polysemous_training = False
+    return index
 
 
 def _training_sample(out: str, shards: Sequence[ShardEntry], train_size: int, storage_options) -> np.ndarray:
