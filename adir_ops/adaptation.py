@@ -15,7 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["WEIGHT_NAME", "AdaptConfig", "Adapter", "adapt", "lora_targets", "upscale_to_resolution"]
+__all__ = [
+    "WEIGHT_NAME",
+    "AdaptConfig",
+    "Adapter",
+    "LoraTraining",
+    "adapt",
+    "lora_targets",
+    "neighbour_pool",
+    "random_crops",
+    "upscale_to_resolution",
+]
 
 # The adapter name peft files it under inside the UNet while it is applied.
 ADAPTER_NAME = "adir"
@@ -91,7 +101,8 @@ def upscale_to_resolution(image: torch.Tensor, resolution: int) -> torch.Tensor:
     return upscaled.clamp(-1.0, 1.0)
 
 
-def _neighbour_pool(images, channels: int, resolution: int, device: torch.device) -> list[torch.Tensor]:
+def neighbour_pool(images, channels: int, resolution: int, device: torch.device) -> list[torch.Tensor]:
+    """The K neighbours checked ((C, H, W) floats on the [-1, 1] scale) and upscaled so a `resolution` crop fits."""
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
             raise ValueError(f"images as one tensor must be (K, C, H, W); got shape {tuple(images.shape)}")
@@ -127,10 +138,9 @@ def _neighbour_pool(images, channels: int, resolution: int, device: torch.device
     return pool
 
 
-def _draw_batch(pool, config: AdaptConfig, resolution: int, num_timesteps: int, generator: torch.Generator):
-    """Random crops, one shared timestep and the noise, every draw from `generator` in a fixed order."""
+def random_crops(pool, batch: int, size: int, generator: torch.Generator, *, hflip: bool = False) -> torch.Tensor:
+    """`batch` random size x size crops of random pool images (optionally flipped), every draw from `generator`."""
     draw = generator.device
-    batch = config.batch_size
     which = torch.randint(len(pool), (batch,), generator=generator, device=draw).tolist()
     # One uniform triple per crop: top offset, left offset, flip; floor(u * n) picks 0..n-1.
     uniforms = torch.rand((batch, 3), generator=generator, device=draw, dtype=torch.float64).tolist()
@@ -138,15 +148,22 @@ def _draw_batch(pool, config: AdaptConfig, resolution: int, num_timesteps: int, 
     for index, (u_top, u_left, u_flip) in zip(which, uniforms):
         image = pool[index]
         height, width = image.shape[-2:]
-        top = min(int(u_top * (height - resolution + 1)), height - resolution)
-        left = min(int(u_left * (width - resolution + 1)), width - resolution)
-        crop = image[:, top : top + resolution, left : left + resolution]
-        if config.hflip and u_flip < 0.5:
+        top = min(int(u_top * (height - size + 1)), height - size)
+        left = min(int(u_left * (width - size + 1)), width - size)
+        crop = image[:, top : top + size, left : left + size]
+        if hflip and u_flip < 0.5:
             crop = crop.flip(-1)
         crops.append(crop)
+    return torch.stack(crops)
+
+
+def _draw_batch(pool, config: AdaptConfig, resolution: int, num_timesteps: int, generator: torch.Generator):
+    """Random crops, one shared timestep and the noise, every draw from `generator` in a fixed order."""
+    draw = generator.device
+    crops = random_crops(pool, config.batch_size, resolution, generator, hflip=config.hflip)
     t = int(torch.randint(num_timesteps, (1,), generator=generator, device=draw))
-    noise = torch.randn((batch, *crops[0].shape), generator=generator, device=draw)
-    return torch.stack(crops), t, noise
+    noise = torch.randn(tuple(crops.shape), generator=generator, device=draw)
+    return crops, t, noise
 
 
 # ------------------------------------------------------------------ LoRA in and out of the UNet
@@ -264,6 +281,52 @@ def _layer_state(layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
         state[f"{name}.lora_A.weight"] = layer.lora_A[ADAPTER_NAME].weight.detach().to("cpu", torch.float32).clone()
         state[f"{name}.lora_B.weight"] = layer.lora_B[ADAPTER_NAME].weight.detach().to("cpu", torch.float32).clone()
     return state
+
+
+class LoraTraining:
+    """A fresh LoRA on every Conv2d of `unet`, trainable in fp32 over a frozen base, for one `with` block.
+
+    What every adaptation shares (pixel space here, latent space in `adir_ops.sd_upscale` and
+    `adir_ops.sd_editing`): the LoRA init is drawn from `generator` at construction, inside
+    the block `parameters` are the LoRA weights to optimise, and `adapter(...)` snapshots them.
+    On exit the UNet is bit-identical to before, with its modes and flags restored. The
+    LoRA weights stay fp32 even when the UNet or an autocast region runs in 16 bits.
+    """
+
+    def __init__(self, unet: nn.Module, config: AdaptConfig, generator: torch.Generator):
+        self.unet, self.config = unet, config
+        self.targets = lora_targets(unet)
+        self._initial = _fresh_lora(unet, self.targets, config.lora_rank, generator)
+        self._layers: dict[str, nn.Module] | None = None
+        self.parameters: list[nn.Parameter] = []
+
+    def __enter__(self) -> LoraTraining:
+        self._snapshot = _ModuleState.capture(self.unet)
+        try:
+            self._layers = _inject(self.unet, self.targets, self.config.lora_rank, self.config.lora_alpha, self._initial)
+            for p in self.unet.parameters():
+                p.requires_grad_(False)
+            self.parameters = [
+                p for layer in self._layers.values() for p in (layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight)
+            ]
+            for p in self.parameters:
+                p.requires_grad_(True)
+            self.unet.train()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def adapter(self, prior_config: dict[str, Any], losses: Sequence[float]) -> Adapter:
+        """The trained LoRA as an Adapter (CPU fp32 copies); call inside the block."""
+        if self._layers is None:
+            raise RuntimeError("LoraTraining.adapter() must be called inside the `with` block")
+        return Adapter(_layer_state(self._layers), tuple(self.targets), self.config, dict(prior_config), [float(x) for x in losses])
+
+    def __exit__(self, *exc_info) -> None:
+        _remove(self.unet)
+        self._snapshot.restore(self.unet)
+        self._layers, self.parameters = None, []
 
 
 # ------------------------------------------------------------------ the adapter
@@ -419,22 +482,12 @@ def adapt(
     unet = prior.unet
     device = next(unet.parameters()).device
     resolution = prior.resolution
-    pool = _neighbour_pool(images, prior.channels, resolution, device)
-    targets = lora_targets(unet)
-    initial = _fresh_lora(unet, targets, config.lora_rank, generator)
+    pool = neighbour_pool(images, prior.channels, resolution, device)
     # Coefficients from the float64 schedule on the CPU: no device sync per step.
     abar = prior.alphas_cumprod.detach().cpu()
     losses: list[torch.Tensor] = []
-    snapshot = _ModuleState.capture(unet)
-    try:
-        layers = _inject(unet, targets, config.lora_rank, config.lora_alpha, initial)
-        for p in unet.parameters():
-            p.requires_grad_(False)
-        lora_params = [p for layer in layers.values() for p in (layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight)]
-        for p in lora_params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.Adam(lora_params, lr=config.learning_rate)
-        unet.train()
+    with LoraTraining(unet, config, generator) as lora:
+        optimizer = torch.optim.Adam(lora.parameters, lr=config.learning_rate)
         # enable_grad: callers often run workers under no_grad; training needs autograd back.
         with torch.enable_grad():
             for step in range(config.steps):
@@ -449,9 +502,5 @@ def adapt(
                 losses.append(loss.detach())
                 if callback is not None:
                     callback(step, float(loss.detach()))
-        state = _layer_state(layers)
-    finally:
-        _remove(unet)
-        snapshot.restore(unet)
-    curve = torch.stack(losses).cpu().tolist() if losses else []
-    return Adapter(state, tuple(targets), config, dict(prior.config), curve)
+        curve = torch.stack(losses).cpu().tolist() if losses else []
+        return lora.adapter(prior.config, curve)

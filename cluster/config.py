@@ -11,6 +11,9 @@ TASKS = ("sr4", "sr8", "deblur", "colorize", "inpaint")
 # The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.
 MODES = ("adir", "baseline", "random-nn", "mse-nn")
 TINY_PRIOR = re.compile(r"^tiny(?::(\d+))?$")
+# --prior KIND:WHERE names a model family: OpenAI's Guided Diffusion 256x256_diffusion_uncond.pt
+# (a path or bucket URL) or the Stable Diffusion x4 upscaler pipeline (folder, bucket URL, hub id or 'tiny').
+PRIOR_KINDS = ("gd256", "sd-x4")
 DEFAULT_TINY_RESOLUTION = 32
 # storage_options keys whose values are credentials: never written to config.yaml or logs.
 SECRET_KEYS = re.compile(r"(secret|token|password|key|credential|session)", re.IGNORECASE)
@@ -26,7 +29,9 @@ class ReconstructConfig:
         `degraded` of already-degraded ones (real use; DIV2K's `0801x4.png` names give id `0801`).
     reference: with `degraded`, an optional folder of ground truths (`0801.png`) for metrics.
     prior: a diffusers UNet2DModel folder or hub id, a Guided Diffusion `.pt`, a remote URL of
-        either, or `tiny[:resolution]` (random weights: mechanics only, for tests).
+        either, or `tiny[:resolution]` (random weights: mechanics only, for tests); or, naming the
+        family, `gd256:PATH_OR_URL` (OpenAI's 256x256_diffusion_uncond.pt) or
+        `sd-x4:FOLDER_URL_OR_HUB_ID` (the Stable Diffusion x4 upscaler, task sr4; `sd-x4:tiny` for tests).
     embedder: None = the one the index was built with; another name is refused before any work.
     """
 
@@ -97,6 +102,11 @@ class ReconstructConfig:
             raise ValueError(f"metrics {unknown_metrics} are not results columns; choose from psnr, ssim")
         if self.small_images not in ("pad", "native"):
             raise ValueError(f"small_images must be 'pad' or 'native'; got {self.small_images!r}")
+        kind, target = prior_kind(self.prior)
+        if kind in PRIOR_KINDS and not target:
+            raise ValueError(f"--prior {self.prior!r} names no weights; e.g. {kind}:/models/... (see README, Real models)")
+        if kind == "sd-x4" and self.task != "sr4":
+            raise ValueError(f"--prior {self.prior} is the Stable Diffusion x4 upscaler: it does --task sr4 only, not {self.task}")
 
     # ------------------------------------------------------------------ conversions
     @classmethod
@@ -132,6 +142,19 @@ class ReconstructConfig:
         if match is None:
             return None
         return int(match.group(1) or DEFAULT_TINY_RESOLUTION)
+
+
+def prior_kind(spec: str) -> tuple[str, str]:
+    """(kind, target) of a --prior spec: ('gd256' | 'sd-x4', what follows the colon), ('tiny', spec) or ('auto', spec).
+
+    'auto' is the plain form: a diffusers UNet2DModel folder or hub id, or a Guided Diffusion
+    .pt file, told apart by the loader.
+    """
+    spec = spec or ""
+    for kind in PRIOR_KINDS:
+        if spec.startswith(f"{kind}:"):
+            return kind, spec[len(kind) + 1 :]
+    return ("tiny" if TINY_PRIOR.match(spec or "") else "auto"), spec
 
 
 def _redact(options: Any) -> Any:

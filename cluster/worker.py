@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from adir_ops.rng import generator_for, image_seed
-from cluster.config import DEFAULT_TINY_RESOLUTION, TINY_PRIOR, ReconstructConfig
+from cluster.config import DEFAULT_TINY_RESOLUTION, TINY_PRIOR, ReconstructConfig, prior_kind
 from cluster.images import decode_rgb, encode_png, read_bytes, to_tensor01
 from cluster.results import RESULTS_SCHEMA, image_url, utc_now, write_part
 from index_builder.sources import is_local, open_fs
@@ -35,31 +35,57 @@ class ItemError(Exception):
         self.stage = stage
 
 
+def local_copy(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """A local path for a weights file or folder: itself if local, else a copy in a per-node cache (made once)."""
+    if is_local(url):
+        return url
+    # Remote weights are copied once per node to local disk: the loaders read files.
+    fs, path = open_fs(url, storage_options)
+    local = os.path.join(tempfile.gettempdir(), "adir-priors", hashlib.sha256(url.encode()).hexdigest()[:16])
+    target = os.path.join(local, os.path.basename(path.rstrip("/")))
+    if not os.path.exists(target):
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{url} does not exist; upload the weights there or pass a local path (see README, Real models)")
+        os.makedirs(local, exist_ok=True)
+        # Download beside, then rename: actors sharing a node never load a half-copied file.
+        partial = f"{target}.partial-{os.getpid()}"
+        fs.get(path, partial, recursive=fs.isdir(path))
+        try:
+            os.replace(partial, target)
+        except OSError:  # another actor of this node finished first
+            if not os.path.exists(target):
+                raise
+    return target
+
+
 def load_prior(spec: str, storage_options: Mapping[str, Any] | None = None):
-    """A DiffusionPrior from `tiny[:res]`, a diffusers folder or hub id, a Guided Diffusion .pt, or a remote URL of either."""
+    """A DiffusionPrior from `tiny[:res]`, `gd256:PATH`, a diffusers folder or hub id, a Guided Diffusion .pt, or a remote URL of either."""
     from adir_ops.priors import DiffusionPrior
 
     tiny = TINY_PRIOR.match(spec)
     if tiny is not None:
         return DiffusionPrior.tiny(resolution=int(tiny.group(1) or DEFAULT_TINY_RESOLUTION))
-    if not is_local(spec):
-        # Remote weights are copied once per actor to local disk: the loaders read files.
-        fs, path = open_fs(spec, storage_options)
-        local = os.path.join(tempfile.gettempdir(), "adir-priors", hashlib.sha256(spec.encode()).hexdigest()[:16])
-        target = os.path.join(local, os.path.basename(path.rstrip("/")))
-        if not os.path.exists(target):
-            # Download beside, then rename: actors sharing a node never load a half-copied file.
-            partial = f"{target}.partial-{os.getpid()}"
-            fs.get(path, partial, recursive=fs.isdir(path))
-            try:
-                os.replace(partial, target)
-            except OSError:  # another actor of this node finished first
-                if not os.path.exists(target):
-                    raise
-        spec = target
+    kind, target = prior_kind(spec)
+    if kind == "sd-x4":
+        raise ValueError(f"{spec!r} is a Stable Diffusion pipeline, not a DiffusionPrior; load it with load_upscaler")
+    if kind == "gd256":
+        return DiffusionPrior.from_guided_diffusion(local_copy(target, storage_options))
+    spec = local_copy(spec, storage_options)
     if os.path.isfile(spec):
         return DiffusionPrior.from_guided_diffusion(spec)
     return DiffusionPrior.from_diffusers(spec)
+
+
+def load_upscaler(spec: str, storage_options: Mapping[str, Any] | None = None):
+    """The Stable Diffusion x4 upscaler pipeline of `sd-x4:WHERE` (folder, bucket URL, hub id or 'tiny')."""
+    from adir_ops.stable_diffusion import load_pipeline
+
+    kind, target = prior_kind(spec)
+    if kind != "sd-x4":
+        raise ValueError(f"{spec!r} is not an sd-x4:... prior spec")
+    if target != "tiny" and not is_local(target):
+        target = local_copy(target, storage_options)
+    return load_pipeline("sd-x4", target)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -100,8 +126,13 @@ class ReconstructionWorker:
         cfg = self.config
         # Ray pins a GPU actor to its device through CUDA_VISIBLE_DEVICES: it sees cuda:0.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.prior = load_prior(cfg.prior, cfg.storage_options).to(self.device).eval()
-        self.tiled = TiledPrior(self.prior, TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images))
+        # The SD x4 upscaler replaces prior + eq. 16 sampler by its own pipeline (adapted in latent space).
+        self.upscaler = self.prior = self.tiled = None
+        if prior_kind(cfg.prior)[0] == "sd-x4":
+            self.upscaler = load_upscaler(cfg.prior, cfg.storage_options).to(self.device)
+        else:
+            self.prior = load_prior(cfg.prior, cfg.storage_options).to(self.device).eval()
+            self.tiled = TiledPrior(self.prior, TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images))
         self.embedder = None
         if cfg.mode == "adir":
             if cfg.embedder is None:
@@ -148,6 +179,7 @@ class ReconstructionWorker:
         from adir_ops.adaptation import AdaptConfig, adapt
         from adir_ops.operators import make_operator
         from adir_ops.sampling import adir_sample
+        from adir_ops.sd_upscale import adapt_upscaler, upscale
 
         cfg = self.config
         image_id = item["image_id"]
@@ -193,13 +225,22 @@ class ReconstructionWorker:
             with watch.stage("adaptation"):
                 adapt_config = AdaptConfig(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, learning_rate=cfg.lora_learning_rate,
                                            steps=cfg.lora_steps, batch_size=cfg.lora_batch_size)  # fmt: skip
-                adapter = adapt(self.prior, neighbours, adapt_config, streams["adaptation"])
+                if self.upscaler is not None:
+                    adapter = adapt_upscaler(self.upscaler, neighbours, self._upscale_config(adapt_config), streams["adaptation"])
+                else:
+                    adapter = adapt(self.prior, neighbours, adapt_config, streams["adaptation"])
                 out["lora_final_loss"] = adapter.losses[-1] if adapter.losses else None
         with watch.stage("sampling"):
-            out["tiles"] = self.tiled.tile_count(*operator.image_size)
-            with adapter.applied(self.prior) if adapter is not None else contextlib.nullcontext():
-                x0 = adir_sample(self.tiled, y, operator, steps=cfg.steps, guidance_scale=cfg.guidance_scale, generator=[sampling_generator])
-            result01 = x0.add(1).div(2).clamp(0, 1)
+            if self.upscaler is not None:
+                out["tiles"] = 1
+                config = self._upscale_config(AdaptConfig())
+                x01 = upscale(self.upscaler, y.add(1).div(2).clamp(0, 1), config, [sampling_generator], adapter=adapter)
+                result01 = x01[..., : operator.image_size[0], : operator.image_size[1]].clamp(0, 1)
+            else:
+                out["tiles"] = self.tiled.tile_count(*operator.image_size)
+                with adapter.applied(self.prior) if adapter is not None else contextlib.nullcontext():
+                    x0 = adir_sample(self.tiled, y, operator, steps=cfg.steps, guidance_scale=cfg.guidance_scale, generator=[sampling_generator])
+                result01 = x0.add(1).div(2).clamp(0, 1)
             out["height"], out["width"] = result01.shape[-2:]
         if reference is not None:
             with watch.stage("metrics"):
@@ -209,6 +250,12 @@ class ReconstructionWorker:
             commit_bytes(image_url(cfg.out, item["name"]), encode_png(result01[0]), cfg.storage_options)
             out["output"] = f"images/{item['name']}.png"
         return out
+
+    def _upscale_config(self, lora):
+        """The upscaler's settings for this job: its own noise level and prompt (""), the job's steps and LoRA."""
+        from adir_ops.sd_upscale import UpscaleConfig, default_crop_size
+
+        return UpscaleConfig(lora=lora, crop_size=default_crop_size(self.upscaler), steps=self.config.steps)
 
     def _clean_size(self, y01: torch.Tensor, reference: torch.Tensor | None) -> tuple[int, int]:
         """Clean-image size of a degraded input: the reference's if known, else y's times the SR factor."""

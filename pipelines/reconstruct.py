@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from cluster.config import TINY_PRIOR, ReconstructConfig
+from cluster.config import PRIOR_KINDS, ReconstructConfig, prior_kind
 from cluster.results import CONFIG_NAME, RESULTS_NAME, finished_names, merge_results
 from index_builder.sources import is_local, join_url, open_fs
 from index_builder.writer import commit_bytes
@@ -49,15 +49,20 @@ def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
         if values.get(name) and is_local(values[name]):
             values[name] = os.path.abspath(os.path.expanduser(values[name].removeprefix("file://")))
     prior = values.get("prior")
-    if prior and is_local(prior) and os.path.exists(prior):
-        values["prior"] = os.path.abspath(prior)
+    if prior:
+        kind, target = prior_kind(prior)
+        if is_local(target) and os.path.exists(target):
+            values["prior"] = (f"{kind}:" if kind in PRIOR_KINDS else "") + os.path.abspath(target)
     return ReconstructConfig.from_dict(values)
 
 
 # ---------------------------------------------------------------- job-level checks
 def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
-    if TINY_PRIOR.match(spec):
+    kind, spec = prior_kind(spec)
+    if kind == "tiny" or (kind == "sd-x4" and spec == "tiny"):
         return
+    if kind == "gd256" and is_local(spec) and not os.path.isfile(spec):
+        raise FileNotFoundError(f"Guided Diffusion checkpoint {spec!r} not found; download 256x256_diffusion_uncond.pt (see README, Real models)")
     if not is_local(spec):
         fs, path = open_fs(spec, storage_options)
         if not fs.exists(path):
