@@ -141,6 +141,9 @@ class DiffusionPrior(nn.Module):
         self.kind = kind
         self.resolution = int(resolution)
         self.channels = int(channels)
+        # 16-bit dtype for the UNet's forward (torch.autocast), or None for full precision.
+        # Workers set bfloat16 on CUDA; CPU runs and tests keep None (bit-reproducible).
+        self.autocast_dtype: torch.dtype | None = None
         betas = torch.as_tensor(betas, dtype=torch.float64)
         self.register_buffer("betas", betas, persistent=False)
         self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0), persistent=False)
@@ -175,12 +178,15 @@ class DiffusionPrior(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         x_in = x.to(self.dtype)
-        if self.kind == "diffusers":
-            out = self.unet(x_in, t).sample
-        else:
-            # DiffUNet's default reads t as a noise level and returns a denoised image;
-            # "timestep" is OpenAI's own convention (integer t in, eps and variance out).
-            out = self.unet(x_in, t, type_t="timestep")
+        # Only the UNet runs in 16 bits: the guidance (A, A^T, the posterior) stays in x's
+        # dtype, and LoRA weights stay fp32 masters under autocast.
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None):
+            if self.kind == "diffusers":
+                out = self.unet(x_in, t).sample
+            else:
+                # DiffUNet's default reads t as a noise level and returns a denoised image;
+                # "timestep" is OpenAI's own convention (integer t in, eps and variance out).
+                out = self.unet(x_in, t, type_t="timestep")
         # Guided Diffusion predicts [eps, variance interpolation]; we sample with the
         # fixed posterior variance (paper: the variance head brought no benefit).
         return out[:, : self.channels].to(x.dtype)

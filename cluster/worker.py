@@ -132,6 +132,8 @@ class ReconstructionWorker:
             self.upscaler = load_upscaler(cfg.prior, cfg.storage_options).to(self.device)
         else:
             self.prior = load_prior(cfg.prior, cfg.storage_options).to(self.device).eval()
+            if self.device.type == "cuda":
+                self.prior.autocast_dtype = torch.bfloat16  # UNet forward (sampling and LoRA) in bf16
             self.tiled = TiledPrior(self.prior, TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images))
         self.embedder = None
         if cfg.mode == "adir":

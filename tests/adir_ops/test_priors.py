@@ -110,3 +110,16 @@ def test_guided_diffusion_loader_refuses_pickled_code(tmp_path):
     torch.save({"weights": torch.zeros(1), "hook": print}, path)
     with pytest.raises(Exception, match="(?i)weights_only"):
         DiffusionPrior.from_guided_diffusion(str(path), **SMALL_GD)
+
+
+def test_autocast_runs_the_unet_in_16_bits_and_returns_the_input_dtype():
+    prior = DiffusionPrior.tiny(resolution=16)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 900])
+    full = prior.eps(x, t)
+    prior.autocast_dtype = torch.bfloat16
+    half = prior.eps(x, t)
+    assert half.dtype == torch.float32
+    # bf16 keeps ~3 significant digits: close to the fp32 prediction, but not equal to it.
+    assert not torch.equal(half, full)
+    assert torch.allclose(half, full, atol=0.1, rtol=0.05)
