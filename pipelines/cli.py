@@ -30,6 +30,24 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     return reconstruct.main(args)
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pipelines import evaluate
+
+    return evaluate.main(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pipelines import demo
+
+    return demo.main(args)
+
+
+def _run_edit(args: argparse.Namespace) -> int:
+    from pipelines import edit
+
+    return edit.main(args)
+
+
 def _run_example(args: argparse.Namespace) -> int:
     from adir_ops import example
 
@@ -72,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.set_defaults(func=_run_index_query)
 
     _add_reconstruct(commands)
+    _add_edit(commands)
+    _add_evaluate(commands)
+    _add_demo(commands)
 
     example = commands.add_parser(
         "example", help="degrade a packaged photo, adapt and reconstruct it (python -m adir_ops.example)"
@@ -113,6 +134,76 @@ def _add_reconstruct(commands) -> None:
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_reconstruct)
+
+
+def _add_evaluate(commands) -> None:
+    from cluster.config import MODES  # plain constants: keeps `adir --help` instant
+
+    p = commands.add_parser(
+        "evaluate",
+        help="tables (mean ± std, paired differences with 95%% intervals) and an HTML report from reconstruct runs",
+        description="Groups the runs' results.parquet rows by task and mode, compares every arm with the no-adaptation "
+        "one (and ADIR with random-NN and MSE-NN) over the images both have, and writes results.md, summary.csv, "
+        "paired.csv, per_image.csv and report.html.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by `adir reconstruct --out` (fsspec URLs)")
+    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    p.add_argument("--baseline-mode", default="baseline", choices=MODES, help="the arm every other is compared with (default: baseline = no adaptation)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated pyiqa metrics computed from the PNGs besides the stored psnr and ssim: "
+                        "'offline' (default) = every one that needs no download; '' = psnr and ssim only")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the paired t-intervals (default 0.95)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--report-images", type=int, default=None, help="images per task in report.html (default: all)")
+    p.add_argument("--report-neighbours", type=int, default=8, help="neighbour thumbnails per arm and image (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the metrics (default: torch's; 1 is often faster on a busy machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _add_demo(commands) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="offline end to end: packaged corpus, index, reconstruct held-out images in all four modes, report.html",
+        description="What `make demo` runs. Rerunning into the same --out resumes.",
+    )
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out); the report is OUT/report.html")
+    p.add_argument("--images", type=int, default=None, help="held-out test images to reconstruct (default 2)")
+    p.add_argument("--quick", action="store_true", help="smallest run through every stage: 1 image, sr4, tiny step counts")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default sr4,deblur,colorize)")
+    p.add_argument("--prior", default=None, help="diffusers UNet folder (default: the committed assets/default)")
+    p.add_argument("--k", type=int, default=None, help="neighbours per image")
+    p.add_argument("--steps", type=int, default=None, help="respaced sampling steps")
+    p.add_argument("--lora-steps", type=int, default=None, help="LoRA adaptation iterations")
+    p.add_argument("--seed", type=int, default=None, help="run seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(func=_run_demo)
+
+
+def _add_edit(commands) -> None:
+    p = commands.add_parser(
+        "edit",
+        help="text-guided editing: retrieve K images by the prompt, adapt the SD inpainting model with LoRA, inpaint",
+        description="Writes OUT/edited.png (adapted), OUT/stock.png (not adapted, same seed), the adapter "
+        "(diffusers LoRA safetensors), neighbours.json and config.yaml. Paper Sec. 4.4.",
+    )
+    p.add_argument("--image", help="image to edit (fsspec URL or path)")
+    p.add_argument("--prompt", help="what to paint into the masked region; also the text query for the neighbours")
+    p.add_argument("--out", help="output folder (fsspec URL or path)")
+    p.add_argument("--mask", help="mask image of the same size, white = repaint, or 'center' (default)")
+    p.add_argument("--pipeline", help="SD inpainting pipeline: folder, bucket URL, hub id (default "
+                   "stabilityai/stable-diffusion-2-inpainting), or 'tiny' (random weights: mechanics only)")
+    p.add_argument("--index", help="index built with an OpenCLIP encoder (text queries); not needed for --mode baseline")
+    p.add_argument("--mode", choices=("adir", "baseline"), help="adir (default) or baseline (no adaptation)")
+    p.add_argument("--k", type=int, help="neighbours (default 50, the paper's K for Stable Diffusion)")
+    p.add_argument("--steps", type=int, help="inpainting steps (default 50)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--lora-steps", type=int, help="LoRA adaptation iterations (default 400)")
+    p.add_argument("--crop-size", type=int, help="neighbour crop side for adaptation (default: the model's size, at most 512)")
+    p.add_argument("--seed", type=int, help="run seed (default 0)")
+    p.add_argument("--no-stock", dest="stock", action="store_false", default=None, help="skip the non-adapted edit")
+    p.add_argument("--config", help="YAML file holding any of these options (storage_options only there)")
+    p.set_defaults(func=_run_edit)
 
 
 def main(argv: list[str] | None = None) -> int:

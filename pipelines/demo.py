@@ -1,0 +1,212 @@
+"""`adir demo`: the embedded default end to end and offline: packaged corpus → index (Ray Data) → held-out images reconstructed in all four modes (Ray actors) → evaluate → report.html.
+
+Every stage is the real one a cluster job runs: `pipelines.default_assets` cuts the photos
+that ship inside scikit-image and matplotlib into the prior-training set, the retrieval corpus
+and held-out test images; `index_builder.job.run_build` embeds the corpus with the offline
+encoder through Ray Data into a FAISS index; `pipelines.reconstruct.run` reconstructs the
+chosen test images on Ray actors with the trained default prior (`assets/default/`), once per
+task and mode (adir, baseline = no adaptation, random-nn, mse-nn: the paper's Table 5 arms,
+same seed); `pipelines.evaluate` pairs the arms and writes `OUT/report.html`.
+
+Everything lands under OUT (rerunning resumes: finished images and index shards are skipped).
+The default settings were sized by measurement to finish in well under 10 minutes on 2 CPU
+cores (numbers in `DemoConfig`'s comments); `--quick` is the smallest run that still goes
+through every stage (the test runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEMO_TASKS = ("sr4", "deblur", "colorize")
+DEMO_MODES = ("baseline", "adir", "random-nn", "mse-nn")
+
+
+def _default_prior() -> str:
+    # The committed prior sits beside the packages (pipelines.train_prior.DEFAULT_PRIOR),
+    # spelled out here so that `adir demo --help` does not import torch.
+    return str(Path(__file__).resolve().parents[1] / "assets" / "default")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Which images, tasks and modes the demo runs, and the reconstruction settings it uses."""
+
+    out: str = "demo-out"
+    # Sized by measurement on 2 CPU cores shared with other jobs (load 3-5): with the 3.9M-parameter
+    # default prior one LoRA step (batch 6) took 0.65-1.1 s, one sampling step 0.07-0.12 s, and
+    # each of the 12 reconstruct runs 10-15 s to start its actors. 3 images / 50 steps / 40 LoRA
+    # steps took 832 s; 2 / 40 / 25 took 545 s; these settings leave a margin under 10 minutes.
+    images: int = 2  # held-out test images, spread over the held-out photos (2 actors: one round)
+    tasks: tuple[str, ...] = DEMO_TASKS
+    modes: tuple[str, ...] = DEMO_MODES
+    prior: str = field(default_factory=_default_prior)
+    k: int = 8  # neighbours per image
+    steps: int = 30  # respaced sampling steps
+    lora_steps: int = 20  # LoRA adaptation iterations (the job's default is 400)
+    lora_batch_size: int = 6  # the paper's
+    seed: int = 0
+    metrics: tuple[str, ...] = ("offline",)  # evaluate's --metrics
+    num_actors: int | None = None  # None: one per CPU core, at most one per image
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "modes", tuple(self.modes))
+        from cluster.config import MODES, TASKS
+
+        if self.images < 1:
+            raise ValueError(f"--images must be >= 1; got {self.images}")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"--tasks {list(self.tasks)}: choose from {', '.join(TASKS)}")
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes:
+            raise ValueError(f"modes {list(self.modes)}: choose from {', '.join(MODES)}")
+
+
+# The smallest run that still passes through every stage and every mode.
+QUICK = {"images": 1, "tasks": ("sr4",), "k": 2, "steps": 4, "lora_steps": 2, "lora_batch_size": 2}
+
+
+def pick_test_images(manifest: dict, count: int) -> list[dict]:
+    """`count` held-out test images, taken in turn from each held-out photo, evenly along its test band.
+
+    Deterministic and blind to content: the first pick of a photo is the middle of its band,
+    then the picks spread out; no image is chosen for how well it reconstructs.
+    """
+    by_source: dict[str, list[dict]] = {}
+    for item in manifest["items"]:
+        if item["set"] == "test":
+            by_source.setdefault(item["source"], []).append(item)
+    for items in by_source.values():
+        items.sort(key=lambda it: (it["box"][1], it["box"][0]))
+    total = sum(len(v) for v in by_source.values())
+    if count > total:
+        raise ValueError(f"--images {count}, but the packaged split has {total} test images; ask for at most {total}")
+    sources = sorted(by_source)
+    per_source = {s: 0 for s in sources}
+    order = []
+    while len(order) < count:
+        for s in sources:
+            if len(order) < count and per_source[s] < len(by_source[s]):
+                per_source[s] += 1
+                order.append(s)
+    picked = []
+    for s in sources:
+        items, n = by_source[s], per_source[s]
+        # n evenly spaced positions, centred: 1 → the middle, 2 → the quarter points, ...
+        positions = sorted({min(len(items) - 1, int((j + 0.5) * len(items) / n)) for j in range(n)})
+        picked += [items[p] for p in positions]
+    return sorted(picked, key=lambda it: it["path"])
+
+
+def _stage(name: str, times: dict, progress: bool):
+    class _Timer:
+        def __enter__(self):
+            if progress:
+                print(f"== {name}", file=sys.stderr)
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc):
+            times[name] = time.perf_counter() - self.start
+            if progress and exc[0] is None:
+                print(f"   {name}: {times[name]:.1f} s", file=sys.stderr)
+
+    return _Timer()
+
+
+def run(config: DemoConfig) -> dict:
+    """Every stage of the demo; returns {"report", "evaluation", "times", "runs", "images"}."""
+    import ray
+
+    from cluster.config import ReconstructConfig
+    from index_builder.job import BuildConfig, run_build
+    from pipelines import default_assets, reconstruct
+    from pipelines.evaluate import EvaluateConfig, evaluate, write
+
+    if not (Path(config.prior) / "unet" / "config.json").is_file() and not config.prior.startswith("tiny"):
+        raise FileNotFoundError(
+            f"no trained prior in {config.prior}; the demo uses the committed default prior (assets/default/), "
+            "or pass --prior with a diffusers UNet folder (train one with python -m pipelines.train_prior)"
+        )
+    out = Path(config.out).resolve()
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    with _stage("packaged corpus (pipelines.default_assets)", times, config.progress):
+        manifest = default_assets.build(out / "assets")
+        chosen = pick_test_images(manifest, config.images)
+        inputs = out / "inputs"
+        inputs.mkdir(parents=True, exist_ok=True)
+        wanted = {Path(it["path"]).name for it in chosen}
+        for stale in set(os.listdir(inputs)) - wanted:
+            os.remove(inputs / stale)  # a previous demo's --images: the runs must see exactly these
+        for item in chosen:
+            shutil.copyfile(out / "assets" / item["path"], inputs / Path(item["path"]).name)
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning", configure_logging=True)
+        started_ray = True
+    try:
+        with _stage("index (index_builder, Ray Data)", times, config.progress):
+            report = run_build(BuildConfig(str(out / "assets" / "corpus"), str(out / "index"), progress=config.progress))
+            if config.progress:
+                print(f"   {report.summary()}", file=sys.stderr)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        actors = config.num_actors or max(1, min(cpus, config.images))
+        runs = []
+        for task in config.tasks:
+            for mode in config.modes:
+                name = f"{task}-{mode}"
+                with _stage(f"reconstruct {name} (cluster, Ray actors)", times, config.progress):
+                    job = ReconstructConfig(
+                        inputs=str(inputs), out=str(out / "runs" / name), task=task, mode=mode,
+                        index=None if mode == "baseline" else str(out / "index"), prior=config.prior, k=config.k,
+                        steps=config.steps, lora_steps=config.lora_steps, lora_batch_size=config.lora_batch_size,
+                        seed=config.seed, num_actors=actors,
+                    )  # fmt: skip
+                    summary = reconstruct.run(job, progress=config.progress)
+                    if summary["errors"]:
+                        raise RuntimeError(f"{name}: {summary['errors']} image(s) failed; see {job.out}/results.parquet")
+                runs.append(job.out)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    with _stage("evaluate + report", times, config.progress):
+        # One torch thread: the metrics are small convolutions, which contend badly on a busy machine.
+        ev = evaluate(EvaluateConfig(runs=tuple(runs), out=str(out), metrics=config.metrics, threads=1), progress=config.progress)
+        written = write(ev, progress=config.progress)
+    times["total"] = time.perf_counter() - started
+    return {"report": written["report.html"], "results": written["results.md"], "evaluation": ev, "times": times,
+            "runs": runs, "images": [it["path"] for it in chosen]}  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    values = {"out": args.out, "progress": not args.no_progress}
+    if args.quick:
+        values.update(QUICK)
+    for name in ("images", "prior", "k", "steps", "lora_steps", "seed"):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    if args.tasks:
+        values["tasks"] = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    config = DemoConfig(**values)
+    from pipelines.evaluate import headline
+
+    result = run(config)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "progress", "metrics")}
+    print(f"settings: {settings}")
+    print("stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["times"].items()))
+    text = headline(result["evaluation"])
+    if text:
+        print("paired differences (ADIR − reference, mean [95% interval] (n images)):")
+        print(text)
+    print(f"tables: {result['results']}")
+    print(f"report: {result['report']}")
+    return 0

@@ -1,0 +1,143 @@
+"""Prior training on tiny settings: it learns, resumes bit for bit, time-boxes cleanly, and exports a prior that loads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adir_ops.priors import DiffusionPrior
+from pipelines import default_assets as da
+from pipelines import train_prior as tp
+
+TINY = tp.TrainConfig(
+    resolution=16, block_out_channels=(8, 16), layers_per_block=1, attention=False, batch_size=4,
+    warmup_steps=1, max_steps=4, checkpoint_every=2, validation_size=4, num_samples=4, sample_steps=2,
+)
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    """Eight real 16 px patches of a shipped photo, in a nested folder as default_assets writes them."""
+    folder = tmp_path_factory.mktemp("patches")
+    photo = da.load_photo("coffee")
+    (folder / "coffee").mkdir()
+    for i in range(8):
+        box = (40 * i, 100, 40 * i + 32, 132)
+        Image.fromarray(da.cut(photo, box, 16)).save(folder / "coffee" / f"p{i}.png")
+    return folder
+
+
+def _same_state(a, b, where="state") -> None:
+    """Exact equality of nested state dicts (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            _same_state(u, v, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(patches, tmp_path):
+    whole = tp.train(patches, tmp_path / "whole", TINY, progress=False)
+    tp.train(patches, tmp_path / "parts", replace(TINY, max_steps=2), progress=False)
+    resumed = tp.train(patches, tmp_path / "parts", TINY, progress=False)
+    assert resumed.step_count == whole.step_count == 4
+    assert resumed.losses == whole.losses
+    _same_state(resumed.unet.state_dict(), whole.unet.state_dict())
+    _same_state(resumed.ema.state_dict(), whole.ema.state_dict())
+    _same_state(resumed.optimizer.state_dict(), whole.optimizer.state_dict())
+    assert torch.equal(resumed.generator.get_state(), whole.generator.get_state())
+
+
+def test_checkpoint_loads_with_weights_only(patches, tmp_path):
+    tp.train(patches, tmp_path, replace(TINY, max_steps=2), progress=False)
+    state = torch.load(tmp_path / tp.CHECKPOINT, map_location="cpu", weights_only=True)
+    assert state["step"] == 2 and len(state["losses"]) == 2
+    assert json.loads(state["config"])["block_out_channels"] == [8, 16]
+
+
+def test_resume_with_another_model_is_refused(patches, tmp_path):
+    tp.train(patches, tmp_path, replace(TINY, max_steps=2), progress=False)
+    with pytest.raises(ValueError, match="block_out_channels"):
+        tp.train(patches, tmp_path, replace(TINY, block_out_channels=(8, 24)), progress=False)
+
+
+def test_time_box_stops_and_saves(patches, tmp_path):
+    trainer = tp.train(patches, tmp_path, replace(TINY, max_minutes=0.0), progress=False)
+    assert trainer.step_count == 0
+    assert (tmp_path / tp.CHECKPOINT).is_file()
+    assert tp.train(patches, tmp_path, replace(TINY, max_steps=1), progress=False).step_count == 1
+
+
+def test_training_lowers_the_validation_loss(patches, tmp_path):
+    config = replace(TINY, max_steps=40, checkpoint_every=40, learning_rate=3e-3, batch_size=8, validation_size=8)
+    before = tp.train(patches, tmp_path, replace(config, max_steps=1), progress=False)
+    first = before.validation[-1][1]
+    after = tp.train(patches, tmp_path, config, progress=False)
+    assert after.validation[-1][1] < 0.8 * first
+
+
+def test_no_global_rng_draws(patches, tmp_path):
+    state = torch.get_rng_state()
+    tp.train(patches, tmp_path, replace(TINY, max_steps=2), progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_export_writes_a_prior_that_loads(patches, tmp_path, fp16):
+    config = replace(TINY, fp16_weights=fp16)
+    trainer = tp.train(patches, tmp_path / "work", config, progress=False)
+    summary = tp.export(trainer, tmp_path / "out", data=trainer.data, command="test")
+    out = tmp_path / "out"
+    for name in ("loss_curve.png", "samples.png"):
+        with Image.open(out / name) as im:
+            assert im.size[0] > 16 and im.size[1] > 16
+    assert json.loads((out / tp.SUMMARY).read_text())["steps"] == 4 == summary["steps"]
+    assert summary["weights_dtype"] == ("float16" if fp16 else "float32")
+    prior = DiffusionPrior.from_diffusers(str(out))
+    assert prior.resolution == 16 and prior.dtype == torch.float32
+    torch.testing.assert_close(prior.alphas_cumprod, trainer.prior().alphas_cumprod)
+    x = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        want = trainer.prior().eps(x, t)
+        got = prior.eps(x, t)
+    torch.testing.assert_close(got, want, atol=2e-2 if fp16 else 0, rtol=2e-2 if fp16 else 0)
+
+
+def test_wrong_patch_size_names_the_file(tmp_path):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "odd.png")
+    with pytest.raises(ValueError, match="odd.png is 20x20"):
+        tp.load_patches(tmp_path, 16)
+    with pytest.raises(FileNotFoundError, match="default_assets"):
+        tp.load_patches(tmp_path / "empty", 16)
+
+
+def test_committed_default_prior_loads_and_matches_its_summary():
+    from safetensors import safe_open
+
+    prior = tp.load_default_prior()
+    summary = json.loads((tp.DEFAULT_PRIOR / tp.SUMMARY).read_text())
+    assert (prior.resolution, prior.channels, prior.num_train_timesteps) == (64, 3, 1000)
+    assert prior.dtype == torch.float32
+    assert sum(p.numel() for p in prior.unet.parameters()) == summary["parameters"]
+    with safe_open(str(tp.DEFAULT_PRIOR / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        stored = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert stored == {"F16" if summary["weights_dtype"] == "float16" else "F32"}
+    torch.testing.assert_close(prior.betas, tp.linear_betas(1000))
+    x = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps = prior.eps(x, torch.tensor([999]))
+    # At t = T-1, x_t is almost pure noise: a trained prior predicts it back.
+    assert torch.nn.functional.mse_loss(eps, x) < 0.05
