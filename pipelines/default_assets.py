@@ -13,7 +13,8 @@ Choices, and why:
 - Sources: only files present offline in packages we already install: scikit-image's data
   folder and matplotlib's sample data (`grace_hopper.jpg`). Files that scikit-image fetches
   with pooch are not used. conformal-clip-data's 2000 "textile" JPEGs were looked at and
-  left out: they are near-identical gray noise of one texture and would swamp the prior.
+  left out: they are near-identical gray noise of one texture and would swamp the prior;
+  scikit-learn's two sample photos too, since scikit-learn is not otherwise a dependency.
   Synthetic pictures (phantom, horse, chessboard, logo, colour wheel, page, text) are left out:
   the prior is meant to be one of photographs.
 - Split by photo, then by region. Five colour photos (astronaut, chelsea, coffee, rocket,

@@ -133,7 +133,7 @@ def test_committed_default_prior_loads_and_matches_its_summary():
     assert prior.dtype == torch.float32
     assert sum(p.numel() for p in prior.unet.parameters()) == summary["parameters"]
     with safe_open(str(tp.DEFAULT_PRIOR / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
-        stored = {f.get_slice(k).get_dtype() for k in f.keys()}
+        stored = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     assert stored == {"F16" if summary["weights_dtype"] == "float16" else "F32"}
     torch.testing.assert_close(prior.betas, tp.linear_betas(1000))
     x = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(0))
