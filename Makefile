@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m adir_ops.example --task sr4 --out example-out
+	$(VENV)/bin/adir demo --out demo-out
 
 test: $(STAMP) ci-browser
 	$(PY) -m pytest -q -p no:cacheprovider
