@@ -475,32 +475,55 @@ def adapt(
     generator gives one adapter. `callback(step, loss)` is called after each step
     (0-based). The prior's UNet is left bit-identical, with its modes and flags restored.
     """
-    if not isinstance(config, AdaptConfig):
-        raise TypeError(f"config must be an AdaptConfig; got {type(config).__name__}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError("adapt needs an explicit torch.Generator (e.g. adir_ops.rng.generator_for(seed, image_id))")
-    unet = prior.unet
-    device = next(unet.parameters()).device
+    device = next(prior.unet.parameters()).device
     resolution = prior.resolution
     pool = neighbour_pool(images, prior.channels, resolution, device)
     # Coefficients from the float64 schedule on the CPU: no device sync per step.
     abar = prior.alphas_cumprod.detach().cpu()
+
+    def loss_of_step(step: int) -> torch.Tensor:
+        x0, t, noise = _draw_batch(pool, config, resolution, prior.num_train_timesteps, generator)
+        noise = noise.to(device)
+        x_t = math.sqrt(float(abar[t])) * x0 + math.sqrt(1.0 - float(abar[t])) * noise
+        timesteps = torch.full((x0.shape[0],), t, device=device, dtype=torch.long)
+        return F.mse_loss(prior.eps(x_t, timesteps).float(), noise)
+
+    return train_lora(prior.unet, loss_of_step, config, generator, prior_config=prior.config, callback=callback)
+
+
+def train_lora(
+    unet: nn.Module,
+    loss_of_step: Callable[[int], torch.Tensor],
+    config: AdaptConfig,
+    generator: torch.Generator,
+    *,
+    prior_config: dict[str, Any],
+    callback: Callable[[int, float], None] | None = None,
+    step_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Adapter:
+    """Adam on a fresh LoRA of every Conv2d of `unet`, `config.steps` times: the loop every adaptation shares.
+
+    `loss_of_step(step)` draws its batch from `generator` and returns the loss; it runs
+    inside `step_context()` (e.g. autocast) while the LoRA weights and Adam stay fp32.
+    The LoRA init is drawn first from the same generator. The UNet is left bit-identical.
+    """
+    if not isinstance(config, AdaptConfig):
+        raise TypeError(f"config must be an AdaptConfig; got {type(config).__name__}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError("adaptation needs an explicit torch.Generator (e.g. adir_ops.rng.generator_for(seed, image_id))")
     losses: list[torch.Tensor] = []
     with LoraTraining(unet, config, generator) as lora:
         optimizer = torch.optim.Adam(lora.parameters, lr=config.learning_rate)
         # enable_grad: callers often run workers under no_grad; training needs autograd back.
         with torch.enable_grad():
             for step in range(config.steps):
-                x0, t, noise = _draw_batch(pool, config, resolution, prior.num_train_timesteps, generator)
-                noise = noise.to(device)
-                x_t = math.sqrt(float(abar[t])) * x0 + math.sqrt(1.0 - float(abar[t])) * noise
-                timesteps = torch.full((x0.shape[0],), t, device=device, dtype=torch.long)
-                loss = F.mse_loss(prior.eps(x_t, timesteps).float(), noise)
+                with step_context():
+                    loss = loss_of_step(step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.detach())
                 if callback is not None:
                     callback(step, float(loss.detach()))
-        curve = torch.stack(losses).cpu().tolist() if losses else []
-        return lora.adapter(prior.config, curve)
+        curve = torch.stack(losses).float().cpu().tolist() if losses else []
+        return lora.adapter(prior_config, curve)

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adir_ops.adaptation import AdaptConfig, Adapter, LoraTraining
+from adir_ops import adaptation
+from adir_ops.adaptation import AdaptConfig, Adapter
 
 # The paper's models; what `load_pipeline` names in its messages.
 HUB_IDS = {
@@ -282,26 +283,11 @@ def train_lora(
     runs under autocast (see `autocast_dtype`) while the LoRA weights and Adam stay fp32.
     The pipeline's UNet is left bit-identical.
     """
-    if not isinstance(config, AdaptConfig):
-        raise TypeError(f"config must be an AdaptConfig; got {type(config).__name__}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError("adaptation needs an explicit torch.Generator (e.g. adir_ops.rng.generator_for(seed, image_id))")
     device = next(pipe.unet.parameters()).device
-    losses: list[torch.Tensor] = []
-    with LoraTraining(pipe.unet, config, generator) as lora:
-        optimizer = torch.optim.Adam(lora.parameters, lr=config.learning_rate)
-        with torch.enable_grad():
-            for step in range(config.steps):
-                with mixed_precision_context(device, mixed_precision):
-                    loss = loss_of_step(step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach())
-                if callback is not None:
-                    callback(step, float(loss.detach()))
-        curve = torch.stack(losses).float().cpu().tolist() if losses else []
-        return lora.adapter(prior_config, curve)
+    return adaptation.train_lora(
+        pipe.unet, loss_of_step, config, generator, prior_config=prior_config, callback=callback,
+        step_context=lambda: mixed_precision_context(device, mixed_precision),
+    )
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
