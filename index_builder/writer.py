@@ -89,13 +89,16 @@ def commit_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | Non
         fs.invalidate_cache(path)
 
 
-def remove_stale_temporaries(out: str) -> int:
-    """Delete temp files a killed run left beside local shards (object stores never get any)."""
+def remove_stale_temporaries(out: str, folders: Sequence[str] = (EMBEDDINGS_DIR, ERRORS_DIR)) -> int:
+    """Delete the temp files of `commit_bytes` that a killed process left in OUT/<folder> (local only).
+
+    Object stores never get any (one PUT per commit). Call it only while no writer runs.
+    """
     if not is_local(out):
         return 0
     _, root = open_fs(out)
     removed = 0
-    for folder in (EMBEDDINGS_DIR, ERRORS_DIR):
+    for folder in folders:
         path = os.path.join(root, folder)
         for name in os.listdir(path) if os.path.isdir(path) else ():
             if ".tmp-" in name:

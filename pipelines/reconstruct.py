@@ -12,9 +12,9 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from cluster.config import PRIOR_KINDS, ReconstructConfig, prior_kind
-from cluster.results import CONFIG_NAME, RESULTS_NAME, finished_names, merge_results
+from cluster.results import CONFIG_NAME, IMAGES_DIR, RESULTS_DIR, RESULTS_NAME, finished_names, merge_results
 from index_builder.sources import is_local, join_url, open_fs
-from index_builder.writer import commit_bytes
+from index_builder.writer import commit_bytes, remove_stale_temporaries
 
 # CLI flag → config field; every flag defaults to None so that --config values are not overridden by defaults.
 CLI_FIELDS = (
@@ -183,6 +183,9 @@ def run(
         bar.close()
         if pool is not None:
             pool.shutdown()
+    # An actor killed mid-commit leaves a temp file beside its PNG or row; the image itself was
+    # retried, so the leftover is garbage. Safe now: every actor of this run has stopped.
+    remove_stale_temporaries(config.out, (IMAGES_DIR, RESULTS_DIR))
     table = merge_results(config.out, [item["name"] for item in items], config.storage_options)
     elapsed = time.perf_counter() - start
     errors = table.num_rows - table.column("error").null_count

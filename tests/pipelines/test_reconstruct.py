@@ -103,6 +103,9 @@ def test_an_interrupted_job_resumes_without_redoing_finished_images(corpus_and_i
     assert set(seen) <= done and len(done) < 5
     before = {n: os.stat(out / "results" / f"{n}.parquet").st_mtime_ns for n in done}
     stamps = {n: pq.read_table(out / "results" / f"{n}.parquet").column("finished_at")[0].as_py() for n in done}
+    # What a process killed mid-commit leaves behind (commit_bytes' temp names): the rerun cleans it.
+    (out / "images" / "q9.png.tmp-0123abcd").write_bytes(b"half a png")
+    (out / "results" / "q9.parquet.tmp-0123abcd").write_bytes(b"half a row")
 
     summary = reconstruct.run(config, progress=False)
     assert summary["skipped"] == len(done) and summary["processed"] == 5 - len(done)
