@@ -6,46 +6,15 @@ import argparse
 import sys
 
 
-def _run_index_build(args: argparse.Namespace) -> int:
-    from pipelines import index_cmd
+def _lazy(module: str, function: str = "main"):
+    """A handler that imports `module` only when its command runs: `adir --help` stays instant."""
 
-    return index_cmd.build(args)
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
 
+        return getattr(importlib.import_module(module), function)(args)
 
-def _run_index_info(args: argparse.Namespace) -> int:
-    from pipelines import index_cmd
-
-    return index_cmd.info(args)
-
-
-def _run_index_query(args: argparse.Namespace) -> int:
-    from pipelines import index_cmd
-
-    return index_cmd.query(args)
-
-
-def _run_reconstruct(args: argparse.Namespace) -> int:
-    from pipelines import reconstruct
-
-    return reconstruct.main(args)
-
-
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from pipelines import evaluate
-
-    return evaluate.main(args)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from pipelines import demo
-
-    return demo.main(args)
-
-
-def _run_edit(args: argparse.Namespace) -> int:
-    from pipelines import edit
-
-    return edit.main(args)
+    return handler
 
 
 def _run_example(args: argparse.Namespace) -> int:
@@ -76,18 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
     build.add_argument("--max-shards", type=int, default=None,
                        help="commit at most N missing shards in this run, then stop (time-boxed jobs); rerun to continue")
-    build.set_defaults(func=_run_index_build)
+    build.set_defaults(func=_lazy("pipelines.index_cmd", "build"))
 
     info = index_commands.add_parser("info", help="print an index's manifest")
     info.add_argument("out", help="index folder (fsspec URL or path)")
-    info.set_defaults(func=_run_index_info)
+    info.set_defaults(func=_lazy("pipelines.index_cmd", "info"))
 
     query = index_commands.add_parser("query", help="print the K nearest corpus images of an image")
     query.add_argument("out", help="index folder (fsspec URL or path)")
     query.add_argument("image", help="query image (fsspec URL or path)")
     query.add_argument("-k", type=int, default=20, help="number of neighbours")
     query.add_argument("--embedder", default=None, help="encoder for the query image (default: the one the index was built with)")
-    query.set_defaults(func=_run_index_query)
+    query.set_defaults(func=_lazy("pipelines.index_cmd", "query"))
 
     _add_reconstruct(commands)
     _add_edit(commands)
@@ -133,7 +102,7 @@ def _add_reconstruct(commands) -> None:
     p.add_argument("--config", help="job.yaml holding any of these options (storage_options only there)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_reconstruct)
+    p.set_defaults(func=_lazy("pipelines.reconstruct"))
 
 
 def _add_evaluate(commands) -> None:
@@ -158,7 +127,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--report-neighbours", type=int, default=8, help="neighbour thumbnails per arm and image (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the metrics (default: torch's; 1 is often faster on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_evaluate)
+    p.set_defaults(func=_lazy("pipelines.evaluate"))
 
 
 def _add_demo(commands) -> None:
@@ -177,7 +146,7 @@ def _add_demo(commands) -> None:
     p.add_argument("--lora-steps", type=int, default=None, help="LoRA adaptation iterations")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
-    p.set_defaults(func=_run_demo)
+    p.set_defaults(func=_lazy("pipelines.demo"))
 
 
 def _add_edit(commands) -> None:
@@ -203,7 +172,7 @@ def _add_edit(commands) -> None:
     p.add_argument("--seed", type=int, help="run seed (default 0)")
     p.add_argument("--no-stock", dest="stock", action="store_false", default=None, help="skip the non-adapted edit")
     p.add_argument("--config", help="YAML file holding any of these options (storage_options only there)")
-    p.set_defaults(func=_run_edit)
+    p.set_defaults(func=_lazy("pipelines.edit"))
 
 
 def main(argv: list[str] | None = None) -> int:
