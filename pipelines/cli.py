@@ -14,6 +14,7 @@ def _lazy(module: str, function: str = "main"):
 
         return getattr(importlib.import_module(module), function)(args)
 
+    handler.target = f"{module}:{function}"  # what the command runs, for tests and debugging
     return handler
 
 

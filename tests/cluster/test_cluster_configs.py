@@ -21,7 +21,7 @@ def _check_reconstruct_command(command: str):
     argv = shlex.split(command)
     assert argv[0] == "adir", command
     args = cli.build_parser().parse_args(argv[1:])  # exits (SystemExit 2) on any unknown flag
-    assert args.command == "reconstruct" and args.func is cli._run_reconstruct
+    assert args.command == "reconstruct" and args.func.target == "pipelines.reconstruct:main"
     config = reconstruct.resolve_config(args)  # the job config accepts the combination too
     for required in ("inputs", "out", "task"):
         assert getattr(config, required)
