@@ -32,4 +32,4 @@ ci-browser:
 		|| echo "could not install chromium: the browser test will be skipped"; fi
 
 clean:
-	rm -rf $(VENV) example-out demo-out
+	rm -rf $(VENV) example-out demo-out notebooks/quickstart-out notebooks/dataset-out

@@ -122,7 +122,7 @@ def one_size(args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="2000,20000", help="comma-separated corpus sizes")
-    p.add_argument("--embedder", default="offline-lowpass")
+    p.add_argument("--embedder", default="offline-content")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--cpus", type=int, default=os.cpu_count())

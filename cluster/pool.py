@@ -21,6 +21,7 @@ def actor_plan(
     num_actors: int | None = None,
     cpus_per_actor: float | None = None,
     gpus_per_actor: float | None = None,
+    work: int | None = None,
 ) -> tuple[int, dict[str, float]]:
     """(number of actors, ray options) for the cluster's resources (`ray.cluster_resources()`).
 
@@ -29,17 +30,22 @@ def actor_plan(
     the logical CPUs stay free for the driver and any Ray Data stage running beside the job
     (on a 2-CPU node, actors holding every CPU starve Ray Data's read tasks; NOTES.md).
     Ray sets each actor's torch/OpenMP threads from its num_cpus, so two actors on two
-    cores each compute on one thread.
+    cores each compute on one thread. Unless `num_actors` says otherwise, no more actors than
+    `work` items: each actor loads the prior, so an idle one only costs start-up time and memory.
     """
     gpus = float(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
     if gpus >= 1 and gpus_per_actor != 0:
         per_actor = gpus_per_actor or 1.0
-        count = num_actors or max(1, int(gpus // per_actor))
+        count = num_actors or _at_most(max(1, int(gpus // per_actor)), work)
         return count, {"num_gpus": per_actor, "num_cpus": 1.0 if cpus_per_actor is None else cpus_per_actor}
     per_actor = 0.5 if cpus_per_actor is None else cpus_per_actor
-    count = num_actors or max(1, int(cpus))
+    count = num_actors or _at_most(max(1, int(cpus)), work)
     return count, {"num_cpus": per_actor}
+
+
+def _at_most(count: int, work: int | None) -> int:
+    return count if work is None else max(1, min(count, work))
 
 
 class PoolStartError(RuntimeError):
@@ -56,7 +62,8 @@ class WorkerPool:
     its actor `max_attempts` times gets an error row, so one poisonous image cannot stall the job.
     """
 
-    def __init__(self, config: ReconstructConfig, *, resources: Mapping[str, float] | None = None, worker_cls=None):
+    def __init__(self, config: ReconstructConfig, *, resources: Mapping[str, float] | None = None, worker_cls=None,
+                 work: int | None = None):  # fmt: skip
         import ray
 
         from cluster.worker import ReconstructionWorker
@@ -64,7 +71,8 @@ class WorkerPool:
         self.config = config
         resources = ray.cluster_resources() if resources is None else resources
         self.count, self.options = actor_plan(
-            resources, num_actors=config.num_actors, cpus_per_actor=config.cpus_per_actor, gpus_per_actor=config.gpus_per_actor
+            resources, num_actors=config.num_actors, cpus_per_actor=config.cpus_per_actor, gpus_per_actor=config.gpus_per_actor,
+            work=work,
         )
         remote = ray.remote(worker_cls or ReconstructionWorker).options(
             max_restarts=config.max_restarts, max_task_retries=0, **self.options

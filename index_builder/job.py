@@ -37,7 +37,7 @@ class BuildConfig:
 
     source: str
     out: str
-    embedder: str = "offline-lowpass"
+    embedder: str = "offline-content"
     index_factory: str = "Flat"
     shard_size: int = 1000
     limit: int | None = None

@@ -51,6 +51,7 @@ class DemoConfig:
     steps: int = 30  # respaced sampling steps
     lora_steps: int = 20  # LoRA adaptation iterations (the job's default is 400)
     lora_batch_size: int = 6  # the paper's
+    lora_learning_rate: float = 1e-4  # the paper's (for 400 steps)
     seed: int = 0
     metrics: tuple[str, ...] = ("offline",)  # evaluate's --metrics
     num_actors: int | None = None  # None: one per CPU core, at most one per image
@@ -169,6 +170,7 @@ def run(config: DemoConfig) -> dict:
                         inputs=str(inputs), out=str(out / "runs" / name), task=task, mode=mode,
                         index=None if mode == "baseline" else str(out / "index"), prior=config.prior, k=config.k,
                         steps=config.steps, lora_steps=config.lora_steps, lora_batch_size=config.lora_batch_size,
+                        lora_learning_rate=config.lora_learning_rate,
                         seed=config.seed, num_actors=actors,
                     )  # fmt: skip
                     summary = reconstruct.run(job, progress=config.progress)
@@ -191,11 +193,13 @@ def main(args: argparse.Namespace) -> int:
     values = {"out": args.out, "progress": not args.no_progress}
     if args.quick:
         values.update(QUICK)
-    for name in ("images", "prior", "k", "steps", "lora_steps", "seed"):
+    for name in ("images", "prior", "k", "steps", "lora_steps", "lora_learning_rate", "seed"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     if args.tasks:
         values["tasks"] = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    if args.modes:
+        values["modes"] = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     config = DemoConfig(**values)
     from pipelines.evaluate import headline
 

@@ -18,7 +18,7 @@ from index_builder.writer import commit_bytes, remove_stale_temporaries
 
 # CLI flag → config field; every flag defaults to None so that --config values are not overridden by defaults.
 CLI_FIELDS = (
-    "index", "inputs", "task", "out", "prior", "k", "mode", "steps", "lora_steps", "seed", "degraded", "reference",
+    "index", "inputs", "task", "out", "prior", "k", "mode", "steps", "lora_steps", "lora_learning_rate", "seed", "degraded", "reference",
     "guidance_scale", "embedder", "tile_batch", "tile_overlap", "num_actors", "cpus_per_actor", "limit",
 )  # fmt: skip
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -169,7 +169,7 @@ def run(
     pool = None
     try:
         if todo:
-            pool = WorkerPool(config)
+            pool = WorkerPool(config, work=len(todo))
             if progress:
                 print(f"{len(pool.ready)} of {pool.count} actor(s) ready ({pool.options}); {len(todo)} image(s) to do", file=sys.stderr)
 

@@ -54,3 +54,7 @@ def test_pool_size_follows_the_cluster():
     assert actor_plan({"CPU": 2.0}) == (2, {"num_cpus": 0.5})
     assert actor_plan({"CPU": 2.0}, num_actors=1, cpus_per_actor=1.0) == (1, {"num_cpus": 1.0})
     assert actor_plan({"CPU": 8.0, "GPU": 2.0}, gpus_per_actor=0) == (8, {"num_cpus": 0.5})
+    # No more actors than images (each one loads the prior), unless the user asks for a count.
+    assert actor_plan({"CPU": 16.0, "GPU": 4.0}, work=1) == (1, {"num_gpus": 1.0, "num_cpus": 1.0})
+    assert actor_plan({"CPU": 2.0}, work=1)[0] == 1 and actor_plan({"CPU": 2.0}, work=0)[0] == 1
+    assert actor_plan({"CPU": 2.0}, work=1, num_actors=2)[0] == 2

@@ -25,7 +25,7 @@ def test_build_info_query_on_a_local_folder(ray_cluster, tmp_path, capsys):
 
     assert main(["index", "info", out]) == 0
     info = capsys.readouterr().out
-    assert "offline-lowpass (dim 256)" in info and "7 indexed, 1 error rows" in info and "Flat" in info
+    assert "offline-content (dim 68)" in info and "7 indexed, 1 error rows" in info and "Flat" in info
 
     assert main(["index", "query", out, str(src / "img_004.jpg"), "-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -33,7 +33,7 @@ def test_build_info_query_on_a_local_folder(ray_cluster, tmp_path, capsys):
 
     assert main(["index", "query", out, str(src / "img_004.jpg"), "--embedder", "openclip:adir-tiny"]) == 2
     err = capsys.readouterr().err
-    assert "built with offline-lowpass (dim 256)" in err and "openclip:adir-tiny" in err
+    assert "built with offline-content (dim 68)" in err and "openclip:adir-tiny" in err
 
     assert main(["index", "info", str(tmp_path / "nothing")]) == 2
     assert "adir index build" in capsys.readouterr().err

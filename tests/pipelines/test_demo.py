@@ -13,7 +13,7 @@ import yaml
 from pipelines import cli
 from pipelines.demo import DemoConfig, pick_test_images
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)  # a loaded 2-core machine has needed over 600 s
 
 
 def _manifest(counts: dict[str, int]) -> dict:
@@ -54,7 +54,7 @@ def test_quick_demo_runs_every_stage_and_a_rerun_resumes(ray_cluster, tmp_path, 
     inputs = sorted(os.listdir(out / "inputs"))
     assert len(inputs) == 1 and inputs[0] in tests  # a held-out test image, which is not in the corpus
     index = json.loads((out / "index" / "manifest.json").read_text())
-    assert index["count"] == len(corpus) and index["embedder"] == "offline-lowpass"
+    assert index["count"] == len(corpus) and index["embedder"] == "offline-content"
 
     modes = ("baseline", "adir", "random-nn", "mse-nn")
     default_prior = Path(__file__).resolve().parents[2] / "assets" / "default"

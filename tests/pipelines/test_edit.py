@@ -70,7 +70,7 @@ def test_an_index_without_a_text_encoder_is_refused(tmp_path, photo, corpus_and_
     _, index = corpus_and_index
     rc = main(["edit", "--image", photo, "--prompt", PROMPT, "--out", str(tmp_path / "out"), "--index", index, *FAST])
     assert rc == 2
-    assert "built with offline-lowpass, which has no text encoder" in capsys.readouterr().err
+    assert "built with offline-content, which has no text encoder" in capsys.readouterr().err
 
 
 def test_missing_pipeline_weights_fail_fast_with_the_download(tmp_path, photo, monkeypatch, capsys):

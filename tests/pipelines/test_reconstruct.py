@@ -70,7 +70,7 @@ def test_every_input_gets_exactly_one_row_and_every_good_one_a_png(dataset_run):
     # The resolved config: CLI flags over job.yaml over defaults, and the index's embedder.
     with open(os.path.join(out, "config.yaml")) as f:
         config = yaml.safe_load(f)
-    assert (config["steps"], config["lora_batch_size"], config["embedder"]) == (4, 2, "offline-lowpass")
+    assert (config["steps"], config["lora_batch_size"], config["embedder"]) == (4, 2, "offline-content")
 
 
 def test_an_image_alone_gives_the_same_output_as_in_the_dataset_run(dataset_run, tmp_path):
@@ -165,7 +165,7 @@ def test_a_job_runs_entirely_on_object_storage(corpus_and_index, s3fs_fs, s3_buc
     [
         (["--prior", "/no/such/prior"], "prior '/no/such/prior' does not exist"),
         (["--index", "/no/such/index"], "no finished index at /no/such/index"),
-        (["--embedder", "openclip:adir-tiny"], "was built with offline-lowpass"),
+        (["--embedder", "openclip:adir-tiny"], "was built with offline-content"),
         (["--k", "50"], "holds 8 images"),
         (["--inputs", "EMPTY"], "no input images found"),
     ],
