@@ -147,7 +147,7 @@ def _add_demo(commands) -> None:
     p.add_argument("--k", type=int, default=None, help="neighbours per image")
     p.add_argument("--steps", type=int, default=None, help="respaced sampling steps")
     p.add_argument("--lora-steps", type=int, default=None, help="LoRA adaptation iterations")
-    p.add_argument("--lora-learning-rate", type=float, default=None, help="Adam learning rate of the LoRA")
+    p.add_argument("--lora-learning-rate", type=float, default=None, help="Adam learning rate of the LoRA (default 3e-4: the demo trains few steps)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(func=_lazy("pipelines.demo"))
