@@ -104,7 +104,37 @@ def _orientation_histograms(lum: torch.Tensor, cells: int, bins: int) -> torch.T
     return _unit(hist.sqrt())
 
 
-class OfflineLowpassEmbedder(Embedder):
+def _working_copy(images: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(small RGB, its luminance): what survives ADIR's degradations, for the weight-free encoders.
+
+    A size x size area-like downsample (antialias=True averages for any, non-integer, factor)
+    blurred with sigma 1 px: what x8 downsampling of a 256 px image and a 5x5 blur leave, with
+    sensor noise averaged away; luminance with the BT.601 weights the colorization operator uses.
+    """
+    small = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    small = _gaussian_blur(small, sigma=1.0)
+    luma = torch.tensor(_LUMA, dtype=small.dtype, device=small.device).view(1, 3, 1, 1)
+    return small, (small * luma).sum(1, keepdim=True)
+
+
+class _OfflineEmbedder(Embedder):
+    """What the weight-free encoders share: input checks, the empty batch, no autograd, float32 rows."""
+
+    image_size = 64
+    work_size = 32
+
+    def embed_images(self, images: torch.Tensor) -> np.ndarray:
+        images = _check_images(images)
+        if images.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.no_grad():
+            return self._features(images).cpu().numpy().astype(np.float32)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OfflineLowpassEmbedder(_OfflineEmbedder):
     """A weight-free, deterministic image descriptor built to survive ADIR's degradations.
 
     Why: the paper retrieves neighbours with CLIP; without downloadable weights we still need
@@ -132,8 +162,6 @@ class OfflineLowpassEmbedder(Embedder):
     """
 
     name = "offline-lowpass"
-    image_size = 64
-    work_size = 32
     bins = 8
     chroma_softness = 0.28  # chroma vector norm at which the block reaches 1/sqrt(2)
     weights = MappingProxyType({"layout": 1.0, "edges32": 1.0, "edges16": 0.6, "chroma": 0.3})
@@ -141,20 +169,8 @@ class OfflineLowpassEmbedder(Embedder):
     def __init__(self):
         self.dim = 64 + self.bins * 16 + self.bins * 4 + 32
 
-    def embed_images(self, images: torch.Tensor) -> np.ndarray:
-        images = _check_images(images)
-        if images.shape[0] == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        with torch.no_grad():
-            return self._features(images).cpu().numpy().astype(np.float32)
-
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        s = self.work_size
-        # antialias=True makes downscaling an area-like average for any (non-integer) factor.
-        small = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        small = _gaussian_blur(small, sigma=1.0)
-        luma = torch.tensor(_LUMA, dtype=small.dtype, device=small.device).view(1, 3, 1, 1)
-        lum = (small * luma).sum(1, keepdim=True)
+        small, lum = _working_copy(images, self.work_size)
         chroma = torch.cat([small[:, 2:3] - lum, small[:, 0:1] - lum], dim=1)  # Cb, Cr (unscaled)
 
         layout = F.adaptive_avg_pool2d(lum, 8).flatten(1)
@@ -169,14 +185,14 @@ class OfflineLowpassEmbedder(Embedder):
         return _unit(torch.cat(blocks, dim=1))
 
 
-def _soft_histogram(values: torch.Tensor, low: float, high: float, bins: int) -> torch.Tensor:
-    """(n, N) values -> (n, bins) linearly interpolated histogram over [low, high], rows summing to 1 inside it."""
+def _bin_weights(values: torch.Tensor, low: float, high: float, bins: int) -> torch.Tensor:
+    """(n, N) values -> (n, N, bins): each value's linear-interpolation weights on `bins` bins over [low, high]."""
     position = (values - low) / (high - low) * bins - 0.5
     centres = torch.arange(bins, dtype=values.dtype, device=values.device)
-    return (1 - (position[..., None] - centres).abs()).clamp_min(0).mean(1)
+    return (1 - (position[..., None] - centres).abs()).clamp_min(0)
 
 
-class OfflineContentEmbedder(Embedder):
+class OfflineContentEmbedder(_OfflineEmbedder):
     """A weight-free descriptor of what an image is made of (colours, tones, textures), not where things are.
 
     Why a second one: ADIR adapts the prior on images that share the query's *content*
@@ -207,8 +223,6 @@ class OfflineContentEmbedder(Embedder):
     """
 
     name = "offline-content"
-    image_size = 64
-    work_size = 32
     tone_bins = 12
     orientation_bins = 8
     chroma_bins = 6
@@ -219,22 +233,11 @@ class OfflineContentEmbedder(Embedder):
     def __init__(self):
         self.dim = self.tone_bins + 2 * self.orientation_bins + 4 + self.chroma_bins**2
 
-    def embed_images(self, images: torch.Tensor) -> np.ndarray:
-        images = _check_images(images)
-        if images.shape[0] == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        with torch.no_grad():
-            return self._features(images).cpu().numpy().astype(np.float32)
-
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        s = self.work_size
-        small = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        small = _gaussian_blur(small, sigma=1.0)
-        luma = torch.tensor(_LUMA, dtype=small.dtype, device=small.device).view(1, 3, 1, 1)
-        lum = (small * luma).sum(1, keepdim=True)
+        small, lum = _working_copy(images, self.work_size)
         cb, cr = (small[:, 2] - lum[:, 0]).flatten(1), (small[:, 0] - lum[:, 0]).flatten(1)
 
-        tones = _unit(_soft_histogram(lum.flatten(1), 0.0, 1.0, self.tone_bins).sqrt())
+        tones = _unit(_bin_weights(lum.flatten(1), 0.0, 1.0, self.tone_bins).mean(1).sqrt())
         edges32 = _orientation_histograms(lum, cells=1, bins=self.orientation_bins)
         edges16 = _orientation_histograms(F.avg_pool2d(lum, 2), cells=1, bins=self.orientation_bins)
         energy = _unit(torch.stack([_gradient_energy(lum), _gradient_energy(F.avg_pool2d(lum, 2)),
@@ -242,12 +245,11 @@ class OfflineContentEmbedder(Embedder):
         w = self.weights
         structure = _unit(torch.cat([w["tones"] * tones, w["edges32"] * edges32, w["edges16"] * edges16, w["energy"] * energy], 1))
 
-        # Chroma of a sane image stays well inside [-0.5, 0.5] (pure red: Cr = 0.70, Cb = -0.30; clipped to the edge bins).
+        # Photo chroma stays well inside [-0.5, 0.5]; a value more than half a bin outside (pure
+        # red: Cr = 0.70) gets no weight at all, so extreme saturation does not vote.
         bins = self.chroma_bins
-        centres = torch.arange(bins, dtype=small.dtype, device=small.device)
-        w_cb = (1 - (((cb + 0.5) * bins - 0.5)[..., None] - centres).abs()).clamp_min(0)
-        w_cr = (1 - (((cr + 0.5) * bins - 0.5)[..., None] - centres).abs()).clamp_min(0)
-        colour = _unit((torch.einsum("bni,bnj->bij", w_cb, w_cr).flatten(1) / cb.shape[1]).sqrt())
+        joint = torch.einsum("bni,bnj->bij", _bin_weights(cb, -0.5, 0.5, bins), _bin_weights(cr, -0.5, 0.5, bins))
+        colour = _unit((joint.flatten(1) / cb.shape[1]).sqrt())
         gray = (cb.abs().mean(1) + cr.abs().mean(1)) / 2 < self.gray_chroma
         colour = torch.where(gray[:, None], torch.zeros_like(colour), colour)
         return torch.cat([structure, w["colour"] * colour], dim=1) / math.sqrt(1 + w["colour"] ** 2)

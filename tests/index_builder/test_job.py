@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from adir_ops.embedding import DEFAULT_EMBEDDER
 from index_builder import BuildConfig, Manifest, NeighborIndex, run_build
 from index_builder.manifest import IDS_NAME
 from index_builder.sources import join_url, open_fs
@@ -58,7 +59,7 @@ def _check_every_image_once(out, good: set[str], bad: dict[str, str], storage_op
 
 
 def _check_search(out, ids, vectors, storage_options=None):
-    index = NeighborIndex.open(out, embedder="offline-lowpass", storage_options=storage_options)
+    index = NeighborIndex.open(out, embedder=DEFAULT_EMBEDDER, storage_options=storage_options)
     got_ids, _, got_scores = index.search(vectors, k=5)
     assert got_ids[:, 0].tolist() == ids  # every image's own embedding finds itself first
     brute = vectors @ vectors.T
