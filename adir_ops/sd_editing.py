@@ -33,6 +33,7 @@ from adir_ops.stable_diffusion import (
     pipeline_config,
     prompt_embeddings,
     train_lora,
+    unet_downsampling,
 )
 
 MAX_BOXES = 3
@@ -96,10 +97,6 @@ def random_masks(batch: int, size: int, generator: torch.Generator, *, full_mask
     return masks
 
 
-def _unet_factor(pipe) -> int:
-    return 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-
-
 def adapt_inpainting(
     pipe,
     neighbours: torch.Tensor | Sequence[torch.Tensor],
@@ -120,8 +117,8 @@ def adapt_inpainting(
             "(latents, mask, masked-image latents): load an inpainting model such as stabilityai/stable-diffusion-2-inpainting"
         )
     size = config.crop_size
-    if (size // pipe.vae_scale_factor) % _unet_factor(pipe):
-        raise ValueError(f"crop_size {size} must be a multiple of {pipe.vae_scale_factor * _unet_factor(pipe)} for this pipeline")
+    if (size // pipe.vae_scale_factor) % unet_downsampling(pipe):
+        raise ValueError(f"crop_size {size} must be a multiple of {pipe.vae_scale_factor * unet_downsampling(pipe)} for this pipeline")
     device = next(pipe.unet.parameters()).device
     pool = neighbour_pool(neighbours, 3, size, device)
     batch = config.lora.batch_size

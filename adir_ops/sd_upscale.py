@@ -33,6 +33,7 @@ from adir_ops.stable_diffusion import (
     pipeline_config,
     prompt_embeddings,
     train_lora,
+    unet_downsampling,
 )
 
 FACTOR = 4  # the upscaler's scale, and the SR factor of the operator that makes its training pairs
@@ -82,12 +83,8 @@ def _check_noise_level(pipe, config: UpscaleConfig) -> None:
         raise ValueError(f"noise_level {config.noise_level} exceeds this upscaler's max_noise_level {max_level}")
 
 
-def _unet_factor(pipe) -> int:
-    return 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-
-
 def _check_crop_size(pipe, config: UpscaleConfig) -> None:
-    unet_factor = _unet_factor(pipe)
+    unet_factor = unet_downsampling(pipe)
     if (config.crop_size // FACTOR) % unet_factor:
         raise ValueError(
             f"crop_size {config.crop_size} gives {config.crop_size // FACTOR} px low-res crops; this upscaler's UNet "
@@ -172,7 +169,7 @@ def upscale(
     device = next(pipe.unet.parameters()).device
     # The latent is y-sized: the UNet needs multiples of its downscale, and the pipeline's
     # image processor would resize y to a multiple of the VAE's factor.
-    multiple = math.lcm(_unet_factor(pipe), int(pipe.vae_scale_factor))
+    multiple = math.lcm(unet_downsampling(pipe), int(pipe.vae_scale_factor))
     outputs = []
     with adapter.applied(pipe) if adapter is not None else contextlib.nullcontext(pipe):
         for image, g in zip(y01, generators):

@@ -243,6 +243,11 @@ def encode_latents(vae, images: torch.Tensor, noise: torch.Tensor) -> torch.Tens
     return (dist.mean + dist.std * noise.to(dist.mean.device, dist.mean.dtype)) * vae.config.scaling_factor
 
 
+def unet_downsampling(pipe) -> int:
+    """How many times the UNet halves its latent: latent sides must be multiples of this."""
+    return 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
 def latent_shape(pipe, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
     """Shape of the VAE latents of (batch, 3, height, width) images."""
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
