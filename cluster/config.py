@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from adir_ops.validation import check_fields
+from index_builder.sources import redact_options
+
 TASKS = ("sr4", "sr8", "deblur", "colorize", "inpaint")
 # The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.
 MODES = ("adir", "baseline", "random-nn", "mse-nn")
@@ -15,8 +18,6 @@ TINY_PRIOR = re.compile(r"^tiny(?::(\d+))?$")
 # (a path or bucket URL) or the Stable Diffusion x4 upscaler pipeline (folder, bucket URL, hub id or 'tiny').
 PRIOR_KINDS = ("gd256", "sd-x4")
 DEFAULT_TINY_RESOLUTION = 32
-# storage_options keys whose values are credentials: never written to config.yaml or logs.
-SECRET_KEYS = re.compile(r"(secret|token|password|key|credential|session)", re.IGNORECASE)
 # Fields that may change between a run and its resume without changing any result.
 RUNTIME_FIELDS = ("num_actors", "cpus_per_actor", "gpus_per_actor", "max_restarts", "max_attempts", "limit", "storage_options")
 
@@ -65,14 +66,19 @@ class ReconstructConfig:
     max_restarts: int = 3
     max_attempts: int = 3
     limit: int | None = None
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    # Endpoint/credentials for remote URLs: out of repr, and only known-safe values reach config.yaml.
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "metrics", tuple(self.metrics))
-        object.__setattr__(self, "storage_options", dict(self.storage_options or {}))
+        if isinstance(self.metrics, (list, tuple)):
+            object.__setattr__(self, "metrics", tuple(self.metrics))
+        if self.storage_options is None:
+            object.__setattr__(self, "storage_options", {})
         for name in ("inputs", "out", "task"):
             if not getattr(self, name):
                 raise ValueError(f"reconstruct needs --{name} (on the command line or in --config job.yaml)")
+        check_fields(self)  # YAML's 'no' is a truthy string, `seed: abc` a string, .nan a float
+        object.__setattr__(self, "storage_options", dict(self.storage_options))
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.mode not in MODES:
@@ -93,8 +99,8 @@ class ReconstructConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}; got {value!r}")
         if self.num_actors is not None and self.num_actors < 1:
             raise ValueError(f"--num-actors must be >= 1; got {self.num_actors}")
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--limit must be >= 0; got {self.limit}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all")
         if self.guidance_scale < 0:
             raise ValueError(f"--guidance-scale must be >= 0; got {self.guidance_scale}")
         unknown_metrics = sorted(set(self.metrics) - {"psnr", "ssim"})
@@ -115,7 +121,10 @@ class ReconstructConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown reconstruct option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**dict(values))
+        values = dict(values)
+        for name in ("inputs", "out", "task"):
+            values.setdefault(name, None)  # reported by __post_init__ as a missing option, not a TypeError
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -124,9 +133,9 @@ class ReconstructConfig:
         return values
 
     def redacted(self) -> dict[str, Any]:
-        """to_dict() with credential values in storage_options replaced: what config.yaml holds."""
+        """to_dict() with every storage option not known to be safe masked: what config.yaml holds."""
         values = self.to_dict()
-        values["storage_options"] = _redact(values["storage_options"])
+        values["storage_options"] = redact_options(values["storage_options"])
         return values
 
     def result_fields(self) -> dict[str, Any]:
@@ -155,9 +164,3 @@ def prior_kind(spec: str) -> tuple[str, str]:
         if spec.startswith(f"{kind}:"):
             return kind, spec[len(kind) + 1 :]
     return ("tiny" if TINY_PRIOR.match(spec or "") else "auto"), spec
-
-
-def _redact(options: Any) -> Any:
-    if isinstance(options, Mapping):
-        return {k: ("***" if SECRET_KEYS.search(str(k)) and not isinstance(v, Mapping) else _redact(v)) for k, v in options.items()}
-    return options

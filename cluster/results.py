@@ -8,7 +8,8 @@ goes first and the row second, so a row always means its PNG is complete. An ima
 when both exist; a rerun skips it, so nothing finished is recomputed and no image is written
 twice. A kill between the two writes leaves a PNG without a row: that image was not finished
 and is reconstructed again (same seed, same bytes). A failed image gets
-`OUT/results/<name>.error.parquet` instead; a rerun retries it (errors can be transient) and
+`OUT/results/<name>~error.parquet` instead ('~' is outside the characters of a safe name, so
+no image's success row can share that name with another's error row); a rerun retries it (errors can be transient) and
 removes that row once it succeeds. `OUT/results.parquet` is merged from the parts at the end
 of every run: one row per image, sorted by id.
 """
@@ -32,9 +33,10 @@ IMAGES_DIR = "images"
 RESULTS_DIR = "results"
 RESULTS_NAME = "results.parquet"
 CONFIG_NAME = "config.yaml"
-ERROR_SUFFIX = ".error"
+THUMBNAILS_DIR = "cache"  # the mse-nn arm's corpus thumbnails (cluster.retrieval)
+ERROR_SUFFIX = "~error"  # never part of a safe_name: see the module docstring
 MAX_NAME_CHARS = 120
-STAGES = ("read", "degrade", "retrieval", "fetch", "adaptation", "sampling", "write")
+STAGES = ("read", "degrade", "retrieval", "fetch", "adaptation", "sampling", "metrics", "write")
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -127,6 +129,17 @@ def row_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         if extra:
             raise ValueError(f"result row has columns {extra} that RESULTS_SCHEMA does not declare")
     return pa.Table.from_pylist([{n: row.get(n) for n in RESULTS_SCHEMA.names} for row in rows], schema=RESULTS_SCHEMA)
+
+
+def error_row(config, item: Mapping[str, Any]) -> dict[str, Any]:
+    """The result row of an item that failed before any actor saw it (item["stage"], item["error"])."""
+    from adir_ops.rng import image_seed
+
+    return {
+        "image_id": item["image_id"], "uri": item["uri"], "name": item["name"], "task": config.task, "mode": config.mode,
+        "seed": config.seed, "image_seed": image_seed(config.seed, item["image_id"]), "k": config.k, "attempt": 1,
+        "stage": item["stage"], "error": item["error"], "finished_at": utc_now(),
+    }  # fmt: skip
 
 
 def write_part(out: str, row: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from cluster.images import decode_thumbnail, fetch_many
+from cluster.results import THUMBNAILS_DIR
 from index_builder.faiss_index import NeighborIndex
 from index_builder.manifest import IDS_NAME, Manifest
 from index_builder.sources import join_url, open_fs
 from index_builder.writer import commit_bytes
 
-THUMBNAILS_DIR = "cache"
 
 
 def read_corpus_ids(index: str, storage_options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:

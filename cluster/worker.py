@@ -21,7 +21,7 @@ from adir_ops.rng import generator_for, image_seed
 from cluster.config import DEFAULT_TINY_RESOLUTION, TINY_PRIOR, ReconstructConfig, prior_kind
 from cluster.images import decode_rgb, encode_png, read_bytes, to_tensor01
 from cluster.results import RESULTS_SCHEMA, image_url, utc_now, write_part
-from index_builder.sources import is_local, open_fs
+from index_builder.sources import is_local, open_fs, scrub
 from index_builder.writer import commit_bytes
 
 MAX_ERROR_CHARS = 2000
@@ -171,9 +171,12 @@ class ReconstructionWorker:
             row.update(stage=exc.stage, error=str(exc))
         except Exception as exc:  # a bug must cost one row, not the dataset
             row.update(stage="internal", error=_error_text(exc) + "\n" + traceback.format_exc(limit=5))
-        row.update(watch.times)
+        # Only declared columns: a stage without one must not turn a good row into a write failure.
+        row.update({k: v for k, v in watch.times.items() if k in row})
         row["total_s"] = time.perf_counter() - start
         row["finished_at"] = utc_now()
+        if row["error"] is not None:
+            row["error"] = scrub(row["error"], cfg.storage_options)  # a backend's message may quote a credential
         write_part(cfg.out, row, cfg.storage_options)
         return row
 
@@ -243,11 +246,12 @@ class ReconstructionWorker:
                 with adapter.applied(self.prior) if adapter is not None else contextlib.nullcontext():
                     x0 = adir_sample(self.tiled, y, operator, steps=cfg.steps, guidance_scale=cfg.guidance_scale, generator=[sampling_generator])
                 result01 = x0.add(1).div(2).clamp(0, 1)
+            if not torch.isfinite(result01).all():
+                raise ValueError("the sampler produced non-finite pixels (NaN/inf); check --guidance-scale and the prior's weights")
             out["height"], out["width"] = result01.shape[-2:]
         if reference is not None:
             with watch.stage("metrics"):
                 out.update(self._metrics(result01, naive01, reference.to(self.device)))
-            watch.times.pop("metrics_s", None)  # cheap; reported inside total_s
         with watch.stage("write"):
             commit_bytes(image_url(cfg.out, item["name"]), encode_png(result01[0]), cfg.storage_options)
             out["output"] = f"images/{item['name']}.png"

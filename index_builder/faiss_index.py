@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,6 +63,80 @@ def new_index(dim: int, factory: str):
         if hasattr(ivf, "do_polysemous_training"):
             ivf.do_polysemous_training = False
     return index
+
+
+def check_factory(dim: int, factory: str) -> None:
+    """Raise ValueError now if FAISS cannot build `factory` (new_index does the check; nothing is trained)."""
+    new_index(dim, factory)
+
+
+# Every FAISS float index file starts with a 4-byte type code, then the common header: d as int32
+# and ntotal as int64 (faiss/impl/index_write.cpp, write_index_header). Reading those 16 bytes
+# checks a remote index against its manifest without downloading it.
+_HEADER = struct.Struct("<4siq")
+
+
+def read_index_header(out: str, storage_options: Mapping[str, Any] | None = None) -> tuple[str, int, int]:
+    """(type code, dim, vectors) from the first bytes of OUT/index.faiss; ValueError if it is not a FAISS index."""
+    url = join_url(out, INDEX_NAME)
+    fs, path = open_fs(url, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url} is missing; rebuild the index with `adir index build SOURCE {out}`") from None
+    if len(head) < _HEADER.size:
+        raise ValueError(f"{url} is {len(head)} bytes: not a FAISS index; rebuild it with `adir index build SOURCE {out}`")
+    code, dim, count = _HEADER.unpack(head)
+    if not (code[:1] == b"I" and code.isascii() and code.decode("ascii").isprintable()):
+        raise ValueError(f"{url} is not a FAISS index (it starts with {code!r}); rebuild it with `adir index build SOURCE {out}`")
+    return code.decode("ascii"), dim, count
+
+
+def _read_index(out: str, storage_options: Mapping[str, Any] | None):
+    faiss = _faiss()
+    fs, path = open_fs(join_url(out, INDEX_NAME), storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            return faiss.read_index(faiss.PyCallbackIOReader(f.read))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{join_url(out, INDEX_NAME)} is missing; rebuild the index with `adir index build SOURCE {out}`") from None
+    except RuntimeError as exc:  # faiss raises RuntimeError on a torn or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{join_url(out, INDEX_NAME)} cannot be read by FAISS ({first}); rebuild it with `adir index build SOURCE {out}`") from None
+
+
+def _check_counts(where: str, manifest: Manifest, dim: int, count: int) -> None:
+    if dim != manifest.dim:
+        raise ValueError(
+            f"{where} holds vectors of dim {dim} but its manifest says {manifest.embedder} (dim {manifest.dim}): "
+            "the index file is from another build; rebuild it with `adir index build`"
+        )
+    if count != manifest.count:
+        raise ValueError(f"{where} holds {count} vectors but its manifest says {manifest.count}; rebuild it with `adir index build`")
+
+
+def verify_index(out: str, manifest: Manifest, storage_options: Mapping[str, Any] | None = None, *, full: bool = False) -> None:
+    """Raise ValueError/FileNotFoundError unless OUT's index and ids agree with `manifest`.
+
+    The header check reads a few bytes (fit for a preflight over object storage); `full`
+    loads the index with FAISS too, catching a file torn after its header.
+    """
+    _, dim, count = read_index_header(out, storage_options)
+    _check_counts(join_url(out, INDEX_NAME), manifest, dim, count)
+    ids_fs, ids_path = open_fs(join_url(out, IDS_NAME), storage_options)
+    try:
+        with ids_fs.open(ids_path, "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{join_url(out, IDS_NAME)} is missing; rebuild the index with `adir index build SOURCE {out}`") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{join_url(out, IDS_NAME)} is not a readable Parquet file ({exc}); rebuild the index") from None
+    if rows != manifest.count:
+        raise ValueError(f"{join_url(out, IDS_NAME)} lists {rows} images but the manifest says {manifest.count}; rebuild the index")
+    if full:
+        index = _read_index(out, storage_options)
+        _check_counts(join_url(out, INDEX_NAME), manifest, int(index.d), int(index.ntotal))
 
 
 def _training_sample(out: str, shards: Sequence[ShardEntry], train_size: int, storage_options) -> np.ndarray:
@@ -160,9 +235,8 @@ class NeighborIndex:
         manifest = Manifest.read(out, storage_options)
         if embedder is not None:
             check_embedder(manifest, out, embedder)
-        fs, path = open_fs(join_url(out, INDEX_NAME), storage_options)
-        with fs.open(path, "rb") as f:
-            index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+        index = _read_index(out, storage_options)
+        _check_counts(join_url(out, INDEX_NAME), manifest, int(index.d), int(index.ntotal))
         for name, value in (search_params or {}).items():
             faiss.ParameterSpace().set_index_parameter(index, name, value)
         if use_gpu(gpu):
@@ -170,8 +244,11 @@ class NeighborIndex:
         else:
             faiss.cvar.distance_compute_blas_threshold = CPU_BLAS_THRESHOLD
         ids_fs, ids_path = open_fs(join_url(out, IDS_NAME), storage_options)
-        with ids_fs.open(ids_path, "rb") as f:
-            table = pq.read_table(f)
+        try:
+            with ids_fs.open(ids_path, "rb") as f:
+                table = pq.read_table(f, schema=IDS_SCHEMA)
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{join_url(out, IDS_NAME)} cannot be read ({exc}); rebuild the index with `adir index build SOURCE {out}`") from None
         # Arrow arrays, not numpy object arrays: 1.7M ids stay one compact buffer.
         return cls(index, table.column("image_id").combine_chunks(), table.column("uri").combine_chunks(), manifest, out)
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from index_builder.faiss_index import DEFAULT_TRAIN_SIZE, METRIC, build_faiss_index
+from adir_ops.validation import check_fields
+from index_builder.faiss_index import DEFAULT_TRAIN_SIZE, METRIC, build_faiss_index, check_factory, verify_index
 from index_builder.manifest import MANIFEST_NAME, Manifest, ShardEntry, utc_now
 from index_builder.reader import DEFAULT_MAX_IMAGE_PIXELS, ReadConfig, read_batch
 from index_builder.sources import Shard, join_url, list_source, plan_shards
@@ -56,6 +57,11 @@ class BuildConfig:
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        if self.storage_options is None:
+            object.__setattr__(self, "storage_options", {})
+        check_fields(self)
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all")
         for name in ("shard_size", "batch_size", "read_batch_size", "max_image_pixels", "train_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -218,6 +224,7 @@ def run_build(config: BuildConfig) -> BuildReport:
     """Build (or resume building) the index at config.out; safe to rerun, and to kill and rerun."""
     started = time.perf_counter()
     embedder_name, dim, image_size = embedder_spec(config.embedder)
+    check_factory(dim, config.index_factory)  # before any image is embedded, not after
     listing = list_source(
         config.source, ids_file=config.ids_file, url_template=config.url_template, storage_options=config.storage_options
     ).limit(config.limit)
@@ -260,13 +267,14 @@ def write_index(config: BuildConfig, entries: tuple[ShardEntry, ...], embedder_n
     try:
         existing = Manifest.read(config.out, config.storage_options)
     except (FileNotFoundError, ValueError):
-        existing = None
+        existing = None  # missing, torn or tampered with: rebuilt below
     if (
         existing is not None
         and existing.shards == entries
         and existing.factory == config.index_factory
         and existing.embedder == embedder_name
         and existing.dim == dim
+        and _index_intact(config, existing)
     ):
         return count, False
     # The manifest is the finished-index marker: drop it first so a reader never pairs an
@@ -291,3 +299,13 @@ def write_index(config: BuildConfig, entries: tuple[ShardEntry, ...], embedder_n
         config=config.record(),
     ).write(config.out, config.storage_options)
     return built, True
+
+
+def _index_intact(config: BuildConfig, manifest: Manifest) -> bool:
+    """Whether the index files still match the manifest (a garbage index.faiss is rebuilt, not reported up to date)."""
+    try:
+        verify_index(config.out, manifest, config.storage_options, full=True)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"index at {config.out} does not match its manifest ({exc}); rebuilding it", file=sys.stderr)
+        return False
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from index_builder.sources import join_url, open_fs
@@ -42,12 +42,25 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        data = json.loads(text)
+    def from_json(cls, text: str, where: str = "manifest.json") -> Manifest:
+        """Parse and check a manifest; anything malformed is a ValueError naming the problem (a rebuild repairs it)."""
+        fix = "rebuild the index with `adir index build` (it rewrites the manifest)"
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{where} is not valid JSON ({exc}); {fix}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must hold a JSON object; got {type(data).__name__}; {fix}")
         if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"manifest format {data.get('format')!r} is not {MANIFEST_FORMAT}; rebuild the index with this version")
-        data["shards"] = tuple(ShardEntry(**s) for s in data["shards"])
-        return cls(**data)
+            raise ValueError(f"{where}: manifest format {data.get('format')!r} is not {MANIFEST_FORMAT}; {fix}")
+        shards = data.get("shards")
+        if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+            raise ValueError(f"{where}: 'shards' must be a list of objects; {fix}")
+        try:
+            data["shards"] = tuple(_checked(ShardEntry, s, where) for s in shards)
+            return _checked(cls, data, where)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; {fix}") from None
 
     def write(self, out: str, storage_options: Mapping[str, Any] | None = None) -> None:
         from index_builder.writer import commit_bytes
@@ -65,7 +78,26 @@ class Manifest:
             raise FileNotFoundError(
                 f"no finished index at {out}: {MANIFEST_NAME} is missing; run `adir index build SOURCE {out}` (it resumes)"
             ) from None
-        return cls.from_json(text)
+        return cls.from_json(text, join_url(out, MANIFEST_NAME))
+
+
+def _checked(cls, data: dict, where: str):
+    """cls(**data) with unknown, missing and mistyped fields reported as ValueError."""
+    from adir_ops.validation import check_fields
+
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {unknown} (written by another version, or edited)")
+    try:
+        value = cls(**data)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    try:
+        check_fields(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {str(exc).replace('--', '', 1)}") from None
+    return value
 
 
 def utc_now() -> str:

@@ -69,12 +69,28 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+# Commit temporaries are hidden files named `.<target>.tmp-<uuid>`. No name we commit starts
+# with '.' (cluster.results.safe_name never gives one; shard and error-row names are ours), so
+# an input whose own name contains ".tmp-" is never mistaken for a leftover and deleted; and a
+# temporary never ends in .png or .parquet, so listings by suffix never see one.
+TEMP_MARK = ".tmp-"
+
+
+def temporary_path(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}{TEMP_MARK}{uuid.uuid4().hex}")
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name
+
+
 def commit_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
     """Make `data` visible at `url` all at once (see the module docstring)."""
     fs, path = open_fs(url, storage_options)
     if is_local(url):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        tmp = temporary_path(path)
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -101,7 +117,7 @@ def remove_stale_temporaries(out: str, folders: Sequence[str] = (EMBEDDINGS_DIR,
     for folder in folders:
         path = os.path.join(root, folder)
         for name in os.listdir(path) if os.path.isdir(path) else ():
-            if ".tmp-" in name:
+            if is_temporary(name):
                 os.remove(os.path.join(path, name))
                 removed += 1
     return removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="adir",
         description="ADIR: retrieve K similar images, adapt a diffusion prior with LoRA, reconstruct with guided sampling.",
     )
+    parser.add_argument("--debug", action="store_true", default=False, help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     index = commands.add_parser("index", help="build, inspect and query an embedding index")
@@ -69,7 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     example.add_argument("example_args", nargs=argparse.REMAINDER, help="arguments passed to the example")
     example.set_defaults(func=_run_example)
+    _debug_on_every_command(parser)
     return parser
+
+
+def _debug_on_every_command(parser: argparse.ArgumentParser) -> None:
+    """--debug after the command too (`adir reconstruct ... --debug`); SUPPRESS keeps a top-level --debug."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for sub in dict.fromkeys(action.choices.values()):
+            remainder = any(a.nargs == argparse.REMAINDER for a in sub._actions)  # `adir example ARGS...` passes all on
+            if "--debug" not in sub._option_string_actions and not remainder:
+                sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            _debug_on_every_command(sub)
 
 
 def _add_reconstruct(commands) -> None:
@@ -179,15 +192,50 @@ def _add_edit(commands) -> None:
     p.set_defaults(func=_lazy("pipelines.edit"))
 
 
+DEBUG_ENV = "ADIR_DEBUG"
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    return " ".join(str(p) for p in (args.command, getattr(args, "index_command", None)) if p)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors print one `adir COMMAND: error: ...` line: exit 2 for a usage error
+    (pipelines.errors.UsageError: a bad option, path or config file), 1 for a failed job, 130 for
+    Ctrl-C. --debug (or ADIR_DEBUG=1) lets the exception through with its traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["example"]:  # argparse's REMAINDER drops options like --task inside a subcommand
+        args = parser.parse_args(["example"])
+        args.example_args = argv[1:]
+    else:
+        args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
         # `adir index` alone: show that level's help rather than a traceback.
         (parser if args.command is None else parser._subparsers._group_actions[0].choices[args.command]).print_help()
         return 2
-    return int(func(args) or 0)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"adir {_command_name(args)}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        from pipelines.errors import JobFailed, UsageError
+
+        usage = isinstance(exc, UsageError)
+        text = str(exc).strip() or type(exc).__name__
+        if not isinstance(exc, (ValueError, FileNotFoundError, JobFailed)):
+            text = f"{type(exc).__name__}: {text}"
+        print(f"adir {_command_name(args)}: error: {text}", file=sys.stderr)
+        if not usage:
+            print(f"(for the traceback, rerun with --debug or {DEBUG_ENV}=1)", file=sys.stderr)
+        return 2 if usage else 1
 
 
 if __name__ == "__main__":

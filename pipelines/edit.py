@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from adir_ops.validation import check_fields
+from index_builder.sources import redact_options
+
 MODES = ("adir", "baseline")
 DEFAULT_PIPELINE = "stabilityai/stable-diffusion-2-inpainting"
 ADAPTER_FILE = "adapter/pytorch_lora_weights.safetensors"
@@ -48,13 +51,16 @@ class EditJob:
     prompt_dropout: float = 0.1
     mixed_precision: str = "auto"
     stock: bool = True
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "storage_options", dict(self.storage_options or {}))
+        if self.storage_options is None:
+            object.__setattr__(self, "storage_options", {})
         for name in ("image", "out"):
             if not getattr(self, name):
                 raise ValueError(f"edit needs --{name}")
+        check_fields(self)
+        object.__setattr__(self, "storage_options", dict(self.storage_options))
         if not self.prompt or not self.prompt.strip():
             raise ValueError("edit needs a non-empty --prompt: it retrieves the neighbours and guides the inpainting")
         if self.mode not in MODES:
@@ -75,10 +81,8 @@ class EditJob:
         return cls(**dict(values))
 
     def redacted(self) -> dict[str, Any]:
-        from cluster.config import _redact
-
         values = dataclasses.asdict(self)
-        values["storage_options"] = _redact(dict(self.storage_options))
+        values["storage_options"] = redact_options(dict(self.storage_options))
         return values
 
 

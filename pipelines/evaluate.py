@@ -27,6 +27,7 @@ import contextlib
 import csv
 import io
 import math
+import posixpath
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,8 @@ from typing import Any
 import yaml
 
 from cluster.config import MODES, TASKS
-from cluster.results import CONFIG_NAME, RESULTS_NAME
-from index_builder.sources import is_local, join_url, open_fs
+from cluster.results import CONFIG_NAME, IMAGES_DIR, RESULTS_NAME
+from index_builder.sources import is_local, is_within, join_url, location, open_fs
 from index_builder.writer import commit_bytes
 
 PLAIN = "plain"
@@ -364,7 +365,7 @@ def reproduce_views(row: Mapping[str, Any], run: Run, storage_options: Mapping[s
     config = run.config
     task, image_id = row["task"], row["image_id"]
     options = {} if config.get("noise_sigma_255") is None else {"noise_sigma_255": config["noise_sigma_255"]}
-    pixels = to_tensor01(decode_rgb(read_bytes(row["uri"], storage_options))).unsqueeze(0)
+    pixels = to_tensor01(decode_rgb(read_bytes(input_uri(row, run), storage_options))).unsqueeze(0)
     if not config.get("degraded"):
         operator = make_operator(task, image_size=tuple(pixels.shape[-2:]), **options)
         y = operator.degrade(pixels * 2 - 1, generator_for(row["seed"], f"{image_id}#degrade"))
@@ -386,11 +387,40 @@ def reproduce_views(row: Mapping[str, Any], run: Run, storage_options: Mapping[s
     return Views(input01[0], plain[0], None if truth is None else truth[0])
 
 
+def output_url(row: Mapping[str, Any], run: Run) -> str:
+    """Where a row's PNG is, refusing any `output` that leaves the run's images/ folder.
+
+    A run folder is untrusted input: its results.parquet could name `../../etc/passwd` and
+    have that file read into the report. The job only ever writes `images/<safe name>.png`.
+    """
+    output = row.get("output")
+    if not isinstance(output, str) or not output:
+        raise ValueError(f"row {row.get('image_id')!r} of {run.url} names no output PNG")
+    clean = posixpath.normpath(output)
+    if "://" in output or "\\" in output or clean != output or not clean.startswith(IMAGES_DIR + "/") or clean.count("/") != 1:
+        raise ValueError(f"row {row.get('image_id')!r} of {run.url} names output {output!r}, outside its {IMAGES_DIR}/ folder; refused")
+    url = join_url(run.url, clean)
+    if is_local(url) and not is_within(location(url), location(join_url(run.url, IMAGES_DIR))):
+        raise ValueError(f"row {row.get('image_id')!r} of {run.url}: {output!r} is a link out of the run folder; refused")
+    return url
+
+
+def input_uri(row: Mapping[str, Any], run: Run, key: str = "uri", folder: str = "inputs") -> str:
+    """A row's input URI, refused unless it lies in the folder the run's config.yaml says the job read."""
+    uri = row.get(key)
+    root = run.config.get(folder) if isinstance(run.config, Mapping) else None
+    if not isinstance(uri, str) or not isinstance(root, str) or not root:
+        raise ValueError(f"{run.url} has no config.yaml naming its --{folder}: its input {uri!r} is not trusted")
+    if not is_within(location(uri), location(root)):
+        raise ValueError(f"row {row.get('image_id')!r} of {run.url} names input {uri!r}, outside the run's --{folder} {root}; refused")
+    return uri
+
+
 def read_output(row: Mapping[str, Any], run: Run, storage_options: Mapping[str, Any] | None = None):
     """The reconstruction PNG of a row as (3, H, W) in [0, 1]."""
     from cluster.images import decode_rgb, read_bytes, to_tensor01
 
-    return to_tensor01(decode_rgb(read_bytes(join_url(run.url, row["output"]), storage_options)))
+    return to_tensor01(decode_rgb(read_bytes(output_url(row, run), storage_options)))
 
 
 class ViewCache:

@@ -7,8 +7,32 @@ import sys
 
 
 def _fail(command: str, exc: BaseException) -> int:
+    """A usage error (bad option, path, or index folder): one line, exit 2."""
     print(f"adir index {command}: error: {exc}", file=sys.stderr)
     return 2
+
+
+def _read_query(url: str, image_size: int):
+    """The query image as (1, 3, S, S) in [0, 1]; a clear ValueError for a folder, a link loop or a non-image."""
+    import torch
+
+    from index_builder.reader import decode_image
+    from index_builder.sources import open_fs
+
+    fs, path = open_fs(url)
+    try:
+        if fs.isdir(path):
+            raise ValueError(f"query image {url} is a folder; pass an image file")
+        with fs.open(path, "rb") as f:
+            data = f.read()
+        pixels, _, _ = decode_image(data, image_size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"query image {url} does not exist") from None
+    except OSError as exc:  # a symlink loop, a permission problem, a device
+        raise ValueError(f"query image {url} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"query image {url} is not a readable image: {exc}") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
 
 
 def build(args: argparse.Namespace) -> int:
@@ -16,6 +40,7 @@ def build(args: argparse.Namespace) -> int:
     import ray
 
     from index_builder.job import BuildConfig, run_build
+    from index_builder.sources import scrub
 
     try:
         config = BuildConfig(
@@ -38,8 +63,8 @@ def build(args: argparse.Namespace) -> int:
         ray.init()
     try:
         report = run_build(config)
-    except (ValueError, FileNotFoundError) as exc:
-        return _fail("build", exc)
+    except (ValueError, FileNotFoundError) as exc:  # the source, the factory, the listing: fix and rerun
+        return _fail("build", scrub(str(exc), config.storage_options))
     print(report.summary())
     return 0
 
@@ -70,21 +95,14 @@ def info(args: argparse.Namespace) -> int:
 
 def query(args: argparse.Namespace) -> int:
     """Print the K nearest corpus images of one image, best first."""
-    import torch
-
     from adir_ops.embedding import get_embedder
     from index_builder.faiss_index import NeighborIndex
-    from index_builder.reader import decode_image
-    from index_builder.sources import open_fs
 
     try:
         index = NeighborIndex.open(args.out)
         embedder = get_embedder(args.embedder or index.embedder_name)
         index.check_embedder(embedder)
-        fs, path = open_fs(args.image)
-        with fs.open(path, "rb") as f:
-            pixels, _, _ = decode_image(f.read(), embedder.image_size)
-        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
+        image = _read_query(args.image, embedder.image_size)
         ids, uris, scores = index.search(embedder.embed_images(image), args.k)
     except (ValueError, FileNotFoundError) as exc:
         return _fail("query", exc)

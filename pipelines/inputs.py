@@ -8,22 +8,27 @@ import sys
 from typing import Any, Mapping
 
 from cluster.results import assign_names
-from index_builder.sources import IMAGE_EXTENSIONS, is_local, list_source, open_fs
+from index_builder.sources import IMAGE_EXTENSIONS, NOT_UTF8, is_local, list_source, open_fs
 
 SR_FACTORS = {"sr4": 4, "sr8": 8}
 
 
-def _listing(url: str, storage_options: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """(id, uri) pairs of a folder, a .csv/.txt list, or one image file (id = path below the folder, no extension)."""
+def _listing(url: str, storage_options: Mapping[str, Any] | None) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(id, uri) pairs of a folder, a .csv/.txt list, or one image file (id = path below the folder, no extension),
+    and the (id, uri, error) of files that cannot be ids at all (names that are not UTF-8)."""
     fs, path = open_fs(url, storage_options)
     fs.invalidate_cache()
     if path.lower().endswith(IMAGE_EXTENSIONS) and fs.isfile(path):
         stem = posixpath.splitext(posixpath.basename(path))[0]
-        return [(stem, url if not is_local(url) else path)]
+        return [(stem, url if not is_local(url) else path)], []
     listing = list_source(url, storage_options=storage_options)
+    unlisted = []
     for image_id, uri, error in listing.rejected:
-        print(f"warning: input {uri} skipped: {error}", file=sys.stderr)
-    return list(zip(listing.image_ids, listing.uris))
+        if error == NOT_UTF8:
+            unlisted.append((image_id, uri, error))
+        else:
+            print(f"warning: input {uri} skipped: {error}", file=sys.stderr)
+    return list(zip(listing.image_ids, listing.uris)), unlisted
 
 
 def degraded_id(image_id: str, task: str) -> str:
@@ -44,8 +49,12 @@ def list_inputs(
     limit: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Items {image_id, uri, name[, reference_uri]} sorted by id; raises if there is nothing to do."""
-    pairs = _listing(url, storage_options)
+    """Items {image_id, uri, name[, reference_uri]} sorted by id; raises if there is nothing to do.
+
+    A file that cannot be an item (a name that is not UTF-8) is an item with "stage" and
+    "error": the job writes it as an error row instead of dying on it.
+    """
+    pairs, unlisted = _listing(url, storage_options)
     if degraded:
         pairs = [(degraded_id(i, task), u) for i, u in pairs]
     seen: dict[str, str] = {}
@@ -56,16 +65,25 @@ def list_inputs(
             continue
         seen[image_id] = uri
         unique.append((image_id, uri))
+    failed = {}
+    for image_id, uri, error in unlisted:
+        if image_id in seen or image_id in failed:
+            print(f"warning: input {uri} skipped: {error}", file=sys.stderr)
+        else:
+            failed[image_id] = (uri, error)
+    everything = sorted([(i, u, None) for i, u in unique] + [(i, u, e) for i, (u, e) in failed.items()])
     if limit is not None:
-        unique = unique[:limit]
-    if not unique:
+        everything = everything[:limit]
+    if not everything:
         raise ValueError(f"no input images found at {url} (looked for {', '.join(IMAGE_EXTENSIONS)} files); check --inputs")
-    truths = dict(_listing(reference, storage_options)) if reference else {}
-    names = assign_names([i for i, _ in unique])
+    truths = dict(_listing(reference, storage_options)[0]) if reference else {}
+    names = assign_names([i for i, _, _ in everything])
     items = []
-    for (image_id, uri), name in zip(unique, names):
+    for (image_id, uri, error), name in zip(everything, names):
         item = {"image_id": image_id, "uri": uri, "name": name}
-        if reference:
+        if error is not None:
+            item.update(stage="read", error=f"{uri}: {error}")
+        elif reference:
             item["reference_uri"] = truths.get(image_id)
         items.append(item)
     return items

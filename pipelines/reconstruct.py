@@ -12,9 +12,13 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from cluster.config import PRIOR_KINDS, ReconstructConfig, prior_kind
-from cluster.results import CONFIG_NAME, IMAGES_DIR, RESULTS_DIR, RESULTS_NAME, finished_names, merge_results
-from index_builder.sources import is_local, join_url, open_fs
+from cluster.lease import LEASE_NAME, Lease
+from cluster.results import (
+    CONFIG_NAME, IMAGES_DIR, RESULTS_DIR, RESULTS_NAME, error_row, finished_names, merge_results, write_part,
+)  # fmt: skip
+from index_builder.sources import is_local, is_within, join_url, location, open_fs, scrub
 from index_builder.writer import commit_bytes, remove_stale_temporaries
+from pipelines.errors import JobFailed, UsageError
 
 # CLI flag → config field; every flag defaults to None so that --config values are not overridden by defaults.
 CLI_FIELDS = (
@@ -34,7 +38,7 @@ def _read_yaml(url: str) -> dict[str, Any]:
         raise FileNotFoundError(f"job config {url} not found; check --config") from None
     if not isinstance(values, dict):
         raise ValueError(f"job config {url} must be a YAML mapping of options; got {type(values).__name__}")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
 def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
@@ -46,10 +50,10 @@ def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
             values[name] = value
     # Local paths become absolute: actors may run elsewhere, and config.yaml must say where things were.
     for name in ("inputs", "out", "index", "reference"):
-        if values.get(name) and is_local(values[name]):
+        if isinstance(values.get(name), str) and values[name] and is_local(values[name]):
             values[name] = os.path.abspath(os.path.expanduser(values[name].removeprefix("file://")))
     prior = values.get("prior")
-    if prior:
+    if isinstance(prior, str) and prior:
         kind, target = prior_kind(prior)
         if is_local(target) and os.path.exists(target):
             values["prior"] = (f"{kind}:" if kind in PRIOR_KINDS else "") + os.path.abspath(target)
@@ -82,14 +86,16 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
     """Every job-level problem, raised before any actor starts; returns the resolved config and the items."""
     from pipelines.inputs import list_inputs
 
+    check_out_apart(config)
     check_prior(config.prior, config.storage_options)
     if config.mode != "baseline":
-        from index_builder.faiss_index import check_embedder
+        from index_builder.faiss_index import check_embedder, verify_index
         from index_builder.manifest import Manifest
 
         manifest = Manifest.read(config.index, config.storage_options)
         if config.embedder is not None:
             check_embedder(manifest, config.index, config.embedder)
+        verify_index(config.index, manifest, config.storage_options)  # a few bytes: the workers load it whole
         if config.k > manifest.count:
             raise ValueError(f"--k {config.k} but the index at {config.index} holds {manifest.count} images; ask for at most {manifest.count}")
         config = ReconstructConfig.from_dict({**config.to_dict(), "embedder": manifest.embedder})
@@ -97,18 +103,73 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
         config.inputs, task=config.task, degraded=config.degraded, reference=config.reference,
         limit=config.limit, storage_options=config.storage_options,
     )  # fmt: skip
+    check_items_outside_out(config, items)
     _check_previous_run(config)
     return config, items
 
 
+def check_out_apart(config: ReconstructConfig) -> None:
+    """Refuse an OUT that is, contains or lies inside an input (it would overwrite the user's files)."""
+    out = location(config.out)
+    for name in ("inputs", "reference", "index"):
+        value = getattr(config, name)
+        if not value:
+            continue
+        place = location(value)
+        relation = "is" if place == out else "lies inside" if is_within(out, place) else "contains" if is_within(place, out) else None
+        if relation:
+            raise ValueError(
+                f"--out {config.out} {relation} --{name} {value}: the job would write over its own inputs. "
+                "Choose an --out folder outside them"
+            )
+
+
+def check_items_outside_out(config: ReconstructConfig, items: list[dict[str, Any]]) -> None:
+    """A list file may name inputs anywhere: none may lie in OUT, where the job writes."""
+    out = location(config.out)
+    for item in items:
+        for key in ("uri", "reference_uri"):
+            uri = item.get(key)
+            if uri and "error" not in item and is_within(location(uri), out):
+                raise ValueError(f"input {uri} lies inside --out {config.out}: the job would overwrite it. Choose another --out")
+
+
+def _read_previous_config(config: ReconstructConfig) -> dict[str, Any] | None:
+    """OUT/config.yaml of an earlier run of this job, None if OUT is new or empty; refuses a folder that is not ours."""
+    fs, path = open_fs(config.out, config.storage_options)
+    fs.invalidate_cache()
+    try:
+        entries = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)} if fs.isdir(path) else set()
+    except FileNotFoundError:
+        entries = set()
+    if not fs.isdir(path) and fs.exists(path):
+        raise ValueError(f"--out {config.out} is a file, not a folder; choose a folder")
+    previous = None
+    if CONFIG_NAME in entries:
+        try:
+            with fs.open(join_url(path, CONFIG_NAME), "rb") as f:
+                previous = yaml.safe_load(f.read().decode("utf-8"))
+        except (ValueError, yaml.YAMLError):
+            previous = None
+        if not (isinstance(previous, dict) and {"task", "mode", "inputs", "out"} <= set(previous)):
+            raise ValueError(
+                f"--out {config.out} holds a {CONFIG_NAME} that is not from `adir reconstruct`; the job would replace it. "
+                "Choose an empty or new --out folder"
+            )
+    elif entries - {LEASE_NAME}:
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ValueError(
+            f"--out {config.out} is not empty ({shown}) and is not an earlier run of `adir reconstruct` (no {CONFIG_NAME}); "
+            "choose an empty or new --out folder"
+        )
+    return previous
+
+
 def _check_previous_run(config: ReconstructConfig) -> None:
     """A rerun into the same OUT resumes only with the same result-deciding options."""
-    fs, path = open_fs(join_url(config.out, CONFIG_NAME), config.storage_options)
-    fs.invalidate_cache()
-    if not fs.exists(path):
+    previous = _read_previous_config(config)
+    if previous is None:
         return
-    with fs.open(path, "rb") as f:
-        previous = yaml.safe_load(f.read().decode("utf-8")) or {}
     ours = config.result_fields()
     changed = {k: (previous.get(k), v) for k, v in ours.items() if k in previous and previous.get(k) != v}
     if changed:
@@ -148,23 +209,41 @@ def run(
     *,
     progress: bool = True,
     on_row: Callable[[dict[str, Any], Any], None] | None = None,
+    start_ray: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Reconstruct every input not yet done; returns a summary (the merged table under "results").
 
     `on_row(row, pool)` is called after each finished image (progress hooks, fault-injection tests).
-    Ray must be initialised (main() does it); the pool is torn down on any exit, including Ctrl-C.
+    Ray must be initialised, or `start_ray` given: main() starts it only once the checks pass, so
+    a usage error costs no cluster start-up. The pool is torn down on any exit, including Ctrl-C.
+    Job-level problems found before any work raise UsageError; a live job on the same OUT, LeaseHeld.
     """
+    start = time.perf_counter()
+    try:
+        config, items = preflight(config)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        raise UsageError(scrub(str(exc), config.storage_options)) from exc
+    if start_ray is not None:
+        start_ray()
+    with Lease(config.out, config.storage_options):
+        return _run_leased(config, items, start, progress, on_row)
+
+
+def _run_leased(config: ReconstructConfig, items: list[dict[str, Any]], start: float, progress: bool, on_row) -> dict[str, Any]:
     from cluster.pool import WorkerPool
     from cluster.retrieval import build_corpus_thumbnails
 
-    start = time.perf_counter()
-    config, items = preflight(config)
     commit_bytes(join_url(config.out, CONFIG_NAME), yaml.safe_dump(config.redacted(), sort_keys=True).encode("utf-8"), config.storage_options)
     done = finished_names(config.out, config.storage_options)
     todo = [item for item in items if item["name"] not in done]
+    unlistable = [item for item in todo if "error" in item]
+    for item in unlistable:  # files that cannot be inputs at all: their rows, written here
+        write_part(config.out, error_row(config, item), config.storage_options)
+    skipped = len(items) - len(todo)
+    todo = [item for item in todo if "error" not in item]
     if todo and config.mode == "mse-nn":
         build_corpus_thumbnails(config.out, config.index, config.mse_thumbnail, config.storage_options)
-    bar = _Progress(len(items), len(items) - len(todo), progress)
+    bar = _Progress(len(items), skipped + len(unlistable), progress)
     rows: list[dict[str, Any]] = []
     pool = None
     try:
@@ -191,8 +270,8 @@ def run(
     errors = table.num_rows - table.column("error").null_count
     return {
         "total": len(items),
-        "skipped": len(items) - len(todo),
-        "processed": len(rows),
+        "skipped": skipped,
+        "processed": len(rows) + len(unlistable),
         "errors": errors,
         "elapsed_s": elapsed,
         "results": table,
@@ -203,12 +282,22 @@ def run(
 def main(args: argparse.Namespace) -> int:
     import ray
 
-    config = resolve_config(args)
+    try:
+        config = resolve_config(args)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        raise UsageError(str(exc)) from exc
     if config.tiny_resolution is not None:
         print(f"prior {config.prior!r}: a tiny RANDOM-WEIGHT prior; this run shows the mechanics, not image quality", file=sys.stderr)
-    if not ray.is_initialized():
-        ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
-    summary = run(config, progress=not args.no_progress)
+    def start_ray() -> None:
+        if not ray.is_initialized():
+            ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+
+    try:
+        summary = run(config, progress=not args.no_progress, start_ray=start_ray)
+    except UsageError:
+        raise
+    except Exception as exc:  # a backend's message may quote a credential: scrub before anyone prints it
+        raise JobFailed(scrub(f"{type(exc).__name__}: {exc}", config.storage_options)) from exc
     table = summary["results"]
     print(
         f"{summary['total']} images: {summary['skipped']} already done, {summary['processed']} processed, "

@@ -171,7 +171,7 @@ class _Neighbours:
 # ---------------------------------------------------------------------- image rows
 def _image_rows(ev, task: str, files: _Files, neighbours: _Neighbours) -> str:
     from cluster.images import encode_png, read_bytes
-    from pipelines.evaluate import MODE_TITLES, PLAIN
+    from pipelines.evaluate import MODE_TITLES, PLAIN, output_url
 
     arms = ev.arms_of(task)
     shown = [a for a in arms if a.mode != PLAIN]
@@ -212,7 +212,7 @@ def _image_rows(ev, task: str, files: _Files, neighbours: _Neighbours) -> str:
                 cells.append(f"<td>{_missing('error [' + str(arow.get('stage')) + ']: ' + str(arow['error']).splitlines()[0])}</td>")
             else:
                 try:
-                    data = read_bytes(join_url(arm.runs[image_id].url, arow["output"]), ev.config.storage_options)
+                    data = read_bytes(output_url(arow, arm.runs[image_id]), ev.config.storage_options)
                     src = files.put(f"{folder}/{safe_name(arm.label)}.png", data)
                     cells.append(f"<td>{_figure(_img(src, *size, f'{image_id}: {arm.label}'), _caption(arm.values.get(image_id, {})))}</td>")
                 except Exception as exc:

@@ -87,7 +87,7 @@ def test_an_item_that_kills_every_actor_it_meets_becomes_an_error_row(tmp_path):
     by_id = {r["image_id"]: r for r in rows}
     assert sorted(by_id) == ["a", "b", "c", "poison"]
     assert by_id["poison"]["stage"] == "worker" and "died 2 time(s)" in by_id["poison"]["error"]
-    assert os.path.exists(tmp_path / "results" / "poison.error.parquet")
+    assert os.path.exists(tmp_path / "results" / "poison~error.parquet")
     assert all(by_id[n]["error"] is None for n in "abc")
 
 

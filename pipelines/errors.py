@@ -1,0 +1,13 @@
+"""The one exception type that the `adir` command line reports as a usage error (exit code 2)."""
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for (an option, a path, a config file): fix the command and rerun.
+
+    `adir` prints it as one `adir COMMAND: error: ...` line and exits 2; any other failure of a
+    job exits 1. Tracebacks only with --debug or ADIR_DEBUG=1.
+    """
+
+
+class JobFailed(RuntimeError):
+    """A job that started and could not finish; its message is already scrubbed of credentials (exit code 1)."""

@@ -1,0 +1,47 @@
+"""The output-folder lease: one live holder at a time, locally and on a real S3 server; stale leases are taken over."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster.lease import LEASE_NAME, Lease, LeaseHeld
+
+
+def test_a_live_lease_refuses_a_second_holder_until_released(tmp_path):
+    first = Lease(str(tmp_path), heartbeat_s=0.05).acquire()
+    with pytest.raises(LeaseHeld, match=f"pid {first.read()['pid']}"):
+        Lease(str(tmp_path)).acquire()
+    time.sleep(0.2)  # heartbeats keep rewriting it
+    assert first.read()["token"] == first.token
+    first.release()
+    assert not (tmp_path / LEASE_NAME).exists()
+    with Lease(str(tmp_path)) as second:
+        assert second.read()["token"] == second.token
+
+
+def test_a_dead_holder_on_this_host_or_an_old_heartbeat_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    record = {"job": "x", "host": socket.gethostname(), "pid": int(dead), "token": "t", "heartbeat": time.time()}
+    (tmp_path / LEASE_NAME).write_text(json.dumps(record))
+    Lease(str(tmp_path)).acquire().release()
+    elsewhere = {**record, "host": "another-host", "heartbeat": time.time() - 1000}
+    (tmp_path / LEASE_NAME).write_text(json.dumps(elsewhere))
+    Lease(str(tmp_path), ttl_s=60).acquire().release()
+    (tmp_path / LEASE_NAME).write_text(json.dumps({**elsewhere, "heartbeat": time.time()}))
+    with pytest.raises(LeaseHeld, match="another-host"):
+        Lease(str(tmp_path), ttl_s=60).acquire()
+
+
+def test_the_lease_works_on_object_storage(s3_bucket, s3_storage_options, s3fs_fs):
+    out = f"s3://{s3_bucket}/run"
+    with Lease(out, s3_storage_options):
+        with pytest.raises(LeaseHeld):
+            Lease(out, s3_storage_options).acquire()
+    s3fs_fs.invalidate_cache()
+    assert not s3fs_fs.exists(f"{s3_bucket}/run/{LEASE_NAME}")
