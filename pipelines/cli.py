@@ -135,7 +135,8 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--baseline-mode", default="baseline", choices=MODES, help="the arm every other is compared with (default: baseline = no adaptation)")
     p.add_argument("--metrics", default=None,
                    help="comma-separated pyiqa metrics computed from the PNGs besides the stored psnr and ssim: "
-                        "'offline' (default) = every one that needs no download; '' = psnr and ssim only")
+                        "'report' (default) = niqe, brisque, piqe, stlpips; 'offline' = every one that needs no "
+                        "download; '' = psnr and ssim only")
     p.add_argument("--confidence", type=float, default=0.95, help="level of the paired t-intervals (default 0.95)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--report-images", type=int, default=None, help="images per task in report.html (default: all)")

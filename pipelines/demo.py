@@ -55,7 +55,7 @@ class DemoConfig:
     # LoRA (bench/adaptation_effect.py; docs/results-default.md measures this setting on 24 images).
     lora_learning_rate: float = 3e-4
     seed: int = 0
-    metrics: tuple[str, ...] = ("offline",)  # evaluate's --metrics
+    metrics: tuple[str, ...] = ("report",)  # evaluate's --metrics: NIQE, BRISQUE, PIQE, ST-LPIPS
     num_actors: int | None = None  # None: one per CPU core, at most one per image
     progress: bool = True
 

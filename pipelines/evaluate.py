@@ -14,7 +14,8 @@ the per-image differences. A metric missing for some images is never averaged as
 cell carries its n, and results.md says why the rest are missing.
 
 PSNR and SSIM are the job's own columns (computed on the float output before it was written
-as PNG). The other metrics (`--metrics`, default every pyiqa metric that works offline) are
+as PNG). The other metrics (`--metrics`, default `report`: NIQE, BRISQUE, PIQE and ST-LPIPS,
+quality.DEFAULT_REPORT_METRICS, all offline; `offline` = every metric that runs offline) are
 computed here from the written PNGs against the ground truth, which, like the plain
 restoration and the degraded input the report shows, is rebuilt from the input exactly as the
 job's worker did (same operator, same per-image seed).
@@ -42,7 +43,8 @@ from index_builder.writer import commit_bytes
 
 PLAIN = "plain"
 STORED_METRICS = ("psnr", "ssim")  # columns of results.parquet
-OFFLINE = "offline"
+OFFLINE = "offline"  # every metric that runs with no download
+REPORT = "report"  # the perceptual and distortion metrics a report leads with
 # Options that never change an image's result, or that are the arm's own coordinates.
 NOT_SETTINGS = frozenset({
     "task", "mode", "out", "inputs", "reference", "limit", "storage_options", "num_actors", "cpus_per_actor",
@@ -74,8 +76,9 @@ class EvaluateConfig:
     runs: tuple[str, ...]
     out: str = "evaluation"
     baseline_mode: str = "baseline"
-    # Metrics beyond the stored PSNR/SSIM, computed from the PNGs; "offline" = quality.OFFLINE_METRICS.
-    metrics: tuple[str, ...] = (OFFLINE,)
+    # Metrics beyond the stored PSNR/SSIM, computed from the PNGs; "report" = quality.DEFAULT_REPORT_METRICS,
+    # "offline" = quality.OFFLINE_METRICS.
+    metrics: tuple[str, ...] = (REPORT,)
     confidence: float = 0.95
     report: bool = True
     report_images: int | None = None  # per task; None = all
@@ -106,10 +109,10 @@ class EvaluateConfig:
         """Stored metrics first, then the requested ones ("offline" expanded), each once."""
         names: list[str] = list(STORED_METRICS)
         for name in self.metrics:
-            if name == OFFLINE:
-                from adir_ops.quality import OFFLINE_METRICS
+            if name in (OFFLINE, REPORT):
+                from adir_ops.quality import DEFAULT_REPORT_METRICS, OFFLINE_METRICS
 
-                names.extend(OFFLINE_METRICS)
+                names.extend(OFFLINE_METRICS if name == OFFLINE else DEFAULT_REPORT_METRICS)
             else:
                 names.append(name)
         return tuple(dict.fromkeys(names))
@@ -757,7 +760,7 @@ def headline(ev: Evaluation, metrics: Sequence[str] = ("psnr", "ssim")) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics is not None else (OFFLINE,)
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics is not None else (REPORT,)
     config = EvaluateConfig(
         runs=tuple(args.runs), out=args.out, baseline_mode=args.baseline_mode, metrics=metrics,
         confidence=args.confidence, report=not args.no_report, report_images=args.report_images,
