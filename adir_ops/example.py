@@ -4,7 +4,7 @@
 
 Writes ground_truth / input / naive (bicubic or plain restoration) / no-adaptation / adir
 PNGs and metrics.json (the resolved config beside the PSNR/SSIM of each). With no --prior,
-a tiny random-weight prior is used: that run shows the mechanics only, not image quality.
+the embedded trained 64 px prior is used; `--prior tiny` is a random-weight prior for tests.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--photo", default=DEFAULT_PHOTO, help="a skimage.data photo name or an image file path")
     p.add_argument("--neighbours", nargs="*", default=list(DEFAULT_NEIGHBOURS),
                    help="images to adapt on: skimage.data names or file paths")
-    p.add_argument("--prior", default=None,
-                   help="diffusers UNet2DModel folder or hub id; omitted: a tiny random prior (mechanics only)")
+    p.add_argument("--prior", default="default",
+                   help="'default' (the embedded trained prior), a diffusers UNet2DModel folder or hub id, "
+                        "or 'tiny' (random weights: mechanics only, for tests)")
     p.add_argument("--tiny-resolution", type=int, default=32, help="resolution of the tiny random prior")
     p.add_argument("--steps", type=int, default=50, help="respaced sampling steps")
     p.add_argument("--guidance-scale", type=float, default=None, help="eq. 16 scale s (default: the sampler's)")
@@ -94,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    if args.prior is None:
+    if args.prior == "tiny":
         print(
-            "No --prior given: using a tiny RANDOM-WEIGHT prior. This run shows the mechanics "
+            "--prior tiny: a RANDOM-WEIGHT prior. This run shows the mechanics "
             "(degrade → adapt → guided sampling → metrics), not image quality."
         )
         prior = DiffusionPrior.tiny(resolution=args.tiny_resolution)
+    elif args.prior == "default":
+        prior = DiffusionPrior.default()
     else:
         prior = DiffusionPrior.from_diffusers(args.prior)
     size = prior.resolution

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from adir_ops.weights import DEFAULT_PRIOR_DIR
+
 
 def linear_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """DDPM's linear schedule, rescaled to T steps as Guided Diffusion does (float64)."""
@@ -218,6 +220,15 @@ class DiffusionPrior(nn.Module):
             channels=channels,
             config={"source": "tiny", "seed": seed},
         )
+
+    @classmethod
+    def default(cls) -> DiffusionPrior:
+        """The embedded default prior (DEFAULT_PRIOR_DIR): trained, offline, what `--prior` means when omitted."""
+        if not os.path.isfile(os.path.join(DEFAULT_PRIOR_DIR, "unet", "config.json")):
+            raise FileNotFoundError(f"the embedded default prior is missing from {DEFAULT_PRIOR_DIR}; reinstall adir")
+        prior = cls.from_diffusers(DEFAULT_PRIOR_DIR)
+        prior.config = {**prior.config, "source": "default", "path": DEFAULT_PRIOR_DIR}
+        return prior
 
     @classmethod
     def from_diffusers(cls, path_or_id: str, *, subfolder: str | None = None) -> DiffusionPrior:

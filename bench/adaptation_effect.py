@@ -36,11 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from adir_ops.weights import DEFAULT_PRIOR_DIR  # noqa: E402  (torch-free)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--assets", default="/tmp/adir-default", help="pipelines.default_assets output (built if missing)")
-    p.add_argument("--prior", default=str(ROOT / "assets" / "default"))
+    p.add_argument("--prior", default=DEFAULT_PRIOR_DIR)
     p.add_argument("--task", default="sr4")
     p.add_argument("--images", type=int, default=6, help="held-out test images (picked as the demo picks them)")
     p.add_argument("--k", type=int, default=8)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from adir_ops.validation import check_fields
+from adir_ops.weights import DEFAULT_PRIOR_NAME
 from index_builder.sources import redact_options
 
 TASKS = ("sr4", "sr8", "deblur", "colorize", "inpaint")
@@ -29,8 +30,9 @@ class ReconstructConfig:
     inputs: folder (fsspec URL) of clean images, degraded by the job (evaluation), or with
         `degraded` of already-degraded ones (real use; DIV2K's `0801x4.png` names give id `0801`).
     reference: with `degraded`, an optional folder of ground truths (`0801.png`) for metrics.
-    prior: a diffusers UNet2DModel folder or hub id, a Guided Diffusion `.pt`, a remote URL of
-        either, or `tiny[:resolution]` (random weights: mechanics only, for tests); or, naming the
+    prior: `default` (the embedded trained prior that ships in the package), a diffusers
+        UNet2DModel folder or hub id, a Guided Diffusion `.pt`, a remote URL of either, or
+        `tiny[:resolution]` (random weights: mechanics only, for tests); or, naming the
         family, `gd256:PATH_OR_URL` (OpenAI's 256x256_diffusion_uncond.pt) or
         `sd-x4:FOLDER_URL_OR_HUB_ID` (the Stable Diffusion x4 upscaler, task sr4; `sd-x4:tiny` for tests).
     embedder: None = the one the index was built with; another name is refused before any work.
@@ -40,7 +42,7 @@ class ReconstructConfig:
     out: str
     task: str
     index: str | None = None
-    prior: str = f"tiny:{DEFAULT_TINY_RESOLUTION}"
+    prior: str = DEFAULT_PRIOR_NAME
     mode: str = "adir"
     k: int = 20
     steps: int = 100
@@ -157,9 +159,11 @@ def prior_kind(spec: str) -> tuple[str, str]:
     """(kind, target) of a --prior spec: ('gd256' | 'sd-x4', what follows the colon), ('tiny', spec) or ('auto', spec).
 
     'auto' is the plain form: a diffusers UNet2DModel folder or hub id, or a Guided Diffusion
-    .pt file, told apart by the loader.
+    .pt file, told apart by the loader. 'default' is the embedded trained prior.
     """
     spec = spec or ""
+    if spec == DEFAULT_PRIOR_NAME:
+        return DEFAULT_PRIOR_NAME, spec
     for kind in PRIOR_KINDS:
         if spec.startswith(f"{kind}:"):
             return kind, spec[len(kind) + 1 :]

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from adir_ops.rng import generator_for, image_seed
+from adir_ops.weights import DEFAULT_PRIOR_NAME
 from cluster.config import DEFAULT_TINY_RESOLUTION, TINY_PRIOR, ReconstructConfig, prior_kind
 from cluster.images import decode_rgb, encode_png, read_bytes, to_tensor01
 from cluster.results import RESULTS_SCHEMA, image_url, utc_now, write_part
@@ -66,6 +67,8 @@ def load_prior(spec: str, storage_options: Mapping[str, Any] | None = None):
     if tiny is not None:
         return DiffusionPrior.tiny(resolution=int(tiny.group(1) or DEFAULT_TINY_RESOLUTION))
     kind, target = prior_kind(spec)
+    if kind == DEFAULT_PRIOR_NAME:
+        return DiffusionPrior.default()
     if kind == "sd-x4":
         raise ValueError(f"{spec!r} is a Stable Diffusion pipeline, not a DiffusionPrior; load it with load_upscaler")
     if kind == "gd256":

@@ -98,7 +98,8 @@ def _add_reconstruct(commands) -> None:
     p.add_argument("--inputs", help="folder, list or single file of clean images (degraded by the job), or degraded ones with --degraded")
     p.add_argument("--task", choices=TASKS)
     p.add_argument("--out", help="output folder (fsspec URL): images/<id>.png, results.parquet, config.yaml")
-    p.add_argument("--prior", help="diffusers UNet folder or hub id, Guided Diffusion .pt, or tiny[:res] (random weights: mechanics only; the default)")
+    p.add_argument("--prior", help="'default' (the embedded trained 64 px prior; the default), a diffusers UNet folder "
+                   "or hub id, Guided Diffusion .pt (gd256:PATH), sd-x4:ID, or tiny[:res] (random weights: tests only)")
     p.add_argument("--k", type=int, help="neighbours per image (default 20)")
     p.add_argument("--mode", choices=MODES, help="adir (encoder K-NN, default), baseline (no adaptation), random-nn, mse-nn")
     p.add_argument("--steps", type=int, help="respaced sampling steps (default 100)")
@@ -157,7 +158,7 @@ def _add_demo(commands) -> None:
     p.add_argument("--quick", action="store_true", help="smallest run through every stage: 1 image, sr4, tiny step counts")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default sr4,deblur,colorize)")
     p.add_argument("--modes", default=None, help="comma-separated modes (default baseline,adir,random-nn,mse-nn)")
-    p.add_argument("--prior", default=None, help="diffusers UNet folder (default: the committed assets/default)")
+    p.add_argument("--prior", default=None, help="diffusers UNet folder (default: the committed adir_ops/weights/default)")
     p.add_argument("--k", type=int, default=None, help="neighbours per image")
     p.add_argument("--steps", type=int, default=None, help="respaced sampling steps")
     p.add_argument("--lora-steps", type=int, default=None, help="LoRA adaptation iterations")

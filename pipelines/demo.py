@@ -4,7 +4,7 @@ Every stage is the real one a cluster job runs: `pipelines.default_assets` cuts 
 that ship inside scikit-image and matplotlib into the prior-training set, the retrieval corpus
 and held-out test images; `index_builder.job.run_build` embeds the corpus with the offline
 encoder through Ray Data into a FAISS index; `pipelines.reconstruct.run` reconstructs the
-chosen test images on Ray actors with the trained default prior (`assets/default/`), once per
+chosen test images on Ray actors with the trained default prior (`adir_ops/weights/default/`), once per
 task and mode (adir, baseline = no adaptation, random-nn, mse-nn: the paper's Table 5 arms,
 same seed); `pipelines.evaluate` pairs the arms and writes `OUT/report.html`.
 
@@ -29,9 +29,9 @@ DEMO_MODES = ("baseline", "adir", "random-nn", "mse-nn")
 
 
 def _default_prior() -> str:
-    # The committed prior sits beside the packages (pipelines.train_prior.DEFAULT_PRIOR),
-    # spelled out here so that `adir demo --help` does not import torch.
-    return str(Path(__file__).resolve().parents[1] / "assets" / "default")
+    from adir_ops.weights import DEFAULT_PRIOR_DIR  # torch-free: `adir demo --help` stays instant
+
+    return DEFAULT_PRIOR_DIR
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def run(config: DemoConfig) -> dict:
 
     if not (Path(config.prior) / "unet" / "config.json").is_file() and not config.prior.startswith("tiny"):
         raise FileNotFoundError(
-            f"no trained prior in {config.prior}; the demo uses the committed default prior (assets/default/), "
+            f"no trained prior in {config.prior}; the demo uses the committed default prior (adir_ops/weights/default/), "
             "or pass --prior with a diffusers UNet folder (train one with python -m pipelines.train_prior)"
         )
     out = Path(config.out).resolve()

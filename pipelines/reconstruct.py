@@ -55,7 +55,7 @@ def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
     prior = values.get("prior")
     if isinstance(prior, str) and prior:
         kind, target = prior_kind(prior)
-        if is_local(target) and os.path.exists(target):
+        if kind != "default" and is_local(target) and os.path.exists(target):
             values["prior"] = (f"{kind}:" if kind in PRIOR_KINDS else "") + os.path.abspath(target)
     return ReconstructConfig.from_dict(values)
 
@@ -63,7 +63,7 @@ def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
 # ---------------------------------------------------------------- job-level checks
 def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
     kind, spec = prior_kind(spec)
-    if kind == "tiny" or (kind == "sd-x4" and spec == "tiny"):
+    if kind in ("tiny", "default") or (kind == "sd-x4" and spec == "tiny"):
         return
     if kind == "gd256" and is_local(spec) and not os.path.isfile(spec):
         raise FileNotFoundError(f"Guided Diffusion checkpoint {spec!r} not found; download 256x256_diffusion_uncond.pt (see README, Real models)")

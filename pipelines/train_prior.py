@@ -1,6 +1,6 @@
 """Train the embedded default prior: a small diffusers UNet2DModel DDPM (eps prediction, linear 1000-step schedule) on a folder of patches.
 
-    python -m pipelines.train_prior DATA/prior-train --work runs/prior --out assets/default --max-minutes 40
+    python -m pipelines.train_prior DATA/prior-train --work runs/prior --out adir_ops/weights/default --max-minutes 40
 
 `--work` holds `checkpoint.pt` (model, EMA, optimizer and generator state; loads with
 `torch.load(weights_only=True)`), written every `--checkpoint-every` steps and when the run
@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from adir_ops.weights import DEFAULT_PRIOR_DIR
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,7 +46,7 @@ from adir_ops.priors import DiffusionPrior, linear_betas
 
 CHECKPOINT = "checkpoint.pt"
 # The committed default prior: in the source tree, beside the packages (not inside the wheel).
-DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "assets" / "default"
+DEFAULT_PRIOR = Path(DEFAULT_PRIOR_DIR)
 SUMMARY = "train_summary.json"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Fields that define the model or its draws; a resumed run must not change them.
@@ -415,10 +417,10 @@ def export(trainer: Trainer, out: str | os.PathLike, *, data: torch.Tensor | Non
 
 
 def load_default_prior(path: str | os.PathLike = DEFAULT_PRIOR) -> DiffusionPrior:
-    """The committed default prior (assets/default of this checkout), or another folder written by `export`."""
+    """The committed default prior (adir_ops/weights/default of this checkout), or another folder written by `export`."""
     if not (Path(path) / "unet" / "config.json").is_file():
         raise FileNotFoundError(f"no trained prior in {path}; train one with: python -m pipelines.train_prior DATA/prior-train "
-                                f"--work WORK --out {path} (see assets/default/COMMAND.md)")
+                                f"--work WORK --out {path} (see adir_ops/weights/default/COMMAND.md)")
     return DiffusionPrior.from_diffusers(str(path))
 
 

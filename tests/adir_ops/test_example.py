@@ -10,10 +10,10 @@ from adir_ops import example
 
 def test_example_writes_images_and_metrics_with_config(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = example.main(["--task", "sr4", "--tiny-resolution", "16", "--steps", "5", "--lora-steps", "3",
+    rc = example.main(["--task", "sr4", "--prior", "tiny", "--tiny-resolution", "16", "--steps", "5", "--lora-steps", "3",
                        "--neighbours", "chelsea", "coffee", "--out", str(out)])
     assert rc == 0
-    assert "RANDOM-WEIGHT prior" in capsys.readouterr().out  # says plainly what a no-prior run shows
+    assert "RANDOM-WEIGHT prior" in capsys.readouterr().out  # says plainly what a tiny-prior run shows
     for name in ("ground_truth", "input", "naive", "no_adaptation", "adir"):
         assert (out / f"{name}.png").exists(), name
     assert Image.open(out / "input.png").size == (4, 4)  # sr4 of a 16 px ground truth
@@ -31,6 +31,15 @@ def test_example_writes_images_and_metrics_with_config(tmp_path, capsys):
     no_adapt = np.asarray(Image.open(out / "no_adaptation.png"), dtype=np.int16)
     adapted = np.asarray(Image.open(out / "adir.png"), dtype=np.int16)
     assert np.abs(no_adapt - adapted).max() > 0
+
+
+def test_with_no_prior_the_example_uses_the_trained_embedded_prior(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert example.main(["--task", "deblur", "--steps", "3", "--lora-steps", "1", "--neighbours", "coffee", "--out", str(out)]) == 0
+    assert "RANDOM-WEIGHT" not in capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["config"]["prior"]["source"] != "tiny"
+    assert Image.open(out / "adir.png").size == (64, 64)  # the embedded prior's resolution
 
 
 def test_unknown_photo_is_a_clear_error(tmp_path):

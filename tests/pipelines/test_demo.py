@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adir_ops.weights import DEFAULT_PRIOR_DIR
 from pipelines import cli
 from pipelines.demo import DemoConfig, pick_test_images
 
@@ -57,7 +58,7 @@ def test_quick_demo_runs_every_stage_and_a_rerun_resumes(ray_cluster, tmp_path, 
     assert index["count"] == len(corpus) and index["embedder"] == "offline-content"
 
     modes = ("baseline", "adir", "random-nn", "mse-nn")
-    default_prior = Path(__file__).resolve().parents[2] / "assets" / "default"
+    default_prior = Path(DEFAULT_PRIOR_DIR)
     for mode in modes:
         run = out / "runs" / f"sr4-{mode}"
         config = yaml.safe_load((run / "config.yaml").read_text())

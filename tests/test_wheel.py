@@ -1,0 +1,56 @@
+"""The wheel carries what a user needs at run time: the default prior, the photo set, metric files, configs.
+
+Built from this checkout, installed (without dependencies) into a bare folder, and imported from
+another working directory, so nothing of the checkout can stand in for a missing file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHECK = r"""
+import os, sys
+import adir_ops, pipelines
+target = sys.argv[1]
+for module in (adir_ops, pipelines):
+    assert module.__file__.startswith(target), f"{module.__name__} imported from {module.__file__}, not the wheel"
+from adir_ops.priors import DiffusionPrior
+prior = DiffusionPrior.default()
+assert prior.resolution == 64, prior.resolution
+from adir_ops.metric_files import metric_file
+assert os.path.getsize(metric_file("brisque")) > 0
+print("wheel ok")
+"""
+
+
+def test_the_wheel_carries_the_default_prior_and_runtime_files(tmp_path):
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), ROOT],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = dist.glob("adir-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("adir_ops/weights/default/unet/diffusion_pytorch_model.safetensors", "adir_ops/weights/default/unet/config.json",
+                   "adir_ops/weights/default/scheduler/scheduler_config.json", "adir_ops/metric_data/brisque_svr.npz",
+                   "adir_ops/configs/adir-tiny.json"):  # fmt: skip
+        assert needed in names, needed
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "ADIR_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", CHECK, str(target)], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and "wheel ok" in run.stdout, run.stderr[-3000:]
