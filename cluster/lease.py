@@ -24,8 +24,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from index_builder.sources import join_url, open_fs
-from index_builder.writer import commit_bytes
+from adir_storage import commit_bytes, join_url, open_fs
 
 LEASE_NAME = "lease.json"
 TTL_S = 120.0

@@ -26,8 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index_builder.sources import join_url, open_fs
-from index_builder.writer import commit_bytes
+from adir_storage import commit_bytes, join_url, open_fs
 
 IMAGES_DIR = "images"
 RESULTS_DIR = "results"

@@ -11,13 +11,11 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from cluster.images import decode_thumbnail, fetch_many
+from adir_storage import commit_bytes, fetch_many, join_url, open_fs
+from cluster.images import decode_thumbnail
 from cluster.results import THUMBNAILS_DIR
 from index_builder.faiss_index import NeighborIndex
 from index_builder.manifest import IDS_NAME, Manifest
-from index_builder.sources import join_url, open_fs
-from index_builder.writer import commit_bytes
-
 
 
 def read_corpus_ids(index: str, storage_options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:

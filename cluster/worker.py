@@ -8,9 +8,7 @@ job config (never pickled), once per actor, and rebuilt by Ray when a dead actor
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 import time
 import traceback
 from typing import Any, Mapping
@@ -19,11 +17,10 @@ import torch
 
 from adir_ops.rng import generator_for, image_seed
 from adir_ops.weights import DEFAULT_PRIOR_NAME
+from adir_storage import commit_bytes, is_local, local_copy, read_bytes, scrub
 from cluster.config import DEFAULT_TINY_RESOLUTION, TINY_PRIOR, ReconstructConfig, prior_kind
-from cluster.images import decode_rgb, encode_png, read_bytes, to_tensor01
+from cluster.images import decode_rgb, encode_png, to_tensor01
 from cluster.results import RESULTS_SCHEMA, image_url, utc_now, write_part
-from index_builder.sources import is_local, open_fs, scrub
-from index_builder.writer import commit_bytes
 
 MAX_ERROR_CHARS = 2000
 
@@ -34,29 +31,6 @@ class ItemError(Exception):
     def __init__(self, stage: str, message: str):
         super().__init__(message)
         self.stage = stage
-
-
-def local_copy(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """A local path for a weights file or folder: itself if local, else a copy in a per-node cache (made once)."""
-    if is_local(url):
-        return url
-    # Remote weights are copied once per node to local disk: the loaders read files.
-    fs, path = open_fs(url, storage_options)
-    local = os.path.join(tempfile.gettempdir(), "adir-priors", hashlib.sha256(url.encode()).hexdigest()[:16])
-    target = os.path.join(local, os.path.basename(path.rstrip("/")))
-    if not os.path.exists(target):
-        if not fs.exists(path):
-            raise FileNotFoundError(f"{url} does not exist; upload the weights there or pass a local path (see README, Real models)")
-        os.makedirs(local, exist_ok=True)
-        # Download beside, then rename: actors sharing a node never load a half-copied file.
-        partial = f"{target}.partial-{os.getpid()}"
-        fs.get(path, partial, recursive=fs.isdir(path))
-        try:
-            os.replace(partial, target)
-        except OSError:  # another actor of this node finished first
-            if not os.path.exists(target):
-                raise
-    return target
 
 
 def load_prior(spec: str, storage_options: Mapping[str, Any] | None = None):
@@ -279,7 +253,7 @@ class ReconstructionWorker:
 
     def _fetch(self, uris: list[str]) -> list[torch.Tensor]:
         """The neighbours as (C, H, W) tensors in [-1, 1]; an unreadable one is skipped, none at all is an error."""
-        from cluster.images import fetch_many
+        from adir_storage import fetch_many
 
         images, failures = [], []
         for uri, data in zip(uris, fetch_many(list(uris), self.config.storage_options)):

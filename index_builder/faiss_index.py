@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from adir_storage import join_url, open_fs
 from index_builder.manifest import IDS_NAME, INDEX_NAME, Manifest, ShardEntry
-from index_builder.sources import join_url, open_fs
 from index_builder.writer import embeddings_array, embeddings_url, read_shard
 
 METRIC = "inner_product"  # embeddings are unit vectors: inner product = cosine similarity

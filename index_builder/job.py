@@ -12,18 +12,20 @@ from typing import Any
 
 import pyarrow as pa
 
+from adir_ops.embedding import DEFAULT_EMBEDDER
 from adir_ops.validation import check_fields
+from adir_storage import join_url, remove_if_exists, remove_stale_temporaries
 from index_builder.faiss_index import DEFAULT_TRAIN_SIZE, METRIC, build_faiss_index, check_factory, verify_index
 from index_builder.manifest import MANIFEST_NAME, Manifest, ShardEntry, utc_now
 from index_builder.reader import DEFAULT_MAX_IMAGE_PIXELS, ReadConfig, read_batch
-from index_builder.sources import Shard, join_url, list_source, plan_shards
+from index_builder.sources import Shard, list_source, plan_shards
 from index_builder.writer import (
+    EMBEDDINGS_DIR,
+    ERRORS_DIR,
     ShardWriter,
     embeddings_url,
     is_committed,
     read_shard_footer,
-    remove_if_exists,
-    remove_stale_temporaries,
     write_listing_errors,
 )
 
@@ -38,7 +40,7 @@ class BuildConfig:
 
     source: str
     out: str
-    embedder: str = "offline-content"
+    embedder: str = DEFAULT_EMBEDDER
     index_factory: str = "Flat"
     shard_size: int = 1000
     limit: int | None = None
@@ -231,7 +233,7 @@ def run_build(config: BuildConfig) -> BuildReport:
     if len(listing) == 0:
         raise ValueError(f"no images found in {config.source}; supported extensions: jpg, jpeg, png, webp, bmp, gif, tif, tiff")
     shards = plan_shards(listing, config.shard_size)
-    remove_stale_temporaries(config.out)
+    remove_stale_temporaries(config.out, (EMBEDDINGS_DIR, ERRORS_DIR))
     write_listing_errors(config.out, listing.rejected, config.storage_options)
     records = committed_records(config, shards)
     pending = [s for s in shards if not is_committed(records[s.index], s, embedder_name, dim)]

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from index_builder.sources import join_url, open_fs
+from adir_storage import join_url, open_fs
 
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.faiss"
@@ -63,7 +63,7 @@ class Manifest:
             raise ValueError(f"{exc}; {fix}") from None
 
     def write(self, out: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        from index_builder.writer import commit_bytes
+        from adir_storage import commit_bytes
 
         commit_bytes(join_url(out, MANIFEST_NAME), self.to_json().encode("utf-8"), storage_options)
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from index_builder.sources import open_fs
+from adir_storage import fetch_many
 
 # 2**26 pixels (e.g. 8192 x 8192) is far above any real photo corpus (Open Images is at
 # most 1024 px a side) yet stops a tiny file that declares a 100000 x 100000 canvas.
@@ -125,22 +124,6 @@ def decode_image(data: bytes, image_size: int, *, max_image_pixels: int = DEFAUL
     return np.array(img, dtype=np.uint8), width, height
 
 
-def fetch_bytes(uris: list[str], storage_options: Mapping[str, Any], threads: int) -> list[bytes | BaseException]:
-    """Bytes of each URI, or the exception that stopped it; concurrent, since object stores are latency-bound."""
-
-    def fetch(uri: str) -> bytes | BaseException:
-        try:
-            fs, path = open_fs(uri, storage_options)
-            return fs.cat_file(path)
-        except Exception as exc:  # any failure to read is that image's error row
-            return exc
-
-    if len(uris) <= 1 or threads <= 1:
-        return [fetch(u) for u in uris]
-    with ThreadPoolExecutor(max_workers=min(threads, len(uris))) as pool:
-        return list(pool.map(fetch, uris))
-
-
 def read_batch(batch: dict[str, np.ndarray], config: ReadConfig) -> dict[str, np.ndarray]:
     """Ray Data map_batches fn: {image_id, uri, shard} → + pixels, width, height, stage, error.
 
@@ -154,7 +137,7 @@ def read_batch(batch: dict[str, np.ndarray], config: ReadConfig) -> dict[str, np
     height = np.zeros(n, dtype=np.int32)
     stage = np.full(n, "", dtype=object)
     error = np.full(n, "", dtype=object)
-    for i, data in enumerate(fetch_bytes(uris, config.storage_options, config.fetch_threads)):
+    for i, data in enumerate(fetch_many(uris, config.storage_options, config.fetch_threads)):
         if isinstance(data, BaseException):
             stage[i], error[i] = "read", _error_text(data)
             continue

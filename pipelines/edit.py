@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from adir_ops.validation import check_fields
-from index_builder.sources import redact_options
+from adir_storage import redact_options
 
 MODES = ("adir", "baseline")
 DEFAULT_PIPELINE = "stabilityai/stable-diffusion-2-inpainting"
@@ -90,7 +90,7 @@ class EditJob:
 def load_inpainting_pipeline(spec: str, storage_options: Mapping[str, Any] | None = None):
     """'tiny', a local folder, a hub id, or a bucket URL (copied once to the node's cache)."""
     from adir_ops.stable_diffusion import load_pipeline
-    from cluster.worker import local_copy
+    from adir_storage import local_copy
 
     return load_pipeline("sd-inpaint", spec if spec == "tiny" else local_copy(spec, storage_options))
 
@@ -102,7 +102,7 @@ def read_mask(spec: str, size: tuple[int, int], storage_options: Mapping[str, An
     from PIL import Image
 
     from adir_ops.operators import box_mask
-    from cluster.images import read_bytes
+    from adir_storage import read_bytes
 
     if spec == "center":
         return 1.0 - box_mask(size)
@@ -139,7 +139,8 @@ def retrieve_by_text(job: EditJob) -> tuple[list[str], list[str], list[float]]:
 
 def fetch_neighbours(uris: list[str], storage_options: Mapping[str, Any] | None):
     """The neighbours as (3, H, W) tensors in [-1, 1]; unreadable ones are reported and skipped."""
-    from cluster.images import decode_rgb, fetch_many, to_tensor01
+    from adir_storage import fetch_many
+    from cluster.images import decode_rgb, to_tensor01
 
     images = []
     for uri, data in zip(uris, fetch_many(list(uris), storage_options)):
@@ -162,9 +163,8 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
     from adir_ops.adaptation import AdaptConfig
     from adir_ops.rng import generator_for
     from adir_ops.sd_editing import EditConfig, adapt_inpainting, edit
-    from cluster.images import decode_rgb, encode_png, read_bytes, to_tensor01
-    from index_builder.sources import join_url
-    from index_builder.writer import commit_bytes
+    from adir_storage import commit_bytes, join_url, read_bytes
+    from cluster.images import decode_rgb, encode_png, to_tensor01
 
     start = time.perf_counter()
     image01 = to_tensor01(decode_rgb(read_bytes(job.image, job.storage_options)))[None]
@@ -209,7 +209,7 @@ def main(args: argparse.Namespace) -> int:
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        from index_builder.sources import open_fs
+        from adir_storage import open_fs
 
         fs, path = open_fs(args.config)
         with fs.open(path, "rb") as f:

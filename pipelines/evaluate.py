@@ -36,10 +36,9 @@ from typing import Any
 
 import yaml
 
+from adir_storage import commit_bytes, is_local, is_within, join_url, location, open_fs
 from cluster.config import MODES, TASKS
 from cluster.results import CONFIG_NAME, IMAGES_DIR, RESULTS_NAME
-from index_builder.sources import is_local, is_within, join_url, location, open_fs
-from index_builder.writer import commit_bytes
 
 PLAIN = "plain"
 STORED_METRICS = ("psnr", "ssim")  # columns of results.parquet
@@ -363,7 +362,8 @@ def reproduce_views(row: Mapping[str, Any], run: Run, storage_options: Mapping[s
     """
     from adir_ops.operators import make_operator
     from adir_ops.rng import generator_for
-    from cluster.images import decode_rgb, read_bytes, to_tensor01
+    from adir_storage import read_bytes
+    from cluster.images import decode_rgb, to_tensor01
 
     config = run.config
     task, image_id = row["task"], row["image_id"]
@@ -421,7 +421,8 @@ def input_uri(row: Mapping[str, Any], run: Run, key: str = "uri", folder: str = 
 
 def read_output(row: Mapping[str, Any], run: Run, storage_options: Mapping[str, Any] | None = None):
     """The reconstruction PNG of a row as (3, H, W) in [0, 1]."""
-    from cluster.images import decode_rgb, read_bytes, to_tensor01
+    from adir_storage import read_bytes
+    from cluster.images import decode_rgb, to_tensor01
 
     return to_tensor01(decode_rgb(read_bytes(output_url(row, run), storage_options)))
 

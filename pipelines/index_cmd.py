@@ -16,8 +16,8 @@ def _read_query(url: str, image_size: int):
     """The query image as (1, 3, S, S) in [0, 1]; a clear ValueError for a folder, a link loop or a non-image."""
     import torch
 
+    from adir_storage import open_fs
     from index_builder.reader import decode_image
-    from index_builder.sources import open_fs
 
     fs, path = open_fs(url)
     try:
@@ -39,14 +39,14 @@ def build(args: argparse.Namespace) -> int:
     """Embed SOURCE into OUT (resuming any earlier run) and write the FAISS index when every shard is done."""
     import ray
 
+    from adir_storage import scrub
     from index_builder.job import BuildConfig, run_build
-    from index_builder.sources import scrub
 
     try:
         config = BuildConfig(
             source=args.source,
             out=args.out,
-            embedder=args.embedder,
+            **({"embedder": args.embedder} if args.embedder else {}),  # None: BuildConfig's default encoder
             index_factory=args.index_factory,
             shard_size=args.shard_size,
             limit=args.limit,

@@ -7,8 +7,9 @@ import re
 import sys
 from typing import Any, Mapping
 
+from adir_storage import is_local, open_fs
 from cluster.results import assign_names
-from index_builder.sources import IMAGE_EXTENSIONS, NOT_UTF8, is_local, list_source, open_fs
+from index_builder.sources import IMAGE_EXTENSIONS, NOT_UTF8, list_source
 
 SR_FACTORS = {"sr4": 4, "sr8": 8}
 

@@ -11,13 +11,28 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from adir_storage import (
+    commit_bytes,
+    is_local,
+    is_within,
+    join_url,
+    location,
+    open_fs,
+    remove_stale_temporaries,
+    scrub,
+)
 from cluster.config import PRIOR_KINDS, ReconstructConfig, prior_kind
 from cluster.lease import LEASE_NAME, Lease
 from cluster.results import (
-    CONFIG_NAME, IMAGES_DIR, RESULTS_DIR, RESULTS_NAME, error_row, finished_names, merge_results, write_part,
+    CONFIG_NAME,
+    IMAGES_DIR,
+    RESULTS_DIR,
+    RESULTS_NAME,
+    error_row,
+    finished_names,
+    merge_results,
+    write_part,
 )  # fmt: skip
-from index_builder.sources import is_local, is_within, join_url, location, open_fs, scrub
-from index_builder.writer import commit_bytes, remove_stale_temporaries
 from pipelines.errors import JobFailed, UsageError
 
 # CLI flag → config field; every flag defaults to None so that --config values are not overridden by defaults.

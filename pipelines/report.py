@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from adir_storage import is_local, join_url, open_fs
 from cluster.results import safe_name
-from index_builder.sources import is_local, join_url, open_fs
 
 REPORT_NAME = "report.html"
 FILES_DIR = "report_files"
-DISPLAY_WIDTH = 128  # CSS pixels per picture: 64 px patches shown at 2x
+DISPLAY_WIDTH = 192  # CSS pixels per picture: 96 px test images at 2x, 64 px at 3x
 THUMBNAIL = 64  # neighbour thumbnails, pixels (centre square)
 THUMBNAIL_DISPLAY = 48
 CAPTION_METRICS = ("psnr", "ssim")
@@ -42,6 +42,7 @@ th { white-space: nowrap; }
 .neighbours span { display: inline-block; width: 9em; font-size: 0.8em; vertical-align: top; }
 .missing { color: #a00; font-size: 0.8em; }
 .id { font-family: monospace; word-break: break-all; max-width: 12em; }
+.plots svg { margin: 0 1em 1em 0; border: 1px solid #ddd; }
 """
 
 
@@ -120,6 +121,105 @@ def _metrics_tables(ev, task: str) -> str:
     return "".join(parts)
 
 
+# ---------------------------------------------------------------------- the headline
+# What a reader wants first: does ADIR beat no adaptation and the naive inverse, in the paper's
+# kind of metric (perceptual, no-reference) and in distortion? One row per task and metric.
+HEADLINE_METRICS = ("stlpips", "niqe", "brisque", "piqe", "psnr", "ssim")
+PLOT_METRICS = ("psnr", "stlpips")
+
+
+def _headline_arms(ev, task: str):
+    from pipelines.evaluate import PLAIN
+
+    """(ADIR arm, its no-adaptation reference, the plain restoration) of a task; None where absent."""
+    arms = ev.arms_of(task)
+    adir = next((a for a in arms if a.mode == "adir"), None)
+    baseline = next((c.reference for c in ev.comparisons_of(task) if c.arm is adir and c.reference.mode == ev.config.baseline_mode), None)
+    return adir, baseline, next((a for a in arms if a.mode == PLAIN), None)
+
+
+def _headline(ev) -> str:
+    """ADIR vs no adaptation vs the naive inverse: means, and paired differences with intervals, per task."""
+    from pipelines.evaluate import (
+        higher_is_better,
+        metric_column,
+        metric_title,
+        paired_cell,
+        paired_difference,
+        summarize,
+        summary_cell,
+    )
+
+    metrics = [m for m in HEADLINE_METRICS if m in ev.metrics]
+    parts = [
+        "<h2 id=\"headline\">Headline: ADIR against no adaptation and the naive inverse</h2>",
+        f"<p>Means over the images (± std), and paired differences ADIR − other [{ev.config.confidence:.0%} Student-t "
+        "interval] over the images both have. An interval that excludes 0 is a difference this run resolves. "
+        "↑ higher is better, ↓ lower is better.</p>",
+        '<table class="metrics"><tr><th>task</th><th>metric</th><th>naive inverse</th><th>no adaptation</th><th>ADIR</th>'
+        "<th>ADIR − no adaptation</th><th>ADIR − naive inverse</th></tr>",
+    ]
+    for task in ev.tasks:
+        adir, baseline, plain = _headline_arms(ev, task)
+        if adir is None:
+            continue
+        for m in metrics:
+            arrow = "↑" if higher_is_better(m) else "↓"
+            cells = [summary_cell(summarize(a, m), m) if a is not None else "—" for a in (plain, baseline, adir)]
+            diffs = [
+                paired_cell(paired_difference(metric_column(adir, m), metric_column(ref, m), ev.config.confidence), m)
+                if ref is not None else "—"
+                for ref in (baseline, plain)
+            ]
+            parts.append(f"<tr><th>{_e(task)}</th><th>{_e(metric_title(m))} {arrow}</th>" + "".join(f"<td>{_e(c)}</td>" for c in cells + diffs) + "</tr>")
+    parts.append("</table>")
+    parts.append(_difference_plots(ev))
+    return "".join(parts)
+
+
+def _difference_plots(ev) -> str:
+    """One dot per image: ADIR − no adaptation, per task and metric (inline SVG, no files)."""
+    from pipelines.evaluate import higher_is_better, metric_column, metric_title
+
+    plots = []
+    for task in ev.tasks:
+        adir, baseline, _ = _headline_arms(ev, task)
+        if adir is None or baseline is None:
+            continue
+        for m in (m for m in PLOT_METRICS if m in ev.metrics):
+            a, b = metric_column(adir, m), metric_column(baseline, m)
+            ids = sorted(set(a) & set(b))
+            if not ids:
+                continue
+            plots.append(_dot_plot(f"{task}: {metric_title(m)}, ADIR − no adaptation ({'higher' if higher_is_better(m) else 'lower'} is better)",
+                                   [(i, a[i] - b[i]) for i in ids]))  # fmt: skip
+    if not plots:
+        return ""
+    return "<h3>Per-image paired differences</h3><div class=\"plots\">" + "".join(plots) + "</div>"
+
+
+def _dot_plot(title: str, points: Sequence[tuple[str, float]], width: int = 360, height: int = 150) -> str:
+    left, right, top, bottom = 40, 10, 22, 18
+    values = [v for _, v in points]
+    span = max(max(abs(v) for v in values), 1e-9) * 1.1
+
+    def y(v: float) -> float:
+        return top + (height - top - bottom) * (span - v) / (2 * span)
+
+    step = (width - left - right) / max(len(points), 1)
+    dots = "".join(
+        f'<circle cx="{left + step * (k + 0.5):.1f}" cy="{y(v):.1f}" r="3" fill="{"#2a7" if v > 0 else "#c33" if v < 0 else "#888"}">'
+        f"<title>{_e(i)}: {v:+.4g}</title></circle>"
+        for k, (i, v) in enumerate(points)
+    )
+    axis = (f'<line x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#888"/>'
+            f'<text x="{left - 4}" y="{y(span / 1.1) + 4:.1f}" text-anchor="end" font-size="10">{span / 1.1:+.3g}</text>'
+            f'<text x="{left - 4}" y="{y(0) + 4:.1f}" text-anchor="end" font-size="10">0</text>'
+            f'<text x="{left - 4}" y="{y(-span / 1.1) + 4:.1f}" text-anchor="end" font-size="10">{-span / 1.1:+.3g}</text>')  # fmt: skip
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(title)}"><text x="{left}" y="14" font-size="11">'
+            f"{_e(title)}</text>{axis}{dots}</svg>")  # fmt: skip
+
+
 # ---------------------------------------------------------------------- neighbours
 class _Neighbours:
     """Thumbnails of corpus images by id, per index (its ids.parquet maps ids to URIs)."""
@@ -143,7 +243,8 @@ class _Neighbours:
         return found
 
     def html(self, index: str | None, ids: Sequence[str], limit: int) -> str:
-        from cluster.images import decode_thumbnail, encode_png, read_bytes, to_tensor01
+        from adir_storage import read_bytes
+        from cluster.images import decode_thumbnail, encode_png, to_tensor01
 
         if not ids or limit == 0:
             return ""
@@ -170,7 +271,8 @@ class _Neighbours:
 
 # ---------------------------------------------------------------------- image rows
 def _image_rows(ev, task: str, files: _Files, neighbours: _Neighbours) -> str:
-    from cluster.images import encode_png, read_bytes
+    from adir_storage import read_bytes
+    from cluster.images import encode_png
     from pipelines.evaluate import MODE_TITLES, PLAIN, output_url
 
     arms = ev.arms_of(task)
@@ -247,14 +349,16 @@ def render(ev, files: _Files, progress: bool = False) -> str:
         "both arms have, with a Student-t interval. psnr and ssim are the job's own (float output); the other metrics "
         "were computed on the written PNGs. Captions under the pictures: psnr · ssim of that image.</p>",
         "<p>Tasks: " + ", ".join(f'<a href="#task-{_e(safe_name(t))}">{_e(t)}</a>' for t in ev.tasks) + "</p>",
+        _headline(ev),
     ]
     tasks = ev.tasks
     for number, task in enumerate(tasks, 1):
         if progress:
             print(f"report: {task} ({number}/{len(tasks)})", file=sys.stderr)
         body.append(f'<h2 id="task-{_e(safe_name(task))}">{_e(task)}</h2>')
-        body.append(_metrics_tables(ev, task))
+        # Pictures first, at a size a person can judge; the long tables after them.
         body.append("<h3>Images</h3>" + _image_rows(ev, task, files, neighbours))
+        body.append(_metrics_tables(ev, task))
     if ev.unavailable or ev.notes:
         body.append("<h2>Notes</h2><ul>")
         body += [f"<li>{_e(m)}: unavailable here: {_e(r)}</li>" for m, r in ev.unavailable.items()]

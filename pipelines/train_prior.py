@@ -36,16 +36,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from adir_ops.weights import DEFAULT_PRIOR_DIR
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from adir_ops.priors import DiffusionPrior, linear_betas
+from adir_ops.weights import DEFAULT_PRIOR_DIR
 
 CHECKPOINT = "checkpoint.pt"
-# The committed default prior: in the source tree, beside the packages (not inside the wheel).
+# The committed default prior: inside the adir_ops package (adir_ops/weights), so the wheel carries it.
 DEFAULT_PRIOR = Path(DEFAULT_PRIOR_DIR)
 SUMMARY = "train_summary.json"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

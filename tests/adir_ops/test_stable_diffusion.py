@@ -46,7 +46,12 @@ def stock_upscale(pipe, y01, seed, config=UPSCALE):
 
 # ---------------------------------------------------------------- the tiny pipelines and the loader
 def test_tiny_pipelines_are_the_real_classes_and_depend_on_the_seed_alone():
-    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionUpscalePipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(123)

@@ -42,7 +42,8 @@ def tiny_index(tmp_path_factory) -> tuple[str, str]:
         # Corpus pictures at 48x64, larger than the tiny prior's 16 px: adaptation crops them.
         write_pictures(corpus, [(f"c{i}", 100 + i) for i in range(CORPUS_SIZE)], height=48, width=64, fmt="jpg")
         index = str(root / "index")
-        run_build(BuildConfig(corpus, index, shard_size=4, batch_size=8, progress=False))
+        # The weight-free encoder: these tests are about the job's mechanics, and it is 100x faster.
+        run_build(BuildConfig(corpus, index, embedder="offline-content", shard_size=4, batch_size=8, progress=False))
         _INDEXES["corpus"], _INDEXES["index"] = corpus, index
     return _INDEXES["corpus"], _INDEXES["index"]
 

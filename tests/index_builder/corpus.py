@@ -53,7 +53,9 @@ def normal_images(n: int, seed: int = 0, size: tuple[int, int] = (40, 56)) -> di
 def unusual_images(seed: int = 1) -> dict[str, bytes]:
     """file name → bytes of images that are valid but unusual; each must be indexed."""
     rng = np.random.default_rng(seed)
-    pic = lambda h=40, w=56: Image.fromarray(smooth_image(rng, h, w))
+    def pic(h=40, w=56):
+        return Image.fromarray(smooth_image(rng, h, w))
+
     gray16 = (smooth_image(rng, 36, 48)[..., 0].astype(np.uint16) * 257).astype(np.uint16)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display": a 56x40 file shows as 40x56

@@ -18,7 +18,7 @@ def test_build_info_query_on_a_local_folder(ray_cluster, tmp_path, capsys):
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     out = str(tmp_path / "idx")
 
-    assert main(["index", "build", str(src), out, "--shard-size", "3", "--batch-size", "4"]) == 0
+    assert main(["index", "build", str(src), out, "--shard-size", "3", "--batch-size", "4", "--embedder", "offline-content"]) == 0
     printed = capsys.readouterr()
     assert "8 images in 3 shards" in printed.out and "index of 7 vectors written" in printed.out
     assert "img/s" in printed.out
@@ -37,3 +37,17 @@ def test_build_info_query_on_a_local_folder(ray_cluster, tmp_path, capsys):
 
     assert main(["index", "info", str(tmp_path / "nothing")]) == 2
     assert "adir index build" in capsys.readouterr().err
+
+
+def test_the_default_encoder_is_the_pretrained_one_and_finds_an_image_itself(ray_cluster, tmp_path, capsys):
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name, data in normal_images(4, seed=3, size=(48, 64)).items():
+        (src / name).write_bytes(data)
+    out = str(tmp_path / "idx")
+    assert main(["index", "build", str(src), out]) == 0
+    capsys.readouterr()
+    assert main(["index", "info", out]) == 0
+    assert "efficientnet-lite0 (dim 1280)" in capsys.readouterr().out
+    assert main(["index", "query", out, str(src / "img_002.jpg"), "-k", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[2] == "img_002"

@@ -12,17 +12,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from adir_ops.embedding import DEFAULT_EMBEDDER
+from adir_storage import join_url, open_fs
 from index_builder import BuildConfig, Manifest, NeighborIndex, run_build
 from index_builder.manifest import IDS_NAME
-from index_builder.sources import join_url, open_fs
 from index_builder.writer import embeddings_array, embeddings_url, errors_url
 from tests.index_builder.corpus import invalid_images, normal_images, stem, unusual_images
 
 pytestmark = pytest.mark.timeout(300)
 
 # Tiny shards and batches so a 20-image corpus still spans several shards, tasks and batches.
-SMALL = dict(shard_size=4, batch_size=4, read_batch_size=3, progress=False)
+# The weight-free encoder: the job's mechanics, not the encoder, are under test (and it is 100x faster).
+SMALL = dict(embedder="offline-content", shard_size=4, batch_size=4, read_batch_size=3, progress=False)
 
 
 def _read(url: str, storage_options=None):
@@ -59,7 +59,7 @@ def _check_every_image_once(out, good: set[str], bad: dict[str, str], storage_op
 
 
 def _check_search(out, ids, vectors, storage_options=None):
-    index = NeighborIndex.open(out, embedder=DEFAULT_EMBEDDER, storage_options=storage_options)
+    index = NeighborIndex.open(out, embedder=SMALL["embedder"], storage_options=storage_options)
     got_ids, _, got_scores = index.search(vectors, k=5)
     assert got_ids[:, 0].tolist() == ids  # every image's own embedding finds itself first
     brute = vectors @ vectors.T
@@ -150,9 +150,13 @@ def test_a_killed_build_resumes_without_recomputing_or_duplicating(ray_cluster, 
         (src / name).write_bytes(data)
     out = tmp_path / "index"
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
-    cmd = [sys.executable, "-m", "pipelines.cli", "index", "build", str(src), str(out), "--shard-size", "2", "--batch-size", "2"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "index", "build", str(src), str(out), "--shard-size", "2", "--batch-size", "2",
+           "--embedder", "offline-content"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    committed = lambda: sorted(p.name for p in (out / "embeddings").glob("*.parquet"))
+
+    def committed():
+        return sorted(p.name for p in (out / "embeddings").glob("*.parquet"))
+
     deadline = time.monotonic() + 240
     while not committed() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -162,7 +166,7 @@ def test_a_killed_build_resumes_without_recomputing_or_duplicating(ray_cluster, 
     assert done_before, stderr.decode()[-2000:]
     before = {n: os.stat(out / "embeddings" / n) for n in done_before}
 
-    report = run_build(BuildConfig(str(src), str(out), shard_size=2, batch_size=2, progress=False))
+    report = run_build(BuildConfig(str(src), str(out), embedder="offline-content", shard_size=2, batch_size=2, progress=False))
 
     skipped = {f"shard-{i:06d}-size2.parquet" for i in report.shards_skipped}
     assert skipped == set(done_before) and report.count == 40

@@ -13,7 +13,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from index_builder import BuildConfig, NeighborIndex, run_build
+from index_builder import NeighborIndex
 from index_builder.faiss_index import read_index_header, verify_index
 from index_builder.manifest import Manifest
 from pipelines.cli import main
@@ -34,7 +34,7 @@ def built(ray_cluster, tmp_path_factory):
     with open(os.fsencode(str(src)) + b"/caf\xe9.jpg", "wb") as f:  # latin-1 "café": not UTF-8
         f.write(images["img_000.jpg"])
     out = root / "index"
-    assert main(["index", "build", str(src), str(out), "--shard-size", "4"]) == 0
+    assert main(["index", "build", str(src), str(out), "--shard-size", "4", "--embedder", "offline-content"]) == 0
     return src, out
 
 
@@ -56,12 +56,12 @@ def test_a_non_utf8_file_name_becomes_one_error_row_and_the_build_goes_on(built)
 def test_a_garbage_index_file_is_rebuilt_not_reported_up_to_date(built, tmp_path, capsys):
     src, out = _copy(built, tmp_path)
     (out / "index.faiss").write_bytes(os.urandom(4096))
-    assert main(["index", "build", str(src), str(out), "--shard-size", "4"]) == 0
+    assert main(["index", "build", str(src), str(out), "--shard-size", "4", "--embedder", "offline-content"]) == 0
     printed = capsys.readouterr()
     assert "index of 6 vectors written" in printed.out and "does not match its manifest" in printed.err
     verify_index(str(out), Manifest.read(str(out)), full=True)
     # An intact index stays up to date (the check does not always rebuild).
-    assert main(["index", "build", str(src), str(out), "--shard-size", "4"]) == 0
+    assert main(["index", "build", str(src), str(out), "--shard-size", "4", "--embedder", "offline-content"]) == 0
     assert "already up to date" in capsys.readouterr().out
 
 
@@ -75,7 +75,7 @@ def test_a_manifest_with_an_unknown_key_is_a_clear_error_and_a_rebuild_repairs_i
     (out / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="dim must be an integer"):
         Manifest.read(str(out))
-    assert main(["index", "build", str(src), str(out), "--shard-size", "4"]) == 0
+    assert main(["index", "build", str(src), str(out), "--shard-size", "4", "--embedder", "offline-content"]) == 0
     assert Manifest.read(str(out)).dim == 68
 
 
@@ -124,7 +124,7 @@ def test_query_paths_that_are_not_images_are_clear_errors(built, tmp_path, capsy
 def test_a_bogus_index_factory_is_refused_before_any_image_is_embedded(ray_cluster, built, tmp_path, capsys):
     src, _ = built
     out = tmp_path / "index"
-    assert main(["index", "build", str(src), str(out), "--index-factory", "NoSuchIndex,PQ999"]) == 2
+    assert main(["index", "build", str(src), str(out), "--index-factory", "NoSuchIndex,PQ999", "--embedder", "offline-content"]) == 2
     assert "FAISS cannot build index factory 'NoSuchIndex,PQ999'" in capsys.readouterr().err
     assert not (out / "embeddings").exists()  # refused before the pipeline ran, not after it embedded everything
 

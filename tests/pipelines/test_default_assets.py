@@ -1,4 +1,4 @@
-"""The packaged corpus and split: honest by its manifest and by its pixels, deterministic, usable as an index source."""
+"""The embedded default's crops of the packaged photos: an honest split by its manifest and by its pixels, deterministic, an index source."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from PIL import Image
 
 from index_builder.sources import list_folder
 from pipelines import default_assets as da
+from pipelines.photos import cut, load_photos
+
+USED = ("corpus", "test")  # what the demo writes; prior-train is checked through the manifest and the photos
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("default-assets")
-    assert da.main([str(out)]) == 0
+    assert da.main([str(out), "--sets", ",".join(USED)]) == 0
     return out, da.load_manifest(out)
 
 
@@ -25,101 +28,86 @@ def _digests(root) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_manifest_split_is_honest(built):
+def test_the_split_holds_enough_real_held_out_images(built):
     _, manifest = built
-    da.check_split(manifest)
     counts = manifest["counts"]
-    assert counts["test"] >= 24  # the issue's minimum for the measured claim
-    assert counts["prior-train"] > 1000 and counts["corpus"] > 500
-    sets_of = {}
+    tests = [it for it in manifest["items"] if it["set"] == "test"]
+    assert counts["test"] >= 40 and len({it["source"] for it in tests}) >= 20  # the issue's minimum
+    assert counts["corpus"] > 1000 and counts["prior-train"] > 5000
+    sets_of: dict[str, set] = {}
     for it in manifest["items"]:
         sets_of.setdefault(it["source"], set()).add(it["set"])
     for name, src in manifest["sources"].items():
-        if src["role"] == "held-out":
-            assert sets_of[name] == {"corpus", "test"}, name
-        else:
-            assert sets_of[name] == {"prior-train", "corpus"}, name
-    # The corpus holds both the held-out content and distractors the prior has seen.
-    contents = {it["content"] for it in manifest["items"] if it["set"] == "corpus"}
-    assert contents == {"held-out", "prior"}
-    # Several scales in prior-train and corpus.
-    for s in ("prior-train", "corpus"):
-        assert {it["scale"] for it in manifest["items"] if it["set"] == s} == {1.0, 0.5, 0.25}
+        assert ("prior-train" in sets_of[name]) == (src["role"] == "prior"), name  # a held-out photo trains nothing
+        assert src["licence"], name  # every photo's licence is on record
+    assert {it["content"] for it in manifest["items"] if it["set"] == "corpus"} == {"held-out", "prior"}
+    assert len({it["class"] for it in tests}) >= 5  # test photos of several content classes
 
 
-@pytest.mark.parametrize(
-    "tamper, message",
-    [
-        ("held_out_in_prior", "prior-train patches"),
-        ("corpus_touches_test", "shares pixels"),
-        ("test_without_corpus", "no patch in the corpus"),
-    ],
-)
+@pytest.mark.parametrize("tamper, message", [("held_out_in_prior", "not a prior photo"), ("corpus_touches_test", "overlaps")])
 def test_check_split_catches_a_dishonest_split(built, tamper, message):
     _, manifest = built
     bad = copy.deepcopy(manifest)
     test = next(it for it in bad["items"] if it["set"] == "test")
     if tamper == "held_out_in_prior":
         bad["items"].append({**test, "set": "prior-train", "path": "prior-train/x.png", "box": [0, 0, 1, 1]})
-    elif tamper == "corpus_touches_test":
-        x0, y0 = test["box"][:2]
-        bad["items"].append({**test, "set": "corpus", "path": "corpus/x.png", "box": [x0 + 63, y0 + 63, x0 + 127, y0 + 127]})
     else:
-        bad["items"] = [it for it in bad["items"] if not (it["set"] == "corpus" and it["source"] == test["source"])]
-    with pytest.raises(AssertionError, match=message):
+        x0, y0 = test["box"][:2]
+        bad["items"].append({**test, "set": "corpus", "path": "corpus/x.png", "box": [x0 + 10, y0 + 10, x0 + 74, y0 + 74]})
+    with pytest.raises(ValueError, match=message):
         da.check_split(bad)
 
 
-def test_files_are_the_manifest_boxes_and_no_test_pixels_leak(built):
+def test_files_are_the_manifest_boxes_and_no_test_pixel_is_in_training(built):
     out, manifest = built
-    listed = {it["path"] for it in manifest["items"]}
-    on_disk = {str(p.relative_to(out)) for p in out.rglob("*.png")}
-    assert on_disk == listed
-    photos = {name: da.load_photo(name) for name in manifest["sources"]}
-    test_digests, other_digests = set(), set()
+    listed = {it["path"] for it in manifest["items"] if it["set"] in USED}
+    assert {str(p.relative_to(out)) for p in out.rglob("*.png")} == listed
+    photos = load_photos(sorted({it["source"] for it in manifest["items"]}))
+    config = da.DefaultAssetsConfig(**manifest["config"])
+    test_digests, prior_digests = set(), set()
     for it in manifest["items"]:
-        pixels = np.asarray(Image.open(out / it["path"]))
-        assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8, it["path"]
-        # Each file is its box of the original photo, cut and then resized: nothing else reaches it.
-        np.testing.assert_array_equal(pixels, da.cut(photos[it["source"]], tuple(it["box"]), 64), err_msg=it["path"])
-        (test_digests if it["set"] == "test" else other_digests).add(hashlib.sha256(pixels.tobytes()).digest())
-    assert len(test_digests) == manifest["counts"]["test"]
-    assert not (test_digests & other_digests), "a test image's pixels also appear in prior-train or corpus"
-    # Test images lie inside their photo's test band, which no other patch may touch.
-    for it in manifest["items"]:
+        resolution = config.test_resolution if it["set"] == "test" else config.resolution
+        expected = cut(photos[it["source"]], tuple(it["box"]), resolution)
+        if it["set"] in USED:
+            pixels = np.asarray(Image.open(out / it["path"]))
+            assert pixels.shape == (resolution, resolution, 3) and pixels.dtype == np.uint8, it["path"]
+            np.testing.assert_array_equal(pixels, expected, err_msg=it["path"])  # its box of the original, nothing else
         if it["set"] == "test":
-            x0, y0, x1, y1 = manifest["sources"][it["source"]]["test_band"]
-            bx0, by0, bx1, by1 = it["box"]
-            assert x0 <= bx0 and y0 <= by0 and bx1 <= x1 and by1 <= y1, it["path"]
+            test_digests.add(hashlib.sha256(cut(photos[it["source"]], tuple(it["box"]), config.resolution).tobytes()).digest())
+        elif it["set"] == "prior-train":
+            prior_digests.add(hashlib.sha256(expected.tobytes()).digest())
+    assert len(test_digests) == manifest["counts"]["test"]
+    assert not (test_digests & prior_digests), "a test image's pixels are in prior-train"
+    # No prior-train box of a photo that has test images (the split is by photo).
+    held_out = {it["source"] for it in manifest["items"] if it["set"] == "test"}
+    assert not any(it["set"] == "prior-train" and it["source"] in held_out for it in manifest["items"])
 
 
-def test_same_bytes_every_run(built, tmp_path):
+def test_same_bytes_every_run_and_a_rebuild_changes_nothing(built, tmp_path):
     out, _ = built
-    da.build(tmp_path)
+    da.build(tmp_path, sets=USED)
     assert _digests(tmp_path) == _digests(out)
-    # Rebuilding into the same folder is allowed (same split) and changes nothing.
-    da.build(tmp_path)
+    da.build(tmp_path, sets=USED)
     assert _digests(tmp_path) == _digests(out)
 
 
 def test_refuses_to_mix_two_splits(built, tmp_path):
     _, manifest = built
-    other = dict(manifest, items=manifest["items"][:-1])
-    (tmp_path / da.MANIFEST).write_text(json.dumps(other))
+    (tmp_path / da.MANIFEST).write_text(json.dumps(dict(manifest, items=manifest["items"][:-1])))
     with pytest.raises(FileExistsError, match="another split"):
-        da.build(tmp_path)
+        da.build(tmp_path, sets=("test",))
 
 
 def test_corpus_is_an_index_source(built):
     out, manifest = built
     listing = list_folder(str(out / "corpus"))
     assert not listing.rejected
-    expected = sorted(it["path"][len("corpus/"):-len(".png")] for it in manifest["items"] if it["set"] == "corpus")
+    expected = sorted(it["path"][len("corpus/") : -len(".png")] for it in manifest["items"] if it["set"] == "corpus")
     assert list(listing.image_ids) == expected
 
 
-def test_bad_resolution_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match="test bands"):
-        da.DefaultAssetsConfig(resolution=128)
-    with pytest.raises(ValueError, match="at least 8"):
-        da.DefaultAssetsConfig(resolution=4)
+def test_bad_settings_are_refused_with_their_name():
+    with pytest.raises(ValueError, match="test_resolution"):
+        da.DefaultAssetsConfig(test_resolution=0)
+    with pytest.raises(ValueError, match="unknown sets"):
+        da.build("/nonexistent-never-written", sets=("training",))

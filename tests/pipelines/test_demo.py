@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adir_ops.embedding import DEFAULT_EMBEDDER
 from adir_ops.weights import DEFAULT_PRIOR_DIR
 from pipelines import cli
 from pipelines.demo import DemoConfig, pick_test_images
@@ -55,7 +56,7 @@ def test_quick_demo_runs_every_stage_and_a_rerun_resumes(ray_cluster, tmp_path, 
     inputs = sorted(os.listdir(out / "inputs"))
     assert len(inputs) == 1 and inputs[0] in tests  # a held-out test image, which is not in the corpus
     index = json.loads((out / "index" / "manifest.json").read_text())
-    assert index["count"] == len(corpus) and index["embedder"] == "offline-content"
+    assert index["count"] == len(corpus) and index["embedder"] == DEFAULT_EMBEDDER
 
     modes = ("baseline", "adir", "random-nn", "mse-nn")
     default_prior = Path(DEFAULT_PRIOR_DIR)

@@ -179,7 +179,8 @@ def test_a_real_run_evaluates_every_arm_and_rebuilds_what_the_job_saw(real_runs,
     import torch
 
     from adir_ops.quality import compute_metrics
-    from cluster.images import decode_rgb, read_bytes, to_tensor01
+    from adir_storage import read_bytes
+    from cluster.images import decode_rgb, to_tensor01
 
     out = tmp_path / "eval"
     assert cli.main(["evaluate", *real_runs, "--out", str(out), "--metrics", "gmsd,psnry", "--no-progress", "--report-neighbours", "2"]) == 0

@@ -219,7 +219,7 @@ def test_only_known_safe_storage_options_reach_the_config_and_the_repr(tmp_path)
 
 
 def test_credentials_are_scrubbed_from_error_messages():
-    from index_builder.sources import scrub
+    from adir_storage import scrub
 
     text = scrub("request failed: Authorization: Bearer tok-123456 for hunter2-password at http://127.0.0.1:9000", SECRETS)
     assert "tok-123456" not in text and "hunter2-password" not in text and "http://127.0.0.1:9000" in text
