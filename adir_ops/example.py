@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
 # Photos that ship with scikit-image: the observed image and, by default, the "neighbours"
 # the prior is adapted on (given, not retrieved: retrieval needs an index, see `adir index`).
@@ -28,11 +27,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m adir_ops.example", description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=sorted(OPERATORS), default="sr4")
     p.add_argument("--photo", default=DEFAULT_PHOTO, help="a skimage.data photo name or an image file path")
-    p.add_argument("--neighbours", nargs="*", default=list(DEFAULT_NEIGHBOURS),
-                   help="images to adapt on: skimage.data names or file paths")
-    p.add_argument("--prior", default="default",
-                   help="'default' (the embedded trained prior), a diffusers UNet2DModel folder or hub id, "
-                        "or 'tiny' (random weights: mechanics only, for tests)")
+    p.add_argument(
+        "--neighbours",
+        nargs="*",
+        default=list(DEFAULT_NEIGHBOURS),
+        help="images to adapt on: skimage.data names or file paths",
+    )
+    p.add_argument(
+        "--prior",
+        default="default",
+        help="'default' (the embedded trained prior), a diffusers UNet2DModel folder or hub id, "
+        "or 'tiny' (random weights: mechanics only, for tests)",
+    )
     p.add_argument("--tiny-resolution", type=int, default=32, help="resolution of the tiny random prior")
     p.add_argument("--steps", type=int, default=50, help="respaced sampling steps")
     p.add_argument("--guidance-scale", type=float, default=None, help="eq. 16 scale s (default: the sampler's)")
@@ -60,7 +66,7 @@ def load_image(name_or_path: str):
         array = loader()
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(array[..., :3])).permute(2, 0, 1).float() / 255.0
 
 
 def center_square(image, size: int):
@@ -85,11 +91,11 @@ def save_png(image01, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from adir_ops import quality
-    from adir_ops.adaptation import AdaptConfig, adapt
+    from adir_ops.adaptation import AdaptConfig
     from adir_ops.operators import make_operator
+    from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
     from adir_ops.priors import DiffusionPrior
-    from adir_ops.rng import generator_for
-    from adir_ops.sampling import adir_sample
+    from adir_ops.retrieval import GivenNeighbours, NoNeighbours
 
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -107,31 +113,30 @@ def main(argv: list[str] | None = None) -> int:
 
     truth = center_square(load_image(args.photo), size).unsqueeze(0)  # (1, 3, S, S) in [0, 1]
     operator = make_operator(args.task, image_size=(size, size))
-    y = operator.degrade(truth * 2 - 1, generator_for(args.seed, "degrade:" + args.photo))
-    neighbours = [load_image(n) * 2 - 1 for n in args.neighbours]
-
+    # The image id, as the dataset job names it (a file's stem): the same id gives the same random streams.
+    image_id = os.path.splitext(os.path.basename(args.photo))[0] if os.path.exists(args.photo) else args.photo
+    y = operator.degrade(truth * 2 - 1, image_streams(args.seed, image_id)["degrade"])
     adapt_config = AdaptConfig() if args.lora_steps is None else AdaptConfig(steps=args.lora_steps)
-    sample_kwargs = {"steps": args.steps}
-    if args.guidance_scale is not None:
-        sample_kwargs["guidance_scale"] = args.guidance_scale
 
-    timings = {}
-    start = time.perf_counter()
-    # Both arms start from the same generator seed: the difference is the adaptation alone.
-    no_adapt = adir_sample(prior, y, operator, generator=[generator_for(args.seed, args.photo)], **sample_kwargs)
-    timings["sampling_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    adapter = adapt(prior, neighbours, adapt_config, generator_for(args.seed, "adapt:" + args.photo))
-    timings["adaptation_s"] = time.perf_counter() - start
-    with adapter.applied(prior):
-        adapted = adir_sample(prior, y, operator, generator=[generator_for(args.seed, args.photo)], **sample_kwargs)
+    # One pipeline per arm, the same seed and image id: the same degradation and sampler noise, so
+    # the two diffusion results differ by the adaptation alone (exactly as the Ray job's arms do).
+    sampler = SamplerConfig(
+        steps=args.steps, **({} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale})
+    )
+    plain = ADIRPipeline(prior, NoNeighbours(), sampler=sampler)(y, operator, seed=args.seed, image_id=image_id)
+    given = GivenNeighbours(list(args.neighbours))
+    adir = ADIRPipeline(
+        prior,
+        given,
+        adaptation=adapt_config,
+        sampler=sampler,
+        fetch=lambda names: [load_image(n) * 2 - 1 for n in names],
+    )
+    adapted = adir(y, operator, seed=args.seed, image_id=image_id)
+    adapter = adapted.adapter
     adapter.save(os.path.join(args.out, "adapter.safetensors"))
-
-    results = {
-        "naive": operator.naive_inverse(y).add(1).div(2).clamp(0, 1),
-        "no_adaptation": no_adapt.add(1).div(2).clamp(0, 1),
-        "adir": adapted.add(1).div(2).clamp(0, 1),
-    }
+    timings = {"sampling_s": plain.timings["sampling_s"], "adaptation_s": adapted.timings["adaptation_s"]}
+    results = {"naive": plain.naive01, "no_adaptation": plain.image01, "adir": adapted.image01}
     save_png(truth[0], os.path.join(args.out, "ground_truth.png"))
     save_png(y[0].add(1).div(2).clamp(0, 1), os.path.join(args.out, "input.png"))
     metrics = {}
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "prior": prior.config,
             "operator": {"name": operator.name, "noise_sigma": operator.noise_sigma, "image_size": [size, size]},
             "adaptation": dataclasses.asdict(adapt_config),
-            "sampling": sample_kwargs,
+            "sampling": adapted.config["sampler"],
         },
         "metrics": metrics,
         "timings": timings,
@@ -155,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
     for arm, values in metrics.items():
-        print(f"{arm:>14}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
+        print(
+            f"{arm:>14}: "
+            + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        )
     print(f"Wrote ground_truth/input/naive/no_adaptation/adir PNGs and metrics.json to {os.path.abspath(args.out)}")
     return 0
 

@@ -86,26 +86,43 @@ BRISQUE_GAMMA, BRISQUE_RHO = 0.05, -153.591
 FILES: dict[str, MetricFile] = {
     # The official MATLAB NIQE parameters (the same as BasicSR's niqe_pris_params.npz).
     "niqe": MetricFile(
-        Source("iqa-torch", "iqa/niqe/niqe_pris_params.npz",
-               "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296", pip="iqa-torch", version="1.2.1"),
+        Source(
+            "iqa-torch",
+            "iqa/niqe/niqe_pris_params.npz",
+            "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296",
+            pip="iqa-torch",
+            version="1.2.1",
+        ),
         built_name="niqe_pris_params.mat",
         arrays_sha256="b57e267a2151939fde19b4a2851c77ee0af7a12665f0eb62da41147387b17a1e",
     ),
     "brisque": MetricFile(
-        Source(None, "metric_data/brisque_svr.npz", "540b7fd7ff14c95cd18f119bc78e0c7c86f78e3fa7927188ea3037ee93d925d6"),
+        Source(
+            None, "metric_data/brisque_svr.npz", "540b7fd7ff14c95cd18f119bc78e0c7c86f78e3fa7927188ea3037ee93d925d6"
+        ),
         built_name="brisque_svm_weights.pth",
         arrays_sha256="5c2c502a9f0443e9840dd9556dbf96e59c739bd59f510d77293667090bce4e69",
     ),
     # ST-LPIPS (Ghildyal & Liu, ECCV 2022): linear heads and shift-tolerant backbones in one file.
     "stlpips": MetricFile(
-        Source("stlpips-pytorch", "stlpips_pytorch/weights/vST0.0/alex_shift_tolerant.pth",
-               "b356b382f96010f77d085ee8343ecd9fd322d0a56e8de2b2d0549fafcad8b9ee", pip="stlpips-pytorch", version="0.0.2"),
+        Source(
+            "stlpips-pytorch",
+            "stlpips_pytorch/weights/vST0.0/alex_shift_tolerant.pth",
+            "b356b382f96010f77d085ee8343ecd9fd322d0a56e8de2b2d0549fafcad8b9ee",
+            pip="stlpips-pytorch",
+            version="0.0.2",
+        ),
     ),
     "stlpips-vgg": MetricFile(
-        Source("stlpips-pytorch", "stlpips_pytorch/weights/vST0.0/vgg_shift_tolerant.pth",
-               "44597da68f49c1837c100ff52299050f274d102eb102e5837178c79be6f0e250", pip="stlpips-pytorch", version="0.0.2"),
+        Source(
+            "stlpips-pytorch",
+            "stlpips_pytorch/weights/vST0.0/vgg_shift_tolerant.pth",
+            "44597da68f49c1837c100ff52299050f274d102eb102e5837178c79be6f0e250",
+            pip="stlpips-pytorch",
+            version="0.0.2",
+        ),
     ),
-}  # fmt: skip
+}
 
 _lock = threading.Lock()
 _verified: dict[Path, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, checksum) that passed
@@ -115,7 +132,9 @@ def cache_dir() -> Path:
     """Where built files go: $ADIR_CACHE_DIR/metrics, else $XDG_CACHE_HOME/adir/metrics, else ~/.cache/adir/metrics."""
     root = os.environ.get("ADIR_CACHE_DIR")
     if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "adir")
+        root = os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "adir"
+        )
     return Path(root) / "metrics"
 
 

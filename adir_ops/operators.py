@@ -29,6 +29,9 @@ machines with deepinv 0.5.0; see tests/adir_ops/test_operators.py for the checks
   any size; 0.3 ms for A and 0.3 ms for A^T at 256x256 vs 145 ms + 99 ms for
   DownsamplingMatlab (2 CPU threads). The tests compare A with deepinv's `imresize_matlab`
   (borders included) and with PIL's bicubic resize (away from the borders).
+
+The linear-operator base (A, A^T, the Gram solves, projections) is adir_ops.linear_operator;
+the separable resampling matrices are adir_ops.separable.
 """
 
 from __future__ import annotations
@@ -36,14 +39,15 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from adir_ops.rng import Generators, as_generator_list, randn_per_image
-
-ImageSize = int | Sequence[int]
+from adir_ops.linear_operator import ImageSize, Operator, as_image_size
+from adir_ops.rng import Generators
+from adir_ops.separable import Separable, box_matrix, imresize_matrix
+from adir_ops.tasks import TASKS, scale_factor
 
 __all__ = [
     "OPERATORS",
@@ -53,130 +57,13 @@ __all__ = [
     "SuperResolution",
     "UniformBlur",
     "box_mask",
+    "box_matrix",
     "imresize_matrix",
     "make_operator",
 ]
 
 
-def _as_image_size(name: str, image_size: ImageSize) -> tuple[int, int]:
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"{name} needs image_size as (H, W) positive integers or one int; got {image_size!r}")
-    return size
-
-
-class Operator(nn.Module):
-    """A linear forward model A with white Gaussian noise, built for one clean image size.
-
-    Subclasses set `name` and implement `_A`, `_A_adjoint`, `_measurement_size` and
-    `naive_inverse`; this class checks shapes and devices and adds the noise.
-    """
-
-    name: str = "operator"
-
-    def __init__(self, image_size: ImageSize, noise_sigma_255: float = 0.0):
-        super().__init__()
-        self.image_size = _as_image_size(self.name, image_size)
-        if not noise_sigma_255 >= 0:
-            raise ValueError(f"{self.name} needs noise_sigma_255 >= 0 (the 0..255 scale); got {noise_sigma_255}")
-        self.noise_sigma_255 = float(noise_sigma_255)
-        # [-1, 1] spans 2 units where 0..255 spans 255.
-        self.noise_sigma = self.noise_sigma_255 * 2.0 / 255.0
-
-    # -- what a subclass provides -------------------------------------------------------
-    def _A(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _measurement_size(self) -> tuple[int, int]:
-        return self.image_size
-
-    def _measurement_channels(self, channels: int) -> int:
-        return channels
-
-    def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """The plain restoration a report shows beside the reconstruction; image-shaped."""
-        raise NotImplementedError
-
-    # -- the public contract ---------------------------------------------------------------
-    def measurement_shape(self, channels: int = 3) -> tuple[int, int, int]:
-        """(C, h, w) of y for a clean image with `channels` channels."""
-        return (self._measurement_channels(channels), *self._measurement_size())
-
-    def A(self, x: torch.Tensor) -> torch.Tensor:
-        """The forward model on a clean batch (B, C, H, W) of this operator's image size."""
-        self._check(x, self.image_size, "image")
-        return self._A(x).to(x.dtype)
-
-    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """The true adjoint of `A`: <A x, v> = <x, A^T v>; returns (B, C, H, W) at the image size."""
-        self._check(y, self._measurement_size(), "measurement")
-        return self._A_adjoint(y).to(y.dtype)
-
-    def degrade(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
-        """y = A x + noise_sigma * n, n standard normal drawn per image from its own generator."""
-        y = self.A(x)
-        # Checked even when noiseless, so a wrong generator list fails for every operator alike.
-        generators = as_generator_list(generator, y.shape[0])
-        if self.noise_sigma == 0:
-            return y
-        return y + self.noise_sigma * randn_per_image(y.shape, generators, dtype=y.dtype, device=y.device)
-
-    @property
-    def config(self) -> dict:
-        """What to record next to outputs to rebuild this operator."""
-        return {"name": self.name, "image_size": list(self.image_size), "noise_sigma_255": self.noise_sigma_255}
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, image_size={self.image_size}, noise_sigma_255={self.noise_sigma_255}"
-
-    def _check(self, t: torch.Tensor, size: tuple[int, int], what: str) -> None:
-        if not isinstance(t, torch.Tensor) or t.ndim != 4 or not t.is_floating_point():
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{self.name} needs a float {what} batch (B, C, H, W); got {got}")
-        if tuple(t.shape[-2:]) != size:
-            fix = f": build one with make_operator({self.name!r}, image_size=({t.shape[-2]}, {t.shape[-1]}))" if what == "image" else ""
-            raise ValueError(
-                f"{self.name} was built for {what}s of {size[0]}x{size[1]} pixels; got {t.shape[-2]}x{t.shape[-1]}{fix}"
-            )
-        buffer = next(self.buffers(), None)
-        if buffer is not None and buffer.device != t.device:
-            raise ValueError(f"{self.name} lives on {buffer.device} but the {what} is on {t.device}; call operator.to({str(t.device)!r})")
-
-
-def _cubic(t: torch.Tensor) -> torch.Tensor:
-    """Keys' cubic with a = -0.5, MATLAB imresize's 'bicubic' kernel (support |t| <= 2)."""
-    a = t.abs()
-    inner = (1.5 * a**3 - 2.5 * a**2 + 1) * (a <= 1)
-    outer = (-0.5 * a**3 + 2.5 * a**2 - 4 * a + 2) * ((a > 1) & (a <= 2))
-    return inner + outer
-
-
-def imresize_matrix(in_length: int, out_length: int, scale: float, *, antialiasing: bool = True) -> torch.Tensor:
-    """The (out_length, in_length) float64 matrix of MATLAB `imresize` along one axis, bicubic.
-
-    A line-by-line port of imresize.m's `contributions`: pixel-centre alignment, the kernel
-    stretched by 1/scale when shrinking (antialiasing), rows normalised to sum 1, and the
-    periodic symmetric boundary (edge pixel repeated) that also covers sides shorter
-    than the kernel.
-    """
-    if scale < 1 and antialiasing:
-        kernel, width = (lambda t: scale * _cubic(scale * t)), 4.0 / scale
-    else:
-        kernel, width = _cubic, 4.0
-    u = torch.arange(1, out_length + 1, dtype=torch.float64) / scale + 0.5 * (1 - 1 / scale)  # 1-based centres
-    left = torch.floor(u - width / 2)
-    taps = left[:, None] + torch.arange(math.ceil(width) + 2, dtype=torch.float64)
-    weights = kernel(u[:, None] - taps)
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    mirror = torch.cat([torch.arange(in_length), torch.arange(in_length).flip(0)])
-    index = mirror[torch.remainder(taps.long() - 1, 2 * in_length)]
-    return torch.zeros(out_length, in_length, dtype=torch.float64).scatter_add_(1, index, weights)
-
-
-class SuperResolution(Operator):
+class SuperResolution(Separable, Operator):
     """Antialiased bicubic downscaling by `factor`, as MATLAB imresize(x, 1/factor) (DIV2K's LR images)."""
 
     def __init__(self, image_size: ImageSize, factor: int, noise_sigma_255: float = 0.0):
@@ -202,6 +89,9 @@ class SuperResolution(Operator):
     def _A(self, x):
         return self.rows.to(x.dtype) @ x @ self.cols.to(x.dtype).T
 
+    def _gram_factors(self):
+        return self.rows, self.cols
+
     def _A_adjoint(self, y):
         return self.rows.to(y.dtype).T @ y @ self.cols.to(y.dtype)
 
@@ -215,7 +105,7 @@ class SuperResolution(Operator):
         return {**super().config, "factor": self.factor}
 
 
-class UniformBlur(Operator):
+class UniformBlur(Separable, Operator):
     """5x5 uniform (box) blur, same-size output with reflect padding; paper Sec. 4.2 adds sigma_255 = 10 noise."""
 
     name = "deblur"
@@ -226,9 +116,19 @@ class UniformBlur(Operator):
             raise ValueError(f"deblur needs an odd positive kernel_size; got {kernel_size!r}")
         H, W = self.image_size
         if H < kernel_size or W < kernel_size:
-            raise ValueError(f"deblur needs an image of at least {kernel_size}x{kernel_size} pixels (its kernel); got {H}x{W}")
+            raise ValueError(
+                f"deblur needs an image of at least {kernel_size}x{kernel_size} pixels (its kernel); got {H}x{W}"
+            )
         self.kernel_size = kernel_size
         self.register_buffer("filter", torch.full((1, 1, kernel_size, kernel_size), 1.0 / kernel_size**2))
+
+    def _gram_factors(self):
+        # The box with reflect padding is separable (checked against A in the tests); the 1-D tap
+        # is the square root of the float32 2-D filter value, so the product matches it exactly.
+        tap = float(self.filter[0, 0, 0, 0]) ** 0.5
+        return box_matrix(self.image_size[0], self.kernel_size, tap), box_matrix(
+            self.image_size[1], self.kernel_size, tap
+        )
 
     def _A(self, x):
         from deepinv.physics.functional import conv2d
@@ -280,19 +180,28 @@ class Colorization(Operator):
         """The gray image replicated to R, G and B (the pseudo-inverse, 3 A^T)."""
         return 3 * self.A_adjoint(y)
 
+    def _gram_spectrum(self):
+        # A A^T = c I with c = sum of the squared channel weights: 1/3 up to deepinv's float32 weights.
+        identity = lambda r: r  # noqa: E731
+        return identity, identity, self.decolorize.srf.to(torch.float64).square().sum()
 
-def box_mask(image_size: ImageSize, generator: torch.Generator | None = None, *, hole_fraction: float = 0.5) -> torch.Tensor:
+
+def box_mask(
+    image_size: ImageSize, generator: torch.Generator | None = None, *, hole_fraction: float = 0.5
+) -> torch.Tensor:
     """A (1, 1, H, W) float mask, 1 = observed, with one rectangular hole of hole_fraction x H by hole_fraction x W.
 
     The hole is centred when `generator` is None, else its top-left corner is drawn
     uniformly from `generator` (same generator state, same mask).
     """
-    H, W = _as_image_size("box_mask", image_size)
+    H, W = as_image_size("box_mask", image_size)
     if not 0 < hole_fraction < 1:
         raise ValueError(f"box_mask needs 0 < hole_fraction < 1; got {hole_fraction}")
     hh, hw = max(1, round(hole_fraction * H)), max(1, round(hole_fraction * W))
     if hh * hw == H * W:
-        raise ValueError(f"box_mask: a {hole_fraction} hole covers all of a {H}x{W} image; use a smaller hole_fraction")
+        raise ValueError(
+            f"box_mask: a {hole_fraction} hole covers all of a {H}x{W} image; use a smaller hole_fraction"
+        )
     if generator is None:
         top, left = (H - hh) // 2, (W - hw) // 2
     else:
@@ -320,7 +229,9 @@ class Inpainting(Operator):
         mask = box_mask(self.image_size) if mask is None else mask
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) not in ((H, W), (1, 1, H, W)):
             got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"inpaint needs a mask of shape ({H}, {W}) or (1, 1, {H}, {W}) for a {H}x{W} image; got {got}")
+            raise ValueError(
+                f"inpaint needs a mask of shape ({H}, {W}) or (1, 1, {H}, {W}) for a {H}x{W} image; got {got}"
+            )
         mask = mask.reshape(1, 1, H, W).to(torch.float32)
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("inpaint needs a binary mask (values 0 and 1, 1 = observed); got other values")
@@ -339,6 +250,15 @@ class Inpainting(Operator):
 
     def _A_adjoint(self, y):
         return self.inpainting.A_adjoint(y)
+
+    def measurement_count(self, channels: int = 3) -> int:
+        """Observed pixels times channels: the hole measures nothing."""
+        return int(self.mask.sum().item()) * channels
+
+    def _gram_spectrum(self):
+        # A A^T = diag(mask) on the image-sized measurement: 1 where observed, 0 in the hole.
+        identity = lambda r: r  # noqa: E731
+        return identity, identity, self.mask.to(torch.float64)
 
     def degrade(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
         """y = mask * (x + noise_sigma * n): the hole carries no measurement, so no noise either."""
@@ -367,6 +287,10 @@ OPERATORS: dict[str, Callable[..., Operator]] = {
 }
 
 
+if tuple(OPERATORS) != TASKS:  # the torch-free task list (what the CLI offers) is this registry's keys
+    raise ImportError(f"adir_ops.tasks.TASKS {TASKS} and OPERATORS {tuple(OPERATORS)} disagree")
+
+
 def make_operator(name: str, **options) -> Operator:
     """Build the operator `name` (a key of OPERATORS) for `image_size=(H, W)` and its options."""
     if name not in OPERATORS:
@@ -380,3 +304,52 @@ def make_operator(name: str, **options) -> Operator:
     if "image_size" not in options:
         raise ValueError(f"operator {name!r} needs image_size=(H, W), the size of the clean images it will see")
     return factory(**options)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One input image as a reconstruction job sees it: the operator, the measurement y in [-1, 1], the truth if known."""
+
+    operator: Operator
+    y: torch.Tensor  # (1, C, h, w) in [-1, 1]
+    truth01: torch.Tensor | None  # (1, 3, H, W) in [0, 1]
+
+
+def observe(
+    task: str,
+    image01: torch.Tensor,
+    *,
+    degraded: bool = False,
+    reference01: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    **options,
+) -> Observation:
+    """The operator of `task` sized for one input and its measurement.
+
+    Clean input (evaluation): `image01` (1, 3, H, W) is the truth and y = A x + noise, the noise
+    drawn from `generator` (the image's degrade stream). Degraded input (real use): `image01` is
+    y itself; a gray image decoded as RGB becomes its channel mean for colorization; the clean
+    size is the reference's when given (which must pair with y), else y's size times the task's
+    scale factor. `options` go to the operator (e.g. noise_sigma_255).
+    """
+    if not degraded:
+        operator = make_operator(task, image_size=tuple(image01.shape[-2:]), **options)
+        return Observation(operator, operator.degrade(image01 * 2 - 1, generator), image01)
+    h, w = image01.shape[-2:]
+    factor = scale_factor(task)
+    if reference01 is None:
+        size = (h * factor, w * factor)
+    else:
+        size = tuple(reference01.shape[-2:])
+        if (-(-size[0] // factor), -(-size[1] // factor)) != (h, w):
+            raise ValueError(f"reference is {size[0]}x{size[1]} but the {task} input is {h}x{w}; they are not a pair")
+    operator = make_operator(task, image_size=size, **options)
+    y = image01 * 2 - 1
+    if task == "colorize":
+        y = y.mean(dim=1, keepdim=True)
+    expected = operator.measurement_shape(3)
+    if tuple(y.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"the input is {tuple(y.shape[1:])} but {task} of a {size[0]}x{size[1]} image gives {tuple(expected)}"
+        )
+    return Observation(operator, y, reference01)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from adir_ops.guided_diffusion import GUIDED_DIFFUSION_256_UNCOND, guided_diffusion_unet  # noqa: F401  (re-exported)
 from adir_ops.weights import DEFAULT_PRIOR_DIR
 
 
@@ -15,105 +18,6 @@ def linear_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta
     """DDPM's linear schedule, rescaled to T steps as Guided Diffusion does (float64)."""
     scale = 1000.0 / num_train_timesteps
     return torch.linspace(scale * beta_start, scale * beta_end, num_train_timesteps, dtype=torch.float64)
-
-
-# OpenAI's 256x256_diffusion_uncond.pt (the paper's Guided Diffusion prior): the flags of its
-# README, which are also deepinv's DiffUNet(large_model=True).
-GUIDED_DIFFUSION_256_UNCOND: dict[str, Any] = {
-    "image_size": 256,
-    "in_channels": 3,
-    "model_channels": 256,
-    "num_res_blocks": 2,
-    "channel_mult": (1, 1, 2, 2, 4, 4),
-    "attention_resolutions": (32, 16, 8),
-    "num_head_channels": 64,
-    "learn_sigma": True,
-}
-
-
-def guided_diffusion_unet(
-    *,
-    image_size: int = 256,
-    in_channels: int = 3,
-    model_channels: int = 256,
-    num_res_blocks: int = 2,
-    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4),
-    attention_resolutions: tuple[int, ...] = (32, 16, 8),
-    num_head_channels: int = 64,
-    learn_sigma: bool = True,
-) -> nn.Module:
-    """deepinv's `DiffUNet` (OpenAI's ADM UNet) with its architecture as arguments.
-
-    DiffUNet's constructor hard-codes two sizes (128 or 256 channels); this builds an
-    instance of the same class from the same blocks in the same order, so the defaults take
-    OpenAI's 256x256_diffusion_uncond state dict and tests can build a small one.
-    Dropout is 0, as in OpenAI's sampling flags. `attention_resolutions` are feature-map
-    sizes (OpenAI's convention); GroupNorm32 needs multiples of 32 channels.
-    """
-    from deepinv.models.base import Denoiser
-    from deepinv.models.diffunet import (
-        AttentionBlock,
-        DiffUNet,
-        ResBlock,
-        TimestepEmbedSequential,
-        normalization,
-        zero_module,
-    )
-
-    if model_channels % 32:
-        raise ValueError(f"model_channels must be a multiple of 32 (GroupNorm32 uses 32 groups); got {model_channels}")
-    net = DiffUNet.__new__(DiffUNet)
-    Denoiser.__init__(net)
-    out_channels = 2 * in_channels if learn_sigma else in_channels
-    attention_ds = tuple(image_size // int(r) for r in attention_resolutions)
-    # The attributes DiffUNet's forward reads.
-    net.img_size, net.in_channels, net.out_channels = image_size, in_channels, out_channels
-    net.model_channels, net.num_res_blocks, net.channel_mult = model_channels, num_res_blocks, tuple(channel_mult)
-    net.attention_resolutions, net.dropout, net.conv_resample = attention_ds, 0.0, True
-    net.num_classes, net.use_checkpoint, net.dtype = None, False, torch.float32
-    net.num_heads, net.num_head_channels, net.num_heads_upsample = 4, num_head_channels, 4
-    emb_dim = model_channels * 4
-    net.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-
-    def res(ch_in: int, ch_out: int, **updown: bool) -> nn.Module:
-        return ResBlock(ch_in, emb_dim, 0.0, out_channels=ch_out, dims=2, use_scale_shift_norm=True, **updown)
-
-    def attn(ch: int) -> nn.Module:
-        return AttentionBlock(ch, num_heads=4, num_head_channels=num_head_channels)
-
-    ch = model_channels * channel_mult[0]
-    net.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
-    skip_channels, ds = [ch], 1
-    for level, mult in enumerate(channel_mult):
-        for _ in range(num_res_blocks):
-            layers = [res(ch, model_channels * mult)]
-            ch = model_channels * mult
-            if ds in attention_ds:
-                layers.append(attn(ch))
-            net.input_blocks.append(TimestepEmbedSequential(*layers))
-            skip_channels.append(ch)
-        if level != len(channel_mult) - 1:
-            net.input_blocks.append(TimestepEmbedSequential(res(ch, ch, down=True)))
-            skip_channels.append(ch)
-            ds *= 2
-    net.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
-    net.output_blocks = nn.ModuleList([])
-    for level, mult in list(enumerate(channel_mult))[::-1]:
-        for i in range(num_res_blocks + 1):
-            layers = [res(ch + skip_channels.pop(), model_channels * mult)]
-            ch = model_channels * mult
-            if ds in attention_ds:
-                layers.append(attn(ch))
-            if level and i == num_res_blocks:
-                layers.append(res(ch, ch, up=True))
-                ds //= 2
-            net.output_blocks.append(TimestepEmbedSequential(*layers))
-    net.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels * channel_mult[0], out_channels, 3, padding=1)))
-    # Used only by DiffUNet's noise-level mode; non-persistent so OpenAI checkpoints load strictly.
-    sqrt_1m_abar, sqrt_abar = net.get_alpha_prod()[-2:]
-    net.register_buffer("sqrt_1m_alphas_cumprod", sqrt_1m_abar, persistent=False)
-    net.register_buffer("sqrt_alphas_cumprod", sqrt_abar, persistent=False)
-    return net.eval()
 
 
 class DiffusionPrior(nn.Module):
@@ -182,7 +86,9 @@ class DiffusionPrior(nn.Module):
         x_in = x.to(self.dtype)
         # Only the UNet runs in 16 bits: the guidance (A, A^T, the posterior) stays in x's
         # dtype, and LoRA weights stay fp32 masters under autocast.
-        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
+        ):
             if self.kind == "diffusers":
                 out = self.unet(x_in, t).sample
             else:
@@ -195,7 +101,9 @@ class DiffusionPrior(nn.Module):
 
     # ---------------------------------------------------------------- builders
     @classmethod
-    def tiny(cls, resolution: int = 16, channels: int = 3, num_train_timesteps: int = 1000, seed: int = 0) -> DiffusionPrior:
+    def tiny(
+        cls, resolution: int = 16, channels: int = 3, num_train_timesteps: int = 1000, seed: int = 0
+    ) -> DiffusionPrior:
         """Random-weight diffusers UNet2DModel of about 11k parameters (diffusers' fast-test size), for tests.
 
         Same classes as a real prior, so everything that runs on it runs on a real one.
@@ -273,7 +181,9 @@ class DiffusionPrior(nn.Module):
         )
 
     @classmethod
-    def from_guided_diffusion(cls, path: str, *, num_train_timesteps: int = 1000, **architecture: Any) -> DiffusionPrior:
+    def from_guided_diffusion(
+        cls, path: str, *, num_train_timesteps: int = 1000, **architecture: Any
+    ) -> DiffusionPrior:
         """OpenAI's Guided Diffusion checkpoint (default: 256x256_diffusion_uncond.pt) on its linear schedule.
 
         `architecture` overrides `GUIDED_DIFFUSION_256_UNCOND` (see `guided_diffusion_unet`).
@@ -287,7 +197,9 @@ class DiffusionPrior(nn.Module):
             )
         unknown = set(architecture) - set(GUIDED_DIFFUSION_256_UNCOND)
         if unknown:
-            raise TypeError(f"unknown Guided Diffusion architecture argument(s) {sorted(unknown)}; known: {sorted(GUIDED_DIFFUSION_256_UNCOND)}")
+            raise TypeError(
+                f"unknown Guided Diffusion architecture argument(s) {sorted(unknown)}; known: {sorted(GUIDED_DIFFUSION_256_UNCOND)}"
+            )
         arch = {**GUIDED_DIFFUSION_256_UNCOND, **architecture}
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
@@ -311,7 +223,10 @@ class DiffusionPrior(nn.Module):
             resolution=arch["image_size"],
             channels=arch["in_channels"],
             kind="guided-diffusion",
-            config={"source": str(path), "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}},
+            config={
+                "source": str(path),
+                "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()},
+            },
         )
 
     def save_pretrained(self, directory: str) -> None:
@@ -321,6 +236,87 @@ class DiffusionPrior(nn.Module):
         if self.kind != "diffusers":
             raise ValueError(f"save_pretrained writes diffusers priors; this prior is {self.kind!r}")
         self.unet.save_pretrained(os.path.join(directory, "unet"))
-        DDPMScheduler(
-            num_train_timesteps=self.num_train_timesteps, trained_betas=self.betas.tolist()
-        ).save_pretrained(os.path.join(directory, "scheduler"))
+        DDPMScheduler(num_train_timesteps=self.num_train_timesteps, trained_betas=self.betas.tolist()).save_pretrained(
+            os.path.join(directory, "scheduler")
+        )
+
+
+# ---------------------------------------------------------------- the registry of prior specs
+TINY_RESOLUTION = 32  # 'tiny' alone; the value of cluster.config.DEFAULT_TINY_RESOLUTION
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    """A kind of prior spec: `build(local target)` (None: no DiffusionPrior); `takes_path`: its target is weights on disk."""
+
+    build: Callable[..., DiffusionPrior] | None
+    form: str
+    description: str
+    test_only: bool = False
+    takes_path: bool = False
+
+
+def _tiny(spec: str) -> DiffusionPrior:
+    if not re.fullmatch(r"tiny(:\d+)?", spec):
+        raise ValueError(f"prior spec {spec!r}: 'tiny' takes an integer resolution, e.g. 'tiny:16'")
+    return DiffusionPrior.tiny(resolution=int(spec[5:] or TINY_RESOLUTION))
+
+
+def _weights_on_disk(path: str, **architecture: Any) -> DiffusionPrior:
+    """The plain form: a file is a Guided Diffusion checkpoint, anything else a diffusers folder or hub id."""
+    if os.path.isfile(path):
+        return DiffusionPrior.from_guided_diffusion(path, **architecture)
+    return DiffusionPrior.from_diffusers(path, **architecture)
+
+
+PRIORS: dict[str, PriorSpec] = {
+    "default": PriorSpec(
+        lambda _: DiffusionPrior.default(), "default", "the embedded trained 64 px prior, what no --prior means"
+    ),
+    "tiny": PriorSpec(
+        _tiny, "tiny[:RES]", f"random weights, ~11k parameters, RES px (default {TINY_RESOLUTION})", test_only=True
+    ),
+    "gd256": PriorSpec(
+        DiffusionPrior.from_guided_diffusion,
+        "gd256:PATH",
+        "OpenAI's Guided Diffusion 256x256_diffusion_uncond.pt",
+        takes_path=True,
+    ),
+    "sd-x4": PriorSpec(
+        None, "sd-x4:WHERE", "the Stable Diffusion x4 upscaler, loaded by adir_ops.stable_diffusion.load_pipeline"
+    ),
+    "auto": PriorSpec(
+        _weights_on_disk,
+        "PATH",
+        "a diffusers UNet2DModel folder or hub id, or a Guided Diffusion .pt",
+        takes_path=True,
+    ),
+}
+
+
+def load_local_prior(spec: str, *, localize: Callable[[str], str] | None = None, **arch: Any) -> DiffusionPrior:
+    """The DiffusionPrior of a spec of a PRIORS form: 'default', 'tiny[:RES]', 'gd256:PATH' or PATH (folder, hub id, .pt).
+
+    adir_ops reads local paths only: a caller with weights in a bucket passes `localize` (e.g.
+    `lambda url: adir_storage.local_copy(url, options)`), applied to a path target before it is read.
+    `arch` overrides a Guided Diffusion checkpoint's architecture (tests load small ones).
+    """
+    kind, _, target = (spec or "").partition(":")
+    if spec == "default" or kind == "tiny":
+        target = spec
+    elif not (kind in PRIORS and PRIORS[kind].form.startswith(f"{kind}:")):
+        # An unregistered 'KIND:' is a typo, unless it is a path (a URL's '://' is the plain form).
+        if not spec or (re.match(r"[A-Za-z][\w-]*:(?!//)", spec) and not os.path.exists(spec)):
+            known = "; ".join(f"{s.form!r}: {s.description}" for s in PRIORS.values())
+            raise ValueError(f"unknown prior spec {spec!r}; known kinds: {known}")
+        kind, target = "auto", spec
+    entry = PRIORS[kind]
+    if entry.build is None:
+        raise ValueError(f"{spec!r} is {entry.description}, not a DiffusionPrior")
+    if entry.takes_path:
+        target = localize(target) if localize is not None and target else target
+        if not target or "://" in target:
+            raise ValueError(f"prior {spec!r} names no local weights ({target!r}); pass a local path or localize=")
+    elif arch:
+        raise TypeError(f"prior kind {kind!r} takes no architecture arguments; got {sorted(arch)}")
+    return entry.build(target, **arch)

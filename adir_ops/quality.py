@@ -19,9 +19,25 @@ PAPER_METRICS = ("psnr", "ssim", "lpips", "musiq-ava", "musiq-koniq", "niqe")
 # pyiqa metrics that need no downloaded weights (checked by tests/adir_ops/test_quality.py):
 # niqe, brisque and stlpips(-vgg) with parameter files from registry packages (metric_files).
 OFFLINE_METRICS = (
-    "psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "gmsd", "nlpd", "mad", "vif", "vsi",
-    "stlpips", "stlpips-vgg", "piqe", "entropy", "niqe", "brisque",
-)  # fmt: skip
+    "psnr",
+    "psnry",
+    "ssim",
+    "ssimc",
+    "ms_ssim",
+    "cw_ssim",
+    "fsim",
+    "gmsd",
+    "nlpd",
+    "mad",
+    "vif",
+    "vsi",
+    "stlpips",
+    "stlpips-vgg",
+    "piqe",
+    "entropy",
+    "niqe",
+    "brisque",
+)
 
 # What a results table reports by default: fidelity (PSNR, SSIM), perceptual distance to
 # the truth (ST-LPIPS, AlexNet) and no-reference quality (NIQE, BRISQUE, PIQE), all offline.
@@ -132,7 +148,10 @@ def get_metric(name: str, device: str | torch.device = "cpu", *, download: bool 
         try:
             options = _packaged_options(name, pyiqa_name, download)
             # pyiqa prints "Loading pretrained model ..." to stdout: keep stdout for results.
-            with contextlib.nullcontext() if download else _downloads_refused(), contextlib.redirect_stdout(sys.stderr):
+            with (
+                contextlib.nullcontext() if download else _downloads_refused(),
+                contextlib.redirect_stdout(sys.stderr),
+            ):
                 metric = pyiqa.create_metric(pyiqa_name, device=torch.device(device), **options)
             _check_constants(name, pyiqa_name, metric)
         except MetricUnavailable as err:

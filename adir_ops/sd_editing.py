@@ -24,13 +24,12 @@ import torch.nn.functional as F
 from adir_ops.adaptation import AdaptConfig, Adapter, neighbour_pool, random_crops
 from adir_ops.rng import Generators, as_generator_list
 from adir_ops.stable_diffusion import (
-    MIXED_PRECISION,
-    diffusion_target,
+    check_pipeline_settings,
     encode_latents,
+    latent_loss,
     latent_shape,
     mixed_precision_context,
     pad_to_multiple,
-    pipeline_config,
     prompt_embeddings,
     train_lora,
     unet_downsampling,
@@ -60,30 +59,29 @@ class EditConfig:
     mixed_precision: str = "auto"
 
     def __post_init__(self):
-        if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", AdaptConfig.from_dict(self.lora))
+        check_pipeline_settings(self)
         if not isinstance(self.crop_size, int) or self.crop_size < 8 or self.crop_size % 8:
             raise ValueError(f"EditConfig.crop_size must be a positive multiple of 8; got {self.crop_size!r}")
         for name in ("prompt_dropout", "full_mask_probability"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"EditConfig.{name} must be in [0, 1]; got {value!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"EditConfig.steps must be an integer >= 1; got {self.steps!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"EditConfig.mixed_precision must be one of {MIXED_PRECISION}; got {self.mixed_precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def random_masks(batch: int, size: int, generator: torch.Generator, *, full_mask_probability: float = 0.25) -> torch.Tensor:
+def random_masks(
+    batch: int, size: int, generator: torch.Generator, *, full_mask_probability: float = 0.25
+) -> torch.Tensor:
     """(batch, 1, size, size) masks, 1 = to repaint: everything with `full_mask_probability`, else 1-3 random boxes.
 
     Each box spans 10-60% of each side. A fixed number of draws per mask, so mask i is the
     same whatever the others were.
     """
-    u = torch.rand((batch, 2 + 4 * MAX_BOXES), generator=generator, device=generator.device, dtype=torch.float64).tolist()
+    u = torch.rand(
+        (batch, 2 + 4 * MAX_BOXES), generator=generator, device=generator.device, dtype=torch.float64
+    ).tolist()
     masks = torch.zeros(batch, 1, size, size)
     for i, draws in enumerate(u):
         if draws[0] < full_mask_probability:
@@ -118,7 +116,9 @@ def adapt_inpainting(
         )
     size = config.crop_size
     if (size // pipe.vae_scale_factor) % unet_downsampling(pipe):
-        raise ValueError(f"crop_size {size} must be a multiple of {pipe.vae_scale_factor * unet_downsampling(pipe)} for this pipeline")
+        raise ValueError(
+            f"crop_size {size} must be a multiple of {pipe.vae_scale_factor * unet_downsampling(pipe)} for this pipeline"
+        )
     device = next(pipe.unet.parameters()).device
     pool = neighbour_pool(neighbours, 3, size, device)
     batch = config.lora.batch_size
@@ -140,16 +140,11 @@ def adapt_inpainting(
             # The pipeline's convention: the masked image keeps the pixels where mask < 0.5.
             masked_latents = encode_latents(pipe.vae, images * (masks < 0.5), masked_noise)
         mask_latent = F.interpolate(masks, size=lat_shape[-2:])  # nearest, as the pipeline resizes it
-        timesteps = torch.full((batch,), t, dtype=torch.long, device=device)
-        noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
         text = torch.where(dropped.to(device).view(-1, 1, 1), unconditioned, conditioned)
-        unet_in = torch.cat([noisy, mask_latent, masked_latents.float()], dim=1).to(pipe.unet.dtype)
-        pred = pipe.unet(unet_in, timesteps, encoder_hidden_states=text.to(pipe.unet.dtype)).sample
-        return F.mse_loss(pred.float(), diffusion_target(pipe.scheduler, latents, noise, timesteps).float())
+        condition = (mask_latent, masked_latents.float())
+        return latent_loss(pipe, latents, noise, t, condition, encoder_hidden_states=text.to(pipe.unet.dtype))
 
-    record = {**pipeline_config(pipe, "sd-inpainting"), "edit_config": config.to_dict(), "prompt": prompt}
-    return train_lora(pipe, loss_of_step, config.lora, generator, prior_config=record,
-                      mixed_precision=config.mixed_precision, callback=callback)  # fmt: skip
+    return train_lora(pipe, loss_of_step, config, generator, "sd-inpainting", {"prompt": prompt}, callback)
 
 
 @torch.no_grad()
@@ -171,7 +166,12 @@ def edit(
     """
     if image01.ndim != 4 or image01.shape[1] != 3:
         raise ValueError(f"edit needs images as (B, 3, H, W) in [0, 1]; got shape {tuple(image01.shape)}")
-    if mask01.ndim != 4 or mask01.shape[1] != 1 or mask01.shape[-2:] != image01.shape[-2:] or mask01.shape[0] not in (1, image01.shape[0]):
+    if (
+        mask01.ndim != 4
+        or mask01.shape[1] != 1
+        or mask01.shape[-2:] != image01.shape[-2:]
+        or mask01.shape[0] not in (1, image01.shape[0])
+    ):
         raise ValueError(
             f"edit needs a mask (1 or B, 1, H, W) of the image's size {tuple(image01.shape[-2:])}; got {tuple(mask01.shape)}"
         )
@@ -186,9 +186,15 @@ def edit(
             mask_padded = F.pad(mask[None], (0, padded.shape[-1] - w, 0, padded.shape[-2] - h))
             with mixed_precision_context(device, config.mixed_precision):
                 out = pipe(
-                    prompt=prompt, image=padded.to(device), mask_image=mask_padded.to(device), height=padded.shape[-2],
-                    width=padded.shape[-1], num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                    generator=g, output_type="pt",
-                ).images  # fmt: skip
+                    prompt=prompt,
+                    image=padded.to(device),
+                    mask_image=mask_padded.to(device),
+                    height=padded.shape[-2],
+                    width=padded.shape[-1],
+                    num_inference_steps=config.steps,
+                    guidance_scale=config.guidance_scale,
+                    generator=g,
+                    output_type="pt",
+                ).images
             outputs.append(out[..., :h, :w].float())
     return torch.cat(outputs)

@@ -19,18 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from adir_ops.adaptation import AdaptConfig, Adapter, neighbour_pool, random_crops
 from adir_ops.rng import Generators, as_generator_list
 from adir_ops.stable_diffusion import (
-    MIXED_PRECISION,
-    diffusion_target,
+    check_pipeline_settings,
     encode_latents,
+    latent_loss,
     latent_shape,
     mixed_precision_context,
     pad_to_multiple,
-    pipeline_config,
     prompt_embeddings,
     train_lora,
     unet_downsampling,
@@ -62,16 +60,13 @@ class UpscaleConfig:
     mixed_precision: str = "auto"
 
     def __post_init__(self):
-        if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", AdaptConfig.from_dict(self.lora))
+        check_pipeline_settings(self)
         if not isinstance(self.crop_size, int) or self.crop_size < FACTOR or self.crop_size % FACTOR:
-            raise ValueError(f"UpscaleConfig.crop_size must be a positive multiple of {FACTOR}; got {self.crop_size!r}")
+            raise ValueError(
+                f"UpscaleConfig.crop_size must be a positive multiple of {FACTOR}; got {self.crop_size!r}"
+            )
         if not isinstance(self.noise_level, int) or self.noise_level < 0:
             raise ValueError(f"UpscaleConfig.noise_level must be an integer >= 0; got {self.noise_level!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"UpscaleConfig.steps must be an integer >= 1; got {self.steps!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"UpscaleConfig.mixed_precision must be one of {MIXED_PRECISION}; got {self.mixed_precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -136,15 +131,11 @@ def adapt_upscaler(
         with torch.no_grad():
             low = pipe.low_res_scheduler.add_noise(A.A(high), low_noise.to(device), low_res_level)
             latents = encode_latents(pipe.vae, high, vae_noise).float()
-        timesteps = torch.full((batch,), t, dtype=torch.long, device=device)
-        noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
-        unet_in = torch.cat([noisy, low], dim=1).to(pipe.unet.dtype)
-        pred = pipe.unet(unet_in, timesteps, encoder_hidden_states=encoder_states, class_labels=low_res_level).sample
-        return F.mse_loss(pred.float(), diffusion_target(pipe.scheduler, latents, noise, timesteps).float())
+        return latent_loss(
+            pipe, latents, noise, t, (low,), encoder_hidden_states=encoder_states, class_labels=low_res_level
+        )
 
-    record = {**pipeline_config(pipe, "sd-x4-upscaler"), "upscale_config": config.to_dict()}
-    return train_lora(pipe, loss_of_step, config.lora, generator, prior_config=record,
-                      mixed_precision=config.mixed_precision, callback=callback)  # fmt: skip
+    return train_lora(pipe, loss_of_step, config, generator, "sd-x4-upscaler", callback=callback)
 
 
 @torch.no_grad()
@@ -176,9 +167,13 @@ def upscale(
             padded, (h, w) = pad_to_multiple(image[None].clamp(0, 1), multiple)
             with mixed_precision_context(device, config.mixed_precision):
                 out = pipe(
-                    prompt=config.prompt, image=padded.to(device), num_inference_steps=config.steps,
-                    guidance_scale=config.guidance_scale, noise_level=config.noise_level, generator=g, output_type="pt",
-                ).images  # fmt: skip
+                    prompt=config.prompt,
+                    image=padded.to(device),
+                    num_inference_steps=config.steps,
+                    guidance_scale=config.guidance_scale,
+                    noise_level=config.noise_level,
+                    generator=g,
+                    output_type="pt",
+                ).images
             outputs.append(out[..., : FACTOR * h, : FACTOR * w].float())
     return torch.cat(outputs)
-

@@ -9,8 +9,9 @@ when the weights are not there. `tiny_pipeline` builds the same classes from tin
 configs, so everything that runs on it runs on the real weights.
 
 What the two adaptations share (`adir_ops.sd_upscale`, `adir_ops.sd_editing`) lives here:
-VAE encoding with the noise drawn from our generator, the diffusion target of the
-pipeline's scheduler (eps or v), and the LoRA training loop under mixed precision.
+the checks of their configs' common settings, VAE encoding with the noise drawn from our
+generator, the latent diffusion loss (to the scheduler's eps or v target), and the LoRA
+training loop under mixed precision that records the pipeline.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -84,7 +85,11 @@ def _load(kind: str, spec: str, torch_dtype: torch.dtype | None):
     local = os.path.expanduser(spec)
     if os.path.exists(local) or not _HUB_ID.match(spec):
         if not os.path.isfile(os.path.join(local, "model_index.json")):
-            what = "does not exist" if not os.path.exists(local) else "is not a diffusers pipeline folder (no model_index.json)"
+            what = (
+                "does not exist"
+                if not os.path.exists(local)
+                else "is not a diffusers pipeline folder (no model_index.json)"
+            )
             raise FileNotFoundError(f"{kind} pipeline {spec!r} {what}. {_download_hint(kind, local)}.")
         try:
             return cls.from_pretrained(local, local_files_only=True, **options)
@@ -113,7 +118,9 @@ def _load(kind: str, spec: str, torch_dtype: torch.dtype | None):
 # ------------------------------------------------------------------ tiny random copies
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable character map (the alphabet of byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = printable[:], 0
     for b in range(256):
         if b not in printable:
@@ -138,9 +145,16 @@ def _tiny_text_encoder(vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     return CLIPTextModel(config).eval()
 
 
@@ -169,41 +183,81 @@ def tiny_pipeline(kind: str, seed: int = 0):
         torch.manual_seed(seed)
         text_encoder = _tiny_text_encoder(len(tokenizer))
         common = dict(
-            block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, cross_attention_dim=32,
-            attention_head_dim=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        )  # fmt: skip
+        )
         if kind == "sd-x4":
             unet = UNet2DConditionModel(
-                sample_size=8, in_channels=7, out_channels=4, num_class_embeds=400, use_linear_projection=True,
-                only_cross_attention=(True, False), **common,
-            )  # fmt: skip
+                sample_size=8,
+                in_channels=7,
+                out_channels=4,
+                num_class_embeds=400,
+                use_linear_projection=True,
+                only_cross_attention=(True, False),
+                **common,
+            )
             vae = AutoencoderKL(
-                block_out_channels=(8, 8, 16), norm_num_groups=4, latent_channels=4, scaling_factor=0.08333,
-                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-            )  # fmt: skip
+                block_out_channels=(8, 8, 16),
+                norm_num_groups=4,
+                latent_channels=4,
+                scaling_factor=0.08333,
+                down_block_types=("DownEncoderBlock2D",) * 3,
+                up_block_types=("UpDecoderBlock2D",) * 3,
+            )
             pipe = StableDiffusionUpscalePipeline(
-                vae=vae.eval(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet.eval(),
-                low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"),
+                vae=vae.eval(),
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet.eval(),
+                low_res_scheduler=DDPMScheduler(),
+                scheduler=DDIMScheduler(prediction_type="v_prediction"),
                 max_noise_level=350,
-            )  # fmt: skip
+            )
         else:
             unet = UNet2DConditionModel(sample_size=8, in_channels=9, out_channels=4, **common)
             vae = AutoencoderKL(
-                block_out_channels=(8, 8, 8, 16), norm_num_groups=4, latent_channels=4,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            )  # fmt: skip
+                block_out_channels=(8, 8, 8, 16),
+                norm_num_groups=4,
+                latent_channels=4,
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+            )
             pipe = StableDiffusionInpaintPipeline(
-                vae=vae.eval(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet.eval(),
-                scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1), safety_checker=None, feature_extractor=None,
+                vae=vae.eval(),
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet.eval(),
+                scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1),
+                safety_checker=None,
+                feature_extractor=None,
                 requires_safety_checker=False,
-            )  # fmt: skip
+            )
     pipe.set_progress_bar_config(disable=True)
     pipe.register_to_config(_name_or_path="tiny")
     return pipe
 
 
 # ------------------------------------------------------------------ shared by the adaptations
+def check_pipeline_settings(config) -> None:
+    """The settings UpscaleConfig and EditConfig share, checked: `lora`, sampling `steps`, `mixed_precision`.
+
+    A `lora` dict (as a saved config records it) becomes its AdaptConfig; call from the
+    frozen config's `__post_init__`.
+    """
+    name = type(config).__name__
+    if isinstance(config.lora, dict):
+        object.__setattr__(config, "lora", AdaptConfig.from_dict(config.lora))
+    if not isinstance(config.steps, int) or config.steps < 1:
+        raise ValueError(f"{name}.steps must be an integer >= 1; got {config.steps!r}")
+    if config.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"{name}.mixed_precision must be one of {MIXED_PRECISION}; got {config.mixed_precision!r}")
+
+
 def pipeline_config(pipe, kind: str) -> dict[str, Any]:
     """What an adapter records about the pipeline it was trained on."""
     return {
@@ -264,6 +318,23 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     raise ValueError(f"scheduler prediction_type {kind!r} is not supported; expected 'epsilon' or 'v_prediction'")
 
 
+def latent_loss(
+    pipe, latents: torch.Tensor, noise: torch.Tensor, t: int, condition: Sequence[torch.Tensor], **unet_kwargs
+) -> torch.Tensor:
+    """The latent diffusion loss of a batch at one shared timestep t: the pipeline's own noising and target.
+
+    The latents are noised by the pipeline's scheduler, the UNet sees [noisy latents,
+    *condition] (channels) with `unet_kwargs` as the pipeline feeds it, and the MSE to the
+    scheduler's target (eps or v) is taken in fp32 whatever the UNet's dtype.
+    """
+    device = next(pipe.unet.parameters()).device
+    timesteps = torch.full((latents.shape[0],), t, dtype=torch.long, device=device)
+    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    unet_in = torch.cat([noisy, *condition], dim=1).to(pipe.unet.dtype)
+    pred = pipe.unet(unet_in, timesteps, **unet_kwargs).sample
+    return F.mse_loss(pred.float(), diffusion_target(pipe.scheduler, latents, noise, timesteps).float())
+
+
 def prompt_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
     """The pipeline's own text conditioning (its encode_prompt), one row per prompt."""
     device = next(pipe.text_encoder.parameters()).device
@@ -275,23 +346,30 @@ def prompt_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
 def train_lora(
     pipe,
     loss_of_step: Callable[[int], torch.Tensor],
-    config: AdaptConfig,
+    job,
     generator: torch.Generator,
-    *,
-    prior_config: dict[str, Any],
-    mixed_precision: str = "auto",
-    callback: Callable[[int, float], None] | None = None,
+    kind: str,
+    extra=None,
+    callback=None,
 ) -> Adapter:
-    """Adam on a fresh LoRA of every conv of `pipe.unet` (paper: rank 16, alpha 8), `config.steps` times.
+    """Adam on a fresh LoRA of every conv of `pipe.unet` (paper: rank 16, alpha 8), `job.lora.steps` times.
 
+    `job`: the UpscaleConfig or EditConfig (its `lora`, `mixed_precision` and `to_dict()`);
+    `extra`: more to record in the adapter (editing: the prompt).
     `loss_of_step(step)` draws its batch from the same generator and returns the loss; it
     runs under autocast (see `autocast_dtype`) while the LoRA weights and Adam stay fp32.
+    The adapter records the pipeline (`pipeline_config(pipe, kind)`), then the job's config.
     The pipeline's UNet is left bit-identical.
     """
     device = next(pipe.unet.parameters()).device
+    key = "upscale_config" if kind == "sd-x4-upscaler" else "edit_config"
+    record = {**pipeline_config(pipe, kind), key: job.to_dict(), **(extra or {})}
+
+    def context():  # each step's autocast
+        return mixed_precision_context(device, job.mixed_precision)
+
     return adaptation.train_lora(
-        pipe.unet, loss_of_step, config, generator, prior_config=prior_config, callback=callback,
-        step_context=lambda: mixed_precision_context(device, mixed_precision),
+        pipe.unet, loss_of_step, job.lora, generator, prior_config=record, callback=callback, step_context=context
     )
 
 

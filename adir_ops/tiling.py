@@ -50,7 +50,9 @@ class TilingConfig:
         if self.tile_batch < 1:
             raise ValueError(f"TilingConfig.tile_batch must be >= 1; got {self.tile_batch}")
         if self.small_images not in SMALL_IMAGE_MODES:
-            raise ValueError(f"TilingConfig.small_images must be one of {SMALL_IMAGE_MODES}; got {self.small_images!r}")
+            raise ValueError(
+                f"TilingConfig.small_images must be one of {SMALL_IMAGE_MODES}; got {self.small_images!r}"
+            )
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -201,7 +203,9 @@ class TiledPrior(nn.Module):
             # One tile covers the image: no blending, so an exact-size image gets the plain eps.
             return self.prior.eps(padded, t)[..., :height, :width]
 
-        window = blend_window(th, ov_h, x.dtype, x.device)[:, None] * blend_window(tw, ov_w, x.dtype, x.device)[None, :]
+        window = (
+            blend_window(th, ov_h, x.dtype, x.device)[:, None] * blend_window(tw, ov_w, x.dtype, x.device)[None, :]
+        )
         out = torch.zeros((batch, self.channels, ph, pw), dtype=x.dtype, device=x.device)
         weight = torch.zeros((ph, pw), dtype=x.dtype, device=x.device)
         for r in rows:

@@ -66,12 +66,37 @@ def is_within(inner: str, outer: str) -> bool:
 # storage_options whose values are safe to write down (config.yaml, logs): where and how to
 # connect, never who. Everything else — keys, secrets, tokens, connection strings, headers,
 # auth tuples, unknown options of any backend — is masked at any depth.
-SAFE_STORAGE_OPTIONS = frozenset({
-    "endpoint_url", "region_name", "anon", "use_ssl", "verify", "requester_pays", "version_aware", "default_block_size",
-    "default_fill_cache", "default_cache_type", "cache_regions", "signature_version", "addressing_style", "s3",
-    "client_kwargs", "config_kwargs", "project", "skip_instance_cache", "use_listings_cache", "listings_expiry_time",
-    "max_concurrency", "retries", "timeout", "connect_timeout", "read_timeout", "consistency", "requests_timeout",
-})  # fmt: skip
+SAFE_STORAGE_OPTIONS = frozenset(
+    {
+        "endpoint_url",
+        "region_name",
+        "anon",
+        "use_ssl",
+        "verify",
+        "requester_pays",
+        "version_aware",
+        "default_block_size",
+        "default_fill_cache",
+        "default_cache_type",
+        "cache_regions",
+        "signature_version",
+        "addressing_style",
+        "s3",
+        "client_kwargs",
+        "config_kwargs",
+        "project",
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "max_concurrency",
+        "retries",
+        "timeout",
+        "connect_timeout",
+        "read_timeout",
+        "consistency",
+        "requests_timeout",
+    }
+)
 MASK = "***"
 
 
@@ -194,7 +219,9 @@ def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> by
     return fs.cat_file(path)
 
 
-def fetch_many(urls: Sequence[str], storage_options: Mapping[str, Any] | None = None, threads: int = 16) -> list[bytes | BaseException]:
+def fetch_many(
+    urls: Sequence[str], storage_options: Mapping[str, Any] | None = None, threads: int = 16
+) -> list[bytes | BaseException]:
     """Bytes of each URL, or the exception that stopped it; concurrent, since object stores are latency-bound."""
 
     def fetch(url: str) -> bytes | BaseException:
@@ -220,7 +247,9 @@ def local_copy(url: str, storage_options: Mapping[str, Any] | None = None) -> st
     target = os.path.join(local, os.path.basename(path.rstrip("/")))
     if not os.path.exists(target):
         if not fs.exists(path):
-            raise FileNotFoundError(f"{url} does not exist; upload the weights there or pass a local path (see README, Real models)")
+            raise FileNotFoundError(
+                f"{url} does not exist; upload the weights there or pass a local path (see README, Real models)"
+            )
         os.makedirs(local, exist_ok=True)
         # Download beside, then rename: actors sharing a node never load a half-copied file.
         partial = f"{target}.partial-{os.getpid()}"

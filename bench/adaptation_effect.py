@@ -69,25 +69,32 @@ def main(argv=None) -> int:
     import torch
     from PIL import Image
 
-    from adir_ops.adaptation import AdaptConfig, adapt
+    from adir_ops.adaptation import AdaptConfig
     from adir_ops.embedding import get_embedder
     from adir_ops.operators import make_operator
+    from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
     from adir_ops.priors import DiffusionPrior
+    from adir_ops.retrieval import GivenNeighbours, NoNeighbours
     from adir_ops.rng import generator_for
-    from adir_ops.sampling import adir_sample
     from pipelines import default_assets
     from pipelines.demo import pick_test_images
 
     torch.set_num_threads(args.threads)
     assets = Path(args.assets)
-    manifest = default_assets.load_manifest(assets) if (assets / default_assets.MANIFEST).exists() else default_assets.build(assets)
+    manifest = (
+        default_assets.load_manifest(assets)
+        if (assets / default_assets.MANIFEST).exists()
+        else default_assets.build(assets)
+    )
     prior = DiffusionPrior.from_diffusers(args.prior).eval()
     for p in prior.unet.parameters():
         p.requires_grad_(False)
     embedder = get_embedder(args.embedder)
 
     def read(path: str) -> torch.Tensor:  # (3, H, W) in [0, 1]
-        return torch.from_numpy(np.asarray(Image.open(assets / path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+        return torch.from_numpy(np.asarray(Image.open(assets / path).convert("RGB"), dtype=np.float32) / 255).permute(
+            2, 0, 1
+        )
 
     corpus_items = [it for it in manifest["items"] if it["set"] == "corpus"]
     corpus = torch.stack([read(it["path"]) for it in corpus_items])
@@ -115,16 +122,21 @@ def main(argv=None) -> int:
             x01 = read(item["path"])
             x = x01 * 2 - 1
             op = make_operator(args.task, image_size=tuple(x.shape[-2:]))
-            y = op.degrade(x[None], generator_for(args.seed, f"{image_id}#degrade"))
+            streams = image_streams(args.seed, image_id)
+            y = op.degrade(x[None], streams["degrade"])
             # The job embeds the degraded measurement (channel-replicated for gray), in [0, 1].
             query = embedder.embed_images(((y + 1) / 2).clamp(0, 1))
             order = np.argsort(-(corpus_emb @ query[0]), kind="stable")
             same = [it["source"] == item["source"] for it in corpus_items]
             neighbours = {
                 "adir": order[: args.k],
-                "random": torch.randperm(len(corpus), generator=generator_for(args.seed, f"{image_id}#random")).numpy()[: args.k],
+                "random": torch.randperm(
+                    len(corpus), generator=generator_for(args.seed, f"{image_id}#random")
+                ).numpy()[: args.k],
             }
-            pixel = ((corpus - x01[None]) ** 2).flatten(1).mean(1).numpy()
+            # The pixel oracle compares at the corpus crops' size (test images may be larger).
+            small = torch.nn.functional.interpolate(x01[None], size=tuple(corpus.shape[-2:]), mode="area")
+            pixel = ((corpus - small) ** 2).flatten(1).mean(1).numpy()
             pixel[~np.array(same)] = np.inf
             neighbours["oracle"] = np.argsort(pixel, kind="stable")[: args.k]
             g = generator_for(args.seed, f"{image_id}#probe")
@@ -132,9 +144,12 @@ def main(argv=None) -> int:
             base = denoising_loss(x, noises)
             precision = sum(same[i] for i in neighbours["adir"]) / args.k
             baseline_psnr = None
-            if args.sample:
-                x_hat = adir_sample(prior, y, op, steps=args.sample_steps, generator=generator_for(args.seed, f"{image_id}#sample"))
-                baseline_psnr = _psnr(x_hat[0], x)
+            sampler = SamplerConfig(steps=args.sample_steps)
+            if args.sample:  # the job's baseline arm: the same pipeline, no neighbours
+                x_hat = ADIRPipeline(prior, NoNeighbours(), sampler=sampler)(
+                    y, op, seed=args.seed, image_id=image_id
+                ).image01
+                baseline_psnr = _psnr(x_hat[0] * 2 - 1, x)
             for arm in args.arms.split(","):
                 curve = {0: base}
 
@@ -142,21 +157,42 @@ def main(argv=None) -> int:
                     if step + 1 in checkpoints:
                         curve[step + 1] = denoising_loss(x, noises)
 
-                start = time.perf_counter()
-                config = AdaptConfig(learning_rate=lr, steps=args.steps, batch_size=args.batch_size, lora_rank=args.rank)
-                images = [corpus[i] * 2 - 1 for i in neighbours[arm]]
-                adapter = adapt(prior, images, config, generator_for(args.seed, f"{image_id}#adaptation"), callback=on_step)
-                seconds = time.perf_counter() - start
-                record = {"image": image_id, "lr": lr, "arm": arm, "curve": curve, "adir_precision": precision,
-                          "seconds": seconds, "train_loss_last10": float(np.mean(adapter.losses[-10:]))}
+                config = AdaptConfig(
+                    learning_rate=lr, steps=args.steps, batch_size=args.batch_size, lora_rank=args.rank
+                )
+                # The job's pipeline with this arm's neighbours given: the same streams, the same code.
+                pipe = ADIRPipeline(
+                    prior,
+                    GivenNeighbours([str(int(i)) for i in neighbours[arm]]),
+                    adaptation=config,
+                    sampler=sampler,
+                    fetch=lambda rows: [corpus[int(r)] * 2 - 1 for r in rows],
+                )
                 if args.sample:
-                    with adapter.applied(prior):
-                        x_hat = adir_sample(prior, y, op, steps=args.sample_steps, generator=generator_for(args.seed, f"{image_id}#sample"))
-                    record["psnr"], record["psnr_baseline"] = _psnr(x_hat[0], x), baseline_psnr
+                    result = pipe(y, op, seed=args.seed, image_id=image_id, on_adapt_step=on_step)
+                    adapter, seconds = result.adapter, result.timings["adaptation_s"]
+                else:
+                    start = time.perf_counter()
+                    adapter = pipe.adapt(pipe.fetch(pipe.retriever.ids), streams["adaptation"], callback=on_step)
+                    seconds = time.perf_counter() - start
+                record = {
+                    "image": image_id,
+                    "lr": lr,
+                    "arm": arm,
+                    "curve": curve,
+                    "adir_precision": precision,
+                    "seconds": seconds,
+                    "train_loss_last10": float(np.mean(adapter.losses[-10:])),
+                }
+                if args.sample:
+                    record["psnr"], record["psnr_baseline"] = _psnr(result.image01[0] * 2 - 1, x), baseline_psnr
                 records.append(record)
                 rel = "  ".join(f"{s}:{curve[s] / base - 1:+.1%}" for s in sorted(curve) if s)
                 extra = f"  PSNR {record['psnr']:.2f} (no-adapt {baseline_psnr:.2f})" if args.sample else ""
-                print(f"lr {lr:g} {image_id:28s} {arm:7s} L0 {base:.4f}  {rel}  same-photo NN {precision:.2f}  {seconds:.0f}s{extra}", flush=True)
+                print(
+                    f"lr {lr:g} {image_id:28s} {arm:7s} L0 {base:.4f}  {rel}  same-photo NN {precision:.2f}  {seconds:.0f}s{extra}",
+                    flush=True,
+                )
     _summary(records, checkpoints, args.sample)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "records": records}, indent=1))
@@ -179,7 +215,9 @@ def _summary(records, checkpoints, sampled: bool) -> None:
             for s in checkpoints:
                 if s:
                     rel = np.array([r["curve"][s] / r["curve"][0] - 1 for r in rows])
-                    cells.append(f"{s}: {rel.mean():+.2%} ± {rel.std(ddof=1) / math.sqrt(len(rel)) if len(rel) > 1 else 0:.2%}")
+                    cells.append(
+                        f"{s}: {rel.mean():+.2%} ± {rel.std(ddof=1) / math.sqrt(len(rel)) if len(rel) > 1 else 0:.2%}"
+                    )
             line = f"  lr {lr:g} {arm:7s} n={len(rows)}  " + "  ".join(cells)
             if sampled:
                 d = np.array([r["psnr"] - r["psnr_baseline"] for r in rows])

@@ -23,24 +23,55 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FULL = {
     "gd": None,  # GUIDED_DIFFUSION_256_UNCOND
-    "size": 256, "batches": (1, 8), "sampler_steps": (20, 8), "lora_steps": 8, "lora_batch": 6,
-    "faiss_n": 1_700_000, "faiss_dim": 512, "queries": 100, "k": 50,
-    "clip": "ViT-B-32", "clip_batch": 256, "clip_batches": 4,
-}  # fmt: skip
+    "size": 256,
+    "batches": (1, 8),
+    "sampler_steps": (20, 8),
+    "lora_steps": 8,
+    "lora_batch": 6,
+    "faiss_n": 1_700_000,
+    "faiss_dim": 512,
+    "queries": 100,
+    "k": 50,
+    "clip": "ViT-B-32",
+    "clip_batch": 256,
+    "clip_batches": 4,
+}
 DRY = {
-    "gd": {"image_size": 32, "model_channels": 32, "num_res_blocks": 1, "channel_mult": (1, 2),
-           "attention_resolutions": (16,), "num_head_channels": 32},
-    "size": 32, "batches": (1, 2), "sampler_steps": (3, 2), "lora_steps": 2, "lora_batch": 2,
-    "faiss_n": 20_000, "faiss_dim": 512, "queries": 100, "k": 50,
-    "clip": "adir-tiny", "clip_batch": 8, "clip_batches": 2,
-}  # fmt: skip
+    "gd": {
+        "image_size": 32,
+        "model_channels": 32,
+        "num_res_blocks": 1,
+        "channel_mult": (1, 2),
+        "attention_resolutions": (16,),
+        "num_head_channels": 32,
+    },
+    "size": 32,
+    "batches": (1, 2),
+    "sampler_steps": (3, 2),
+    "lora_steps": 2,
+    "lora_batch": 2,
+    "faiss_n": 20_000,
+    "faiss_dim": 512,
+    "queries": 100,
+    "k": 50,
+    "clip": "adir-tiny",
+    "clip_batch": 8,
+    "clip_batches": 2,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (checks the script, no figures worth quoting)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="tiny sizes on the CPU (checks the script, no figures worth quoting)"
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; --dry-run: cpu)")
-    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None, help="autocast dtype (default bf16 on CUDA, fp32 on CPU)")
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp16", "fp32"),
+        default=None,
+        help="autocast dtype (default bf16 on CUDA, fp32 on CPU)",
+    )
     p.add_argument("--only", default="sampler,lora,faiss,embed", help="comma-separated parts to run")
     return p.parse_args(argv)
 
@@ -106,8 +137,10 @@ def bench_sampler(prior, params, sizes, device, precision, log):
             with Clock(device) as clock:
                 adir_sample(prior, y, operator, steps=steps, generator=generators)
         rate = steps / clock.seconds
-        log(f"sampler  GD UNet {params / 1e6:.1f}M params, {size} px, adir_sample sr4, batch {batch}: "
-            f"{rate:.2f} steps/s ({rate * batch:.1f} image-steps/s, {steps} steps in {clock.seconds:.2f} s)")  # fmt: skip
+        log(
+            f"sampler  GD UNet {params / 1e6:.1f}M params, {size} px, adir_sample sr4, batch {batch}: "
+            f"{rate:.2f} steps/s ({rate * batch:.1f} image-steps/s, {steps} steps in {clock.seconds:.2f} s)"
+        )
 
 
 def bench_lora(prior, sizes, device, precision, log):
@@ -116,7 +149,9 @@ def bench_lora(prior, sizes, device, precision, log):
     from adir_ops.adaptation import AdaptConfig, adapt, lora_targets
 
     size, steps = sizes["size"], sizes["lora_steps"]
-    neighbours = torch.rand(20, 3, size + size // 4, size + size // 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    neighbours = (
+        torch.rand(20, 3, size + size // 4, size + size // 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    )
     stamps = []
     config = AdaptConfig(steps=steps + 1, batch_size=sizes["lora_batch"])
     clock = Clock(device)
@@ -130,8 +165,10 @@ def bench_lora(prior, sizes, device, precision, log):
     # The first step pays for kernel selection and allocation: time the others.
     rate = steps / (stamps[-1] - stamps[0])
     dtypes = {t.dtype for t in adapter.state_dict.values()}
-    log(f"LoRA     rank {config.lora_rank} on {len(lora_targets(prior.unet))} convs, batch {config.batch_size}, "
-        f"{size} px crops: {rate:.2f} it/s (LoRA weights {', '.join(str(d) for d in dtypes)}, final loss {adapter.losses[-1]:.4f})")  # fmt: skip
+    log(
+        f"LoRA     rank {config.lora_rank} on {len(lora_targets(prior.unet))} convs, batch {config.batch_size}, "
+        f"{size} px crops: {rate:.2f} it/s (LoRA weights {', '.join(str(d) for d in dtypes)}, final loss {adapter.losses[-1]:.4f})"
+    )
 
 
 def bench_faiss(sizes, device, log):
@@ -179,8 +216,10 @@ def bench_faiss(sizes, device, log):
                 scores, rows = index.search(q, k)
         times.append(clock.seconds)
     best, median = min(times[1:]), sorted(times[1:])[len(times[1:]) // 2]
-    log(f"FAISS    flat inner product, {n:,} x {dim} ({kind}), {nq} queries, k={k}: "
-        f"{median * 1e3:.2f} ms per query batch (best {best * 1e3:.2f} ms; filling the index took {add_s:.1f} s)")  # fmt: skip
+    log(
+        f"FAISS    flat inner product, {n:,} x {dim} ({kind}), {nq} queries, k={k}: "
+        f"{median * 1e3:.2f} ms per query batch (best {best * 1e3:.2f} ms; filling the index took {add_s:.1f} s)"
+    )
 
 
 def bench_embed(sizes, device, precision, log):
@@ -217,8 +256,10 @@ def main(argv=None) -> int:
         print(line, flush=True)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    log(f"gpu_check{' --dry-run (tiny sizes: not figures to quote)' if args.dry_run else ''}: {name}, torch {torch.__version__}, "
-        f"autocast {precision}")  # fmt: skip
+    log(
+        f"gpu_check{' --dry-run (tiny sizes: not figures to quote)' if args.dry_run else ''}: {name}, torch {torch.__version__}, "
+        f"autocast {precision}"
+    )
     if not args.dry_run and device.type != "cuda":
         log("warning: no CUDA device; full sizes on the CPU take far longer than 8 minutes (use --dry-run)")
     if parts & {"sampler", "lora"}:

@@ -76,8 +76,12 @@ def bare_forward(corpus: str, n: int, embedder_name: str, batch_size: int, threa
 
     embedder = get_embedder(embedder_name)
     names = sorted(os.listdir(corpus))[:n]
-    pixels = np.stack([decode_image(open(os.path.join(corpus, f), "rb").read(), embedder.image_size)[0] for f in names])
-    batches = [torch.from_numpy(pixels[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255 for i in range(0, n, batch_size)]
+    pixels = np.stack(
+        [decode_image(open(os.path.join(corpus, f), "rb").read(), embedder.image_size)[0] for f in names]
+    )
+    batches = [
+        torch.from_numpy(pixels[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255 for i in range(0, n, batch_size)
+    ]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -101,8 +105,15 @@ def one_size(args) -> dict:
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="warning")
     out = tempfile.mkdtemp(prefix=f"adir-bench-index-{args.one}-")
-    config = BuildConfig(args.corpus, out, embedder=args.embedder, shard_size=args.shard_size, limit=args.one,
-                         batch_size=args.batch_size, progress=False)
+    config = BuildConfig(
+        args.corpus,
+        out,
+        embedder=args.embedder,
+        shard_size=args.shard_size,
+        limit=args.one,
+        batch_size=args.batch_size,
+        progress=False,
+    )
     with RssSampler() as sampler:
         start = time.perf_counter()
         report = run_build(config)
@@ -144,28 +155,52 @@ def main(argv=None) -> int:
     bare_n = min(args.bare_images, max(sizes))
     bare_1 = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=1)
     bare_all = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=args.cpus)
-    print(f"bare forward ({args.embedder}, batch {args.batch_size}, {bare_n} images): "
-          f"{bare_1:.0f} img/s on 1 thread, {bare_all:.0f} img/s on {args.cpus} threads")
-    print(f"{'images':>7} {'job s':>7} {'job img/s':>9} {'job/bare(1t)':>12} {'job/bare(all)':>13} {'driver peak MiB':>15} {'all procs peak MiB':>18}")
+    print(
+        f"bare forward ({args.embedder}, batch {args.batch_size}, {bare_n} images): "
+        f"{bare_1:.0f} img/s on 1 thread, {bare_all:.0f} img/s on {args.cpus} threads"
+    )
+    print(
+        f"{'images':>7} {'job s':>7} {'job img/s':>9} {'job/bare(1t)':>12} {'job/bare(all)':>13} {'driver peak MiB':>15} {'all procs peak MiB':>18}"
+    )
     results = []
     for n in sizes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), "--corpus", corpus, "--embedder", args.embedder,
-               "--batch-size", str(args.batch_size), "--shard-size", str(args.shard_size), "--cpus", str(args.cpus)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--one",
+            str(n),
+            "--corpus",
+            corpus,
+            "--embedder",
+            args.embedder,
+            "--batch-size",
+            str(args.batch_size),
+            "--shard-size",
+            str(args.shard_size),
+            "--cpus",
+            str(args.cpus),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
             return done.returncode
         r = json.loads(done.stdout.strip().splitlines()[-1])
         results.append((n, r["job_s"]))
-        print(f"{n:>7} {r['job_s']:>7.1f} {r['job_img_s']:>9.0f} {r['job_img_s'] / bare_1:>12.2f} {r['job_img_s'] / bare_all:>13.2f} "
-              f"{r['driver_peak_mib']:>15.0f} {r['tree_peak_mib']:>18.0f}")
+        print(
+            f"{n:>7} {r['job_s']:>7.1f} {r['job_img_s']:>9.0f} {r['job_img_s'] / bare_1:>12.2f} {r['job_img_s'] / bare_all:>13.2f} "
+            f"{r['driver_peak_mib']:>15.0f} {r['tree_peak_mib']:>18.0f}"
+        )
     if len(results) >= 2:
         (n0, t0), (n1, t1) = results[0], results[-1]
         if t1 > t0:
-            print(f"marginal job rate {n0}->{n1} images: {(n1 - n0) / (t1 - t0):.0f} img/s "
-                  f"(fixed start-up cost, mostly the embed actor importing torch, cancels out)")
-    print("job s: listing + Ray Data read/decode/embed + Parquet shards + Flat index, after ray.init. "
-          "'all procs' sums RSS over the driver and its Ray processes (object-store pages mapped by several may count twice).")
+            print(
+                f"marginal job rate {n0}->{n1} images: {(n1 - n0) / (t1 - t0):.0f} img/s "
+                f"(fixed start-up cost, mostly the embed actor importing torch, cancels out)"
+            )
+    print(
+        "job s: listing + Ray Data read/decode/embed + Parquet shards + Flat index, after ray.init. "
+        "'all procs' sums RSS over the driver and its Ray processes (object-store pages mapped by several may count twice)."
+    )
     return 0
 
 

@@ -31,7 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", default="sr4")
     p.add_argument("--cpus", type=int, default=2, help="Ray CPUs (actors: 1, then this many)")
     p.add_argument("--tile-image", type=int, default=128, help="side of the image for the tile-batching benchmark")
-    p.add_argument("--tile-batches", default="1,4,16", help="tile_batch values to compare (the first is the reference)")
+    p.add_argument(
+        "--tile-batches", default="1,4,16", help="tile_batch values to compare (the first is the reference)"
+    )
     p.add_argument("--tile-steps", type=int, default=10)
     p.add_argument("--workdir", default=None, help="where to write corpus, index and outputs (default: a temp dir)")
     return p.parse_args(argv)
@@ -40,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_pictures(folder: str, count: int, height: int, width: int, seed0: int, fmt: str) -> None:
     from tests.cluster.helpers import write_pictures
 
-    write_pictures(folder, [(f"img{seed0 + i:04d}", seed0 + i) for i in range(count)], height=height, width=width, fmt=fmt)
+    write_pictures(
+        folder, [(f"img{seed0 + i:04d}", seed0 + i) for i in range(count)], height=height, width=width, fmt=fmt
+    )
 
 
 def job_run(args, inputs: str, index: str, out: str, actors: int) -> dict:
@@ -49,9 +53,17 @@ def job_run(args, inputs: str, index: str, out: str, actors: int) -> dict:
     from pipelines import reconstruct
 
     config = ReconstructConfig(
-        inputs=inputs, out=out, index=index, task=args.task, prior=f"tiny:{args.prior_resolution}", k=args.k,
-        steps=args.steps, lora_steps=args.lora_steps, num_actors=actors, seed=0,
-    )  # fmt: skip
+        inputs=inputs,
+        out=out,
+        index=index,
+        task=args.task,
+        prior=f"tiny:{args.prior_resolution}",
+        k=args.k,
+        steps=args.steps,
+        lora_steps=args.lora_steps,
+        num_actors=actors,
+        seed=0,
+    )
     stamps = []
     start = time.perf_counter()
     summary = reconstruct.run(config, progress=False, on_row=lambda row, pool: stamps.append(time.perf_counter()))
@@ -62,7 +74,9 @@ def job_run(args, inputs: str, index: str, out: str, actors: int) -> dict:
         raise RuntimeError(f"benchmark run had error rows: {errors[0]['error']}")
     # Steady state: images finished after the first one, over the time since it finished
     # (actor start-up - imports and model building - is paid once per actor, not per image).
-    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else float("nan")
+    steady = (
+        (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else float("nan")
+    )
     return {"wall": wall, "first": stamps[0] - start, "steady": steady, "rows": rows}
 
 
@@ -105,24 +119,32 @@ def main(argv=None) -> int:
 
     height, width = (int(v) for v in args.size.split("x"))
     root = args.workdir or tempfile.mkdtemp(prefix="adir-bench-reconstruct-")
-    print(f"workdir {root}; torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} (other jobs may share the CPUs)")
+    print(
+        f"workdir {root}; torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} (other jobs may share the CPUs)"
+    )
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="error")
     corpus, inputs, index = (os.path.join(root, n) for n in ("corpus", "inputs", "index"))
     make_pictures(corpus, args.corpus, 96, 128, 1000, "jpg")
     make_pictures(inputs, args.images, height, width, 0, "png")
     run_build(BuildConfig(corpus, index, shard_size=64, progress=False))
 
-    print(f"\n== scale-out: {args.images} images {height}x{width}, {args.task}, tiny prior {args.prior_resolution} px, "
-          f"{args.steps} steps, {args.lora_steps} LoRA steps, K={args.k}, Ray CPUs {args.cpus}")
+    print(
+        f"\n== scale-out: {args.images} images {height}x{width}, {args.task}, tiny prior {args.prior_resolution} px, "
+        f"{args.steps} steps, {args.lora_steps} LoRA steps, K={args.k}, Ray CPUs {args.cpus}"
+    )
     runs = {}
     for actors in (1, args.cpus):
         runs[actors] = job_run(args, inputs, index, os.path.join(root, f"out-{actors}-actors"), actors)
         r = runs[actors]
-        print(f"{actors} actor(s): wall {r['wall']:.1f} s ({args.images / r['wall']:.3f} img/s incl. start-up), "
-              f"first image after {r['first']:.1f} s, steady state {r['steady']:.3f} img/s")
+        print(
+            f"{actors} actor(s): wall {r['wall']:.1f} s ({args.images / r['wall']:.3f} img/s incl. start-up), "
+            f"first image after {r['first']:.1f} s, steady state {r['steady']:.3f} img/s"
+        )
     one, many = runs[1], runs[args.cpus]
-    print(f"scale-out ratio ({args.cpus} vs 1 actor): steady state {many['steady'] / one['steady']:.2f}x, "
-          f"wall clock {one['wall'] / many['wall']:.2f}x")
+    print(
+        f"scale-out ratio ({args.cpus} vs 1 actor): steady state {many['steady'] / one['steady']:.2f}x, "
+        f"wall clock {one['wall'] / many['wall']:.2f}x"
+    )
 
     print(f"\n== per-stage time split (mean s per image, {args.cpus}-actor run)")
     stages = ("read", "degrade", "retrieval", "fetch", "adaptation", "sampling", "write")
@@ -132,13 +154,17 @@ def main(argv=None) -> int:
         print(f"  {stage:<11} {means[stage]:8.3f} s  {100 * means[stage] / total:5.1f} %")
     print(f"  {'total':<11} {total:8.3f} s")
 
-    print(f"\n== tile batching: guided sampling of one {args.tile_image}x{args.tile_image} image, "
-          f"{args.tile_steps} steps, {args.prior_resolution} px tiles (in-process, {torch.get_num_threads()} threads)")
+    print(
+        f"\n== tile batching: guided sampling of one {args.tile_image}x{args.tile_image} image, "
+        f"{args.tile_steps} steps, {args.prior_resolution} px tiles (in-process, {torch.get_num_threads()} threads)"
+    )
     results = tile_batching(args)
     base = results[0][1]
     for batch, seconds, tiles in results:
-        print(f"  tile_batch {batch:>3}: {seconds:.2f} s ({tiles} tiles/step, {tiles * args.tile_steps / seconds:.0f} tiles/s), "
-              f"speed-up {base / seconds:.2f}x vs tile_batch {results[0][0]}")
+        print(
+            f"  tile_batch {batch:>3}: {seconds:.2f} s ({tiles} tiles/step, {tiles * args.tile_steps / seconds:.0f} tiles/s), "
+            f"speed-up {base / seconds:.2f}x vs tile_batch {results[0][0]}"
+        )
     ray.shutdown()
     return 0
 

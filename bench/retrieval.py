@@ -201,10 +201,7 @@ def interleaved_best_times(queries: list[Callable[[], np.ndarray]], rounds: int 
             start = time.perf_counter()
             ids[position] = query()
             times[position].append(time.perf_counter() - start)
-    return [
-        Timed(ids=found, seconds=min(spent), runs=rounds)
-        for found, spent in zip(ids, times, strict=True)
-    ]
+    return [Timed(ids=found, seconds=min(spent), runs=rounds) for found, spent in zip(ids, times, strict=True)]
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -261,8 +258,18 @@ def bench_flat(faiss, data, queries, config: BenchConfig, dataset: str) -> tuple
     truth = default.ids
     labels = (f"blas_threshold={default_value} (default)", f"blas_threshold={config.forced_blas_threshold}")
     rows = [
-        Row(dataset, f"Flat IP, {label}", build_s, build_cpu, timed.seconds, timed.runs,
-            recall_at_k(timed.ids, truth), size, peak, exact=True)
+        Row(
+            dataset,
+            f"Flat IP, {label}",
+            build_s,
+            build_cpu,
+            timed.seconds,
+            timed.runs,
+            recall_at_k(timed.ids, truth),
+            size,
+            peak,
+            exact=True,
+        )
         for label, timed in zip(labels, (default, forced), strict=True)
     ]
     return rows, truth
@@ -286,8 +293,18 @@ def bench_hnsw(faiss, data, queries, truth, config: BenchConfig, dataset: str) -
     peak = memory.growth()
     size = faiss.serialize_index(index).size
     return [
-        Row(dataset, f"HNSW{config.hnsw_m}, efSearch={ef}", build_s, build_cpu, timed.seconds, timed.runs,
-            recall_at_k(timed.ids, truth), size, peak, exact=False)
+        Row(
+            dataset,
+            f"HNSW{config.hnsw_m}, efSearch={ef}",
+            build_s,
+            build_cpu,
+            timed.seconds,
+            timed.runs,
+            recall_at_k(timed.ids, truth),
+            size,
+            peak,
+            exact=False,
+        )
         for ef, timed in results
     ]
 
@@ -319,8 +336,18 @@ def bench_ivfpq(faiss, data, queries, truth, config: BenchConfig, dataset: str) 
     plain_peak = memory.growth()
     plain_size = faiss.serialize_index(index).size
     rows = [
-        Row(dataset, f"{factory}, nprobe={nprobe}", build_s, build_cpu, timed.seconds, timed.runs,
-            recall_at_k(timed.ids, truth), plain_size, plain_peak, exact=False)
+        Row(
+            dataset,
+            f"{factory}, nprobe={nprobe}",
+            build_s,
+            build_cpu,
+            timed.seconds,
+            timed.runs,
+            recall_at_k(timed.ids, truth),
+            plain_size,
+            plain_peak,
+            exact=False,
+        )
         for nprobe, timed in plain
     ]
     if config.rerank <= 0:
@@ -337,9 +364,18 @@ def bench_ivfpq(faiss, data, queries, truth, config: BenchConfig, dataset: str) 
     refined_peak = memory.growth()
     refined_size = faiss.serialize_index(refined).size
     rows += [
-        Row(dataset, f"{factory}, nprobe={nprobe}, re-rank {config.rerank}", build_s + refine_s,
-            build_cpu + refine_cpu, timed.seconds, timed.runs, recall_at_k(timed.ids, truth), refined_size,
-            refined_peak, exact=False)
+        Row(
+            dataset,
+            f"{factory}, nprobe={nprobe}, re-rank {config.rerank}",
+            build_s + refine_s,
+            build_cpu + refine_cpu,
+            timed.seconds,
+            timed.runs,
+            recall_at_k(timed.ids, truth),
+            refined_size,
+            refined_peak,
+            exact=False,
+        )
         for nprobe, timed in reranked
     ]
     return rows
@@ -355,8 +391,20 @@ def bench_kdtree(data, queries, truth, config: BenchConfig, dataset: str) -> lis
     timed = best_time(lambda: tree.query(queries, k=config.k, workers=config.threads)[1])
     peak = memory.growth()
     size = len(pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL))
-    return [Row(dataset, "scipy cKDTree (float64 copy)", build_s, build_cpu, timed.seconds, timed.runs,
-                recall_at_k(timed.ids, truth), size, peak, exact=True)]
+    return [
+        Row(
+            dataset,
+            "scipy cKDTree (float64 copy)",
+            build_s,
+            build_cpu,
+            timed.seconds,
+            timed.runs,
+            recall_at_k(timed.ids, truth),
+            size,
+            peak,
+            exact=True,
+        )
+    ]
 
 
 def bench_dataset(faiss, name: str, config: BenchConfig, log: Callable[[str], None]) -> list[Row]:
@@ -417,9 +465,7 @@ def format_ratios(rows: list[Row]) -> str:
         if not kdtree:
             continue
         for flat in (r for r in rows if r.dataset == dataset and r.method.startswith("Flat")):
-            lines.append(
-                f"  {dataset}: cKDTree query / {flat.method} query = {kdtree[0].query_s / flat.query_s:.1f}x"
-            )
+            lines.append(f"  {dataset}: cKDTree query / {flat.method} query = {kdtree[0].query_s / flat.query_s:.1f}x")
     return "\n".join(lines)
 
 
@@ -428,22 +474,31 @@ def format_notes(config: BenchConfig) -> str:
     at = _short(config.extrapolate_to)
     scale = config.extrapolate_to / config.n
     notes = [
-        (f"query ms: wall time for all {config.queries} queries in one call (k={config.k}), best of 'runs';"
-         " a method is rerun only while its runs so far took < 1 s."),
-        ("build s: wall time of the build (IVF-PQ: sample + train + add); cpu s: its process CPU time,"
-         " all threads."),
+        (
+            f"query ms: wall time for all {config.queries} queries in one call (k={config.k}), best of 'runs';"
+            " a method is rerun only while its runs so far took < 1 s."
+        ),
+        ("build s: wall time of the build (IVF-PQ: sample + train + add); cpu s: its process CPU time, all threads."),
         "recall@k: overlap with the top-k of Flat at faiss's default setting (exact, the ground truth).",
         "index MiB: faiss.serialize_index length; cKDTree: its pickle (it keeps a float64 copy of the data).",
-        ("peak RSS+: process peak resident memory above its level before that index was built, over build"
-         " and queries; the IVF-PQ re-rank rows include the IVF-PQ index they wrap."),
-        (f"~q ms and ~MiB @ {at}: an EXTRAPOLATION, not a measurement: linear in N (x{scale:.2f})."
-         " Query time is extrapolated only for the exact scans (Flat, cKDTree), whose cost per query"
-         " grows with N; the approximate indexes' query time is not ('-')."),
+        (
+            "peak RSS+: process peak resident memory above its level before that index was built, over build"
+            " and queries; the IVF-PQ re-rank rows include the IVF-PQ index they wrap."
+        ),
+        (
+            f"~q ms and ~MiB @ {at}: an EXTRAPOLATION, not a measurement: linear in N (x{scale:.2f})."
+            " Query time is extrapolated only for the exact scans (Flat, cKDTree), whose cost per query"
+            " grows with N; the approximate indexes' query time is not ('-')."
+        ),
         "cKDTree is Euclidean; on unit vectors |a-b|^2 = 2 - 2<a,b>, so Euclidean kNN = inner-product kNN.",
-        (f"clustered: {config.clusters} unit centres, noise of norm {config.spread} around each, then"
-         " normalised; the queries are fresh draws from the same mixture."),
-        ("iid: uniform on the unit sphere, where all points are nearly equidistant: the hard case for"
-         " every approximate index."),
+        (
+            f"clustered: {config.clusters} unit centres, noise of norm {config.spread} around each, then"
+            " normalised; the queries are fresh draws from the same mixture."
+        ),
+        (
+            "iid: uniform on the unit sphere, where all points are nearly equidistant: the hard case for"
+            " every approximate index."
+        ),
     ]
     return "Notes:\n" + "\n".join("  " + note for note in notes)
 
@@ -476,28 +531,37 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--queries", type=int, default=defaults.queries)
     parser.add_argument("--k", type=int, default=defaults.k)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help="faiss OpenMP threads, cKDTree workers")
-    parser.add_argument("--datasets", type=_name_tuple(DATASETS, "--datasets"), default=defaults.datasets,
-                        help="comma-separated, from: " + ",".join(DATASETS))
-    parser.add_argument("--skip", type=_name_tuple(METHODS, "--skip"), default=defaults.skip,
-                        help="comma-separated methods to leave out: hnsw, ivfpq, kdtree")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="faiss OpenMP threads, cKDTree workers")
+    parser.add_argument(
+        "--datasets",
+        type=_name_tuple(DATASETS, "--datasets"),
+        default=defaults.datasets,
+        help="comma-separated, from: " + ",".join(DATASETS),
+    )
+    parser.add_argument(
+        "--skip",
+        type=_name_tuple(METHODS, "--skip"),
+        default=defaults.skip,
+        help="comma-separated methods to leave out: hnsw, ivfpq, kdtree",
+    )
     parser.add_argument("--clusters", type=int, default=defaults.clusters)
-    parser.add_argument("--spread", type=float, default=defaults.spread,
-                        help="norm of the noise around each centre")
+    parser.add_argument("--spread", type=float, default=defaults.spread, help="norm of the noise around each centre")
     parser.add_argument("--hnsw-m", type=int, default=defaults.hnsw_m)
-    parser.add_argument("--hnsw-ef", type=_int_tuple, default=defaults.hnsw_ef,
-                        help="efSearch values, e.g. 64,256")
+    parser.add_argument("--hnsw-ef", type=_int_tuple, default=defaults.hnsw_ef, help="efSearch values, e.g. 64,256")
     parser.add_argument("--ivf-lists", type=int, default=defaults.ivf_lists)
     parser.add_argument("--pq-m", type=int, default=defaults.pq_m)
     parser.add_argument("--train-size", type=int, default=defaults.train_size)
     parser.add_argument("--nprobe", type=_int_tuple, default=defaults.nprobe, help="e.g. 8,16")
-    parser.add_argument("--rerank", type=int, default=defaults.rerank,
-                        help="IVF-PQ candidates re-ranked exactly (0: no re-rank rows)")
+    parser.add_argument(
+        "--rerank", type=int, default=defaults.rerank, help="IVF-PQ candidates re-ranked exactly (0: no re-rank rows)"
+    )
     parser.add_argument("--extrapolate-to", type=int, default=defaults.extrapolate_to)
-    parser.add_argument("--omp-wait-policy", choices=("passive", "active", "inherit"),
-                        default=defaults.omp_wait_policy,
-                        help="OMP_WAIT_POLICY for faiss's OpenMP threads; 'inherit' keeps the environment's")
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=("passive", "active", "inherit"),
+        default=defaults.omp_wait_policy,
+        help="OMP_WAIT_POLICY for faiss's OpenMP threads; 'inherit' keeps the environment's",
+    )
     args = parser.parse_args(argv)
     config = BenchConfig(**vars(args))
     validate(config, parser)
@@ -506,8 +570,10 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
 
 def validate(config: BenchConfig, parser: argparse.ArgumentParser) -> None:
     if "flat" in config.skip:
-        parser.error("--skip flat: Flat is the exact ground truth every recall is measured against; "
-                     "skip only hnsw, ivfpq or kdtree")
+        parser.error(
+            "--skip flat: Flat is the exact ground truth every recall is measured against; "
+            "skip only hnsw, ivfpq or kdtree"
+        )
     if config.k > config.n:
         parser.error(f"--k {config.k} exceeds --n {config.n}; ask for at most n neighbours")
     if config.rerank and config.rerank < config.k:
@@ -516,8 +582,10 @@ def validate(config: BenchConfig, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--pq-m {config.pq_m} must divide --dim {config.dim}; e.g. --pq-m 64 for dim 512")
     if "ivfpq" not in config.skip and min(config.n, config.train_size) < 39 * config.ivf_lists:
         got = min(config.n, config.train_size)
-        parser.error(f"IVF{config.ivf_lists} wants >= {39 * config.ivf_lists} training vectors; got {got}: "
-                     f"lower --ivf-lists (e.g. {max(1, got // 39)}) or --skip ivfpq")
+        parser.error(
+            f"IVF{config.ivf_lists} wants >= {39 * config.ivf_lists} training vectors; got {got}: "
+            f"lower --ivf-lists (e.g. {max(1, got // 39)}) or --skip ivfpq"
+        )
 
 
 def apply_omp_wait_policy(policy: str) -> str:
@@ -549,8 +617,10 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     print(f"retrieval benchmark: {dataclasses.asdict(config)}")
-    print(f"faiss {faiss.__version__}, scipy {scipy.__version__}, numpy {np.__version__}; "
-          f"start: {_machine_state()}; {policy_note}")
+    print(
+        f"faiss {faiss.__version__}, scipy {scipy.__version__}, numpy {np.__version__}; "
+        f"start: {_machine_state()}; {policy_note}"
+    )
     rows = []
     for dataset in config.datasets:
         rows += bench_dataset(faiss, dataset, config, log)
@@ -562,8 +632,10 @@ def main(argv: list[str] | None = None) -> int:
         print(ratios)
     print()
     print(format_notes(config))
-    print(f"\nend: {_machine_state()}; total {time.perf_counter() - started:.0f} s. "
-          "Timings are noisy when other processes share the CPUs; compare within a run.")
+    print(
+        f"\nend: {_machine_state()}; total {time.perf_counter() - started:.0f} s. "
+        "Timings are noisy when other processes share the CPUs; compare within a run."
+    )
     return 0
 
 

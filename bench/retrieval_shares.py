@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", default="8,20")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-test", type=int, default=24, help="held-out test photos (2 crops each)")
-    p.add_argument("--corpus-cap", type=int, default=4, help="corpus crops per (photo, side); the committed default is 8")
+    p.add_argument(
+        "--corpus-cap", type=int, default=4, help="corpus crops per (photo, side); the committed default is 8"
+    )
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -81,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     query_class = np.array([r["class"] for r in test])
     corpus_photo = np.array([r["photo"] for r in corpus])
     corpus_class = np.array([r["class"] for r in corpus])
-    print(f"photos {len(photos)}, test photos {len(split['test'])}, queries {len(test)} per operator, "
-          f"corpus crops {len(corpus)} ({config.corpus_sides} px boxes, <= {config.corpus_cap} per photo and side), "
-          f"{args.threads} thread(s)")
+    print(
+        f"photos {len(photos)}, test photos {len(split['test'])}, queries {len(test)} per operator, "
+        f"corpus crops {len(corpus)} ({config.corpus_sides} px boxes, <= {config.corpus_cap} per photo and side), "
+        f"{args.threads} thread(s)"
+    )
 
     random_own = float(np.mean([(corpus_photo == q).mean() for q in query_photo]))
     random_class = float(np.mean([(corpus_class == c).mean() for c in query_class]))
@@ -117,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             for op in ops:
                 ra = {t[1]: t for t in table if t[0] == a and t[2] == k}[op]
                 rb = {t[1]: t for t in table if t[0] == b and t[2] == k}[op]
-                print(f"K={k:<3}{op:<10} {a} / {b}: own photo {ra[3] / max(rb[3], 1e-9):.2f}x, class {ra[4] / max(rb[4], 1e-9):.2f}x")
+                print(
+                    f"K={k:<3}{op:<10} {a} / {b}: own photo {ra[3] / max(rb[3], 1e-9):.2f}x, class {ra[4] / max(rb[4], 1e-9):.2f}x"
+                )
     return 0
 
 

@@ -7,11 +7,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from adir_ops.tasks import TASKS  # the operator registry's names, torch-free for the command line
 from adir_ops.validation import check_fields
 from adir_ops.weights import DEFAULT_PRIOR_NAME
 from adir_storage import redact_options
 
-TASKS = ("sr4", "sr8", "deblur", "colorize", "inpaint")
 # The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.
 MODES = ("adir", "baseline", "random-nn", "mse-nn")
 TINY_PRIOR = re.compile(r"^tiny(?::(\d+))?$")
@@ -20,7 +20,15 @@ TINY_PRIOR = re.compile(r"^tiny(?::(\d+))?$")
 PRIOR_KINDS = ("gd256", "sd-x4")
 DEFAULT_TINY_RESOLUTION = 32
 # Fields that may change between a run and its resume without changing any result.
-RUNTIME_FIELDS = ("num_actors", "cpus_per_actor", "gpus_per_actor", "max_restarts", "max_attempts", "limit", "storage_options")
+RUNTIME_FIELDS = (
+    "num_actors",
+    "cpus_per_actor",
+    "gpus_per_actor",
+    "max_restarts",
+    "max_attempts",
+    "limit",
+    "storage_options",
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,9 @@ class ReconstructConfig:
     lora_alpha: float = 8.0
     lora_learning_rate: float = 1e-4
     lora_batch_size: int = 6
-    guidance_scale: float = 1000.0
+    guidance_scale: float | None = None  # eq. 16's s for the eq16 samplers; None: the sampler's default (eq16: 1000)
+    # adir_ops.sampling.SAMPLERS name, or "auto": the sampler measured best for the task (DEFAULT_SAMPLER_BY_TASK).
+    sampler: str = "auto"
     noise_sigma_255: float | None = None
     seed: int = 0
     degraded: bool = False
@@ -86,24 +96,39 @@ class ReconstructConfig:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.mode != "baseline" and not self.index:
-            raise ValueError(f"mode {self.mode!r} retrieves neighbours and needs --index URL (only --mode baseline runs without one)")
+            raise ValueError(
+                f"mode {self.mode!r} retrieves neighbours and needs --index URL (only --mode baseline runs without one)"
+            )
         if self.degraded and self.task == "inpaint":
             raise ValueError(
                 "inpaint with --degraded would need the mask of each input, which the job cannot recover; "
                 "run inpaint on clean images (the job masks them) instead"
             )
         if self.reference and not self.degraded:
-            raise ValueError("--reference (ground truths) only applies with --degraded; clean inputs are their own reference")
-        for name, minimum in (("k", 1), ("steps", 1), ("lora_steps", 0), ("lora_rank", 1), ("lora_batch_size", 1),
-                              ("tile_batch", 1), ("mse_thumbnail", 4), ("max_restarts", 0), ("max_attempts", 1)):
+            raise ValueError(
+                "--reference (ground truths) only applies with --degraded; clean inputs are their own reference"
+            )
+        for name, minimum in (
+            ("k", 1),
+            ("steps", 1),
+            ("lora_steps", 0),
+            ("lora_rank", 1),
+            ("lora_batch_size", 1),
+            ("tile_batch", 1),
+            ("mse_thumbnail", 4),
+            ("max_restarts", 0),
+            ("max_attempts", 1),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}; got {value!r}")
         if self.num_actors is not None and self.num_actors < 1:
             raise ValueError(f"--num-actors must be >= 1; got {self.num_actors}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all")
-        if self.guidance_scale < 0:
+            raise ValueError(
+                f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all"
+            )
+        if self.guidance_scale is not None and self.guidance_scale < 0:
             raise ValueError(f"--guidance-scale must be >= 0; got {self.guidance_scale}")
         unknown_metrics = sorted(set(self.metrics) - {"psnr", "ssim"})
         if unknown_metrics:
@@ -112,9 +137,13 @@ class ReconstructConfig:
             raise ValueError(f"small_images must be 'pad' or 'native'; got {self.small_images!r}")
         kind, target = prior_kind(self.prior)
         if kind in PRIOR_KINDS and not target:
-            raise ValueError(f"--prior {self.prior!r} names no weights; e.g. {kind}:/models/... (see README, Real models)")
+            raise ValueError(
+                f"--prior {self.prior!r} names no weights; e.g. {kind}:/models/... (see README, Real models)"
+            )
         if kind == "sd-x4" and self.task != "sr4":
-            raise ValueError(f"--prior {self.prior} is the Stable Diffusion x4 upscaler: it does --task sr4 only, not {self.task}")
+            raise ValueError(
+                f"--prior {self.prior} is the Stable Diffusion x4 upscaler: it does --task sr4 only, not {self.task}"
+            )
 
     # ------------------------------------------------------------------ conversions
     @classmethod

@@ -47,8 +47,15 @@ def _alive(pid: int) -> bool:
 
 
 class Lease:
-    def __init__(self, out: str, storage_options: Mapping[str, Any] | None = None, *, ttl_s: float = TTL_S,
-                 heartbeat_s: float = HEARTBEAT_S, job: str = "adir reconstruct"):  # fmt: skip
+    def __init__(
+        self,
+        out: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        ttl_s: float = TTL_S,
+        heartbeat_s: float = HEARTBEAT_S,
+        job: str = "adir reconstruct",
+    ):
         self.url = join_url(out, LEASE_NAME)
         self.out = out
         self.storage_options = dict(storage_options or {})
@@ -80,7 +87,13 @@ class Lease:
         return holder.get("host") == socket.gethostname() and not _alive(pid)
 
     def _write(self) -> None:
-        record = {"job": self.job, "host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "heartbeat": time.time()}
+        record = {
+            "job": self.job,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self.token,
+            "heartbeat": time.time(),
+        }
         commit_bytes(self.url, json.dumps(record).encode("utf-8"), self.storage_options)
 
     # ------------------------------------------------------------------ protocol

@@ -62,8 +62,14 @@ class WorkerPool:
     its actor `max_attempts` times gets an error row, so one poisonous image cannot stall the job.
     """
 
-    def __init__(self, config: ReconstructConfig, *, resources: Mapping[str, float] | None = None, worker_cls=None,
-                 work: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        config: ReconstructConfig,
+        *,
+        resources: Mapping[str, float] | None = None,
+        worker_cls=None,
+        work: int | None = None,
+    ):
         import ray
 
         from cluster.worker import ReconstructionWorker
@@ -71,7 +77,10 @@ class WorkerPool:
         self.config = config
         resources = ray.cluster_resources() if resources is None else resources
         self.count, self.options = actor_plan(
-            resources, num_actors=config.num_actors, cpus_per_actor=config.cpus_per_actor, gpus_per_actor=config.gpus_per_actor,
+            resources,
+            num_actors=config.num_actors,
+            cpus_per_actor=config.cpus_per_actor,
+            gpus_per_actor=config.gpus_per_actor,
             work=work,
         )
         remote = ray.remote(worker_cls or ReconstructionWorker).options(
@@ -142,9 +151,13 @@ class WorkerPool:
                 reprobe.remove((when, actor))
                 probe(actor)
             if not inflight and not probes and not reprobe:
-                raise RuntimeError(f"every reconstruction actor died for good; {len(pending)} image(s) left undone. Rerun to resume")
+                raise RuntimeError(
+                    f"every reconstruction actor died for good; {len(pending)} image(s) left undone. Rerun to resume"
+                )
             timeout = max(0.0, min(w for w, _ in reprobe) - now) if reprobe else None
-            ready, _ = ray.wait([*inflight, *probes], num_returns=1, timeout=timeout) if inflight or probes else ([], None)
+            ready, _ = (
+                ray.wait([*inflight, *probes], num_returns=1, timeout=timeout) if inflight or probes else ([], None)
+            )
             if not ready:
                 if not inflight and not probes:
                     time.sleep(timeout or 0.0)
@@ -190,14 +203,26 @@ class WorkerPool:
         from adir_ops.rng import image_seed
 
         row = dict.fromkeys(RESULTS_SCHEMA.names)
-        row.update({
-            "image_id": item["image_id"], "uri": item["uri"], "name": item["name"], "task": cfg.task, "mode": cfg.mode,
-            "seed": cfg.seed, "image_seed": image_seed(cfg.seed, item["image_id"]), "k": cfg.k, "attempt": attempts,
-            "stage": stage,
-            "error": f"the actor died {attempts} time(s) while reconstructing this image; last: {_cause(exc)}"
-            if stage == "worker" else f"failed {attempts} time(s): {_cause(exc)}",
-            "finished_at": utc_now(), "worker_pid": os.getpid(), "worker_device": "driver",
-        })  # fmt: skip
+        row.update(
+            {
+                "image_id": item["image_id"],
+                "uri": item["uri"],
+                "name": item["name"],
+                "task": cfg.task,
+                "mode": cfg.mode,
+                "seed": cfg.seed,
+                "image_seed": image_seed(cfg.seed, item["image_id"]),
+                "k": cfg.k,
+                "attempt": attempts,
+                "stage": stage,
+                "error": f"the actor died {attempts} time(s) while reconstructing this image; last: {_cause(exc)}"
+                if stage == "worker"
+                else f"failed {attempts} time(s): {_cause(exc)}",
+                "finished_at": utc_now(),
+                "worker_pid": os.getpid(),
+                "worker_device": "driver",
+            }
+        )
         write_part(cfg.out, row, cfg.storage_options)
         return row
 

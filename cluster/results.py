@@ -56,6 +56,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("tiles", pa.int32()),  # UNet tiles per sampling step
+        pa.field("sampler", pa.string()),  # the sampler that ran (config "auto" resolved for the task)
         *[pa.field(f"{stage}_s", pa.float64()) for stage in STAGES],
         pa.field("total_s", pa.float64()),
         pa.field("lora_final_loss", pa.float64()),
@@ -101,7 +102,9 @@ def assign_names(image_ids: Sequence[str]) -> list[str]:
         # Compared case-insensitively: some file systems (macOS, Windows) fold case.
         other = seen.setdefault(name.lower(), image_id)
         if other != image_id:
-            raise ValueError(f"image ids {other!r} and {image_id!r} map to the same output name {name!r}; rename one input")
+            raise ValueError(
+                f"image ids {other!r} and {image_id!r} map to the same output name {name!r}; rename one input"
+            )
     return names
 
 
@@ -135,10 +138,19 @@ def error_row(config, item: Mapping[str, Any]) -> dict[str, Any]:
     from adir_ops.rng import image_seed
 
     return {
-        "image_id": item["image_id"], "uri": item["uri"], "name": item["name"], "task": config.task, "mode": config.mode,
-        "seed": config.seed, "image_seed": image_seed(config.seed, item["image_id"]), "k": config.k, "attempt": 1,
-        "stage": item["stage"], "error": item["error"], "finished_at": utc_now(),
-    }  # fmt: skip
+        "image_id": item["image_id"],
+        "uri": item["uri"],
+        "name": item["name"],
+        "task": config.task,
+        "mode": config.mode,
+        "seed": config.seed,
+        "image_seed": image_seed(config.seed, item["image_id"]),
+        "k": config.k,
+        "attempt": 1,
+        "stage": item["stage"],
+        "error": item["error"],
+        "finished_at": utc_now(),
+    }
 
 
 def write_part(out: str, row: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
@@ -175,7 +187,9 @@ def finished_names(out: str, storage_options: Mapping[str, Any] | None = None) -
     return images & parts
 
 
-def read_parts(out: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None, threads: int = 16) -> pa.Table:
+def read_parts(
+    out: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None, threads: int = 16
+) -> pa.Table:
     """The current row of each named image (success row, else its error row); names without one are left out."""
     listing = _listing(out, RESULTS_DIR, storage_options)
 

@@ -15,10 +15,9 @@ from typing import Any, Mapping
 
 import torch
 
-from adir_ops.rng import generator_for, image_seed
-from adir_ops.weights import DEFAULT_PRIOR_NAME
+from adir_ops.rng import image_seed
 from adir_storage import commit_bytes, is_local, local_copy, read_bytes, scrub
-from cluster.config import DEFAULT_TINY_RESOLUTION, TINY_PRIOR, ReconstructConfig, prior_kind
+from cluster.config import ReconstructConfig, prior_kind
 from cluster.images import decode_rgb, encode_png, to_tensor01
 from cluster.results import RESULTS_SCHEMA, image_url, utc_now, write_part
 
@@ -34,23 +33,10 @@ class ItemError(Exception):
 
 
 def load_prior(spec: str, storage_options: Mapping[str, Any] | None = None):
-    """A DiffusionPrior from `tiny[:res]`, `gd256:PATH`, a diffusers folder or hub id, a Guided Diffusion .pt, or a remote URL of either."""
-    from adir_ops.priors import DiffusionPrior
+    """A DiffusionPrior from any spec of adir_ops.priors.PRIORS; remote weights are copied to this node first."""
+    from adir_ops.priors import load_local_prior
 
-    tiny = TINY_PRIOR.match(spec)
-    if tiny is not None:
-        return DiffusionPrior.tiny(resolution=int(tiny.group(1) or DEFAULT_TINY_RESOLUTION))
-    kind, target = prior_kind(spec)
-    if kind == DEFAULT_PRIOR_NAME:
-        return DiffusionPrior.default()
-    if kind == "sd-x4":
-        raise ValueError(f"{spec!r} is a Stable Diffusion pipeline, not a DiffusionPrior; load it with load_upscaler")
-    if kind == "gd256":
-        return DiffusionPrior.from_guided_diffusion(local_copy(target, storage_options))
-    spec = local_copy(spec, storage_options)
-    if os.path.isfile(spec):
-        return DiffusionPrior.from_guided_diffusion(spec)
-    return DiffusionPrior.from_diffusers(spec)
+    return load_local_prior(spec, localize=lambda target: local_copy(target, storage_options))
 
 
 def load_upscaler(spec: str, storage_options: Mapping[str, Any] | None = None):
@@ -95,23 +81,24 @@ class ReconstructionWorker:
     """
 
     def __init__(self, config: Mapping[str, Any] | ReconstructConfig):
+        from adir_ops.adaptation import AdaptConfig
         from adir_ops.embedding import get_embedder
-        from adir_ops.tiling import TiledPrior, TilingConfig
-        from cluster.retrieval import Retriever, thumbnails_url
+        from adir_ops.pipeline import ADIRPipeline, SamplerConfig
+        from adir_ops.tiling import TilingConfig
+        from cluster.retrieval import make_retriever, thumbnails_url
 
         self.config = config if isinstance(config, ReconstructConfig) else ReconstructConfig.from_dict(config)
         cfg = self.config
         # Ray pins a GPU actor to its device through CUDA_VISIBLE_DEVICES: it sees cuda:0.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # The SD x4 upscaler replaces prior + eq. 16 sampler by its own pipeline (adapted in latent space).
-        self.upscaler = self.prior = self.tiled = None
+        self.upscaler = self.prior = None
         if prior_kind(cfg.prior)[0] == "sd-x4":
             self.upscaler = load_upscaler(cfg.prior, cfg.storage_options).to(self.device)
         else:
             self.prior = load_prior(cfg.prior, cfg.storage_options).to(self.device).eval()
             if self.device.type == "cuda":
                 self.prior.autocast_dtype = torch.bfloat16  # UNet forward (sampling and LoRA) in bf16
-            self.tiled = TiledPrior(self.prior, TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images))
         self.embedder = None
         if cfg.mode == "adir":
             if cfg.embedder is None:
@@ -121,11 +108,35 @@ class ReconstructionWorker:
             else:
                 name = cfg.embedder
             self.embedder = get_embedder(name)
-        thumbnails = thumbnails_url(cfg.out, cfg.index, cfg.mse_thumbnail, cfg.storage_options) if cfg.mode == "mse-nn" else None
-        self.retriever = Retriever(
-            cfg.mode, cfg.k, index=cfg.index, embedder=self.embedder, thumbnails=thumbnails,
-            thumbnail_size=cfg.mse_thumbnail, gray=cfg.task == "colorize", storage_options=cfg.storage_options,
-        )  # fmt: skip
+        thumbnails = (
+            thumbnails_url(cfg.out, cfg.index, cfg.mse_thumbnail, cfg.storage_options)
+            if cfg.mode == "mse-nn"
+            else None
+        )
+        self.retriever = make_retriever(
+            cfg.mode,
+            cfg.k,
+            index=cfg.index,
+            embedder=self.embedder,
+            thumbnails=thumbnails,
+            gray=cfg.task == "colorize",
+            storage_options=cfg.storage_options,
+        )
+        adaptation = AdaptConfig(
+            lora_rank=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            learning_rate=cfg.lora_learning_rate,
+            steps=cfg.lora_steps,
+            batch_size=cfg.lora_batch_size,
+        )
+        self.pipeline = ADIRPipeline(
+            self.upscaler if self.upscaler is not None else self.prior,
+            self.retriever,
+            adaptation=adaptation,
+            sampler=SamplerConfig(cfg.sampler, cfg.steps, cfg.guidance_scale),
+            fetch=self._fetch,
+            tiling=TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images),
+        )
 
     def ready(self) -> dict[str, Any]:
         """Who this actor is: the driver's liveness probe and the pid a test may kill."""
@@ -136,11 +147,21 @@ class ReconstructionWorker:
         cfg = self.config
         start = time.perf_counter()
         row: dict[str, Any] = dict.fromkeys(RESULTS_SCHEMA.names)
-        row.update({
-            "image_id": item["image_id"], "uri": item["uri"], "name": item["name"], "task": cfg.task, "mode": cfg.mode,
-            "seed": cfg.seed, "image_seed": image_seed(cfg.seed, item["image_id"]), "k": cfg.k, "attempt": attempt,
-            "worker_pid": os.getpid(), "worker_device": str(self.device),
-        })  # fmt: skip
+        row.update(
+            {
+                "image_id": item["image_id"],
+                "uri": item["uri"],
+                "name": item["name"],
+                "task": cfg.task,
+                "mode": cfg.mode,
+                "seed": cfg.seed,
+                "image_seed": image_seed(cfg.seed, item["image_id"]),
+                "k": cfg.k,
+                "attempt": attempt,
+                "worker_pid": os.getpid(),
+                "worker_device": str(self.device),
+            }
+        )
         watch = _Stopwatch()
         try:
             row.update(self._reconstruct(item, watch))
@@ -158,74 +179,47 @@ class ReconstructionWorker:
         return row
 
     def _reconstruct(self, item: Mapping[str, Any], watch: _Stopwatch) -> dict[str, Any]:
-        from adir_ops.adaptation import AdaptConfig, adapt
-        from adir_ops.operators import make_operator
-        from adir_ops.sampling import adir_sample
-        from adir_ops.sd_upscale import adapt_upscaler, upscale
+        from adir_ops.operators import observe
+        from adir_ops.pipeline import StageError, image_streams
 
         cfg = self.config
         image_id = item["image_id"]
-        # One seed per image, split into independent streams per stage, so every mode sees the
-        # same degradation and the same sampler noise: the arms differ by adaptation alone.
-        streams = {s: generator_for(cfg.seed, f"{image_id}#{s}") for s in ("degrade", "retrieval", "adaptation")}
-        sampling_generator = generator_for(cfg.seed, image_id)
+        # The degradation draws from the image's own stream (adir_ops.pipeline.image_streams), the
+        # same in every mode: the arms differ by their neighbours alone.
+        degrade_stream = image_streams(cfg.seed, image_id)["degrade"]
         out: dict[str, Any] = {}
-        operator_options = {} if cfg.noise_sigma_255 is None else {"noise_sigma_255": cfg.noise_sigma_255}
         with watch.stage("read"):
             pixels = to_tensor01(decode_rgb(read_bytes(item["uri"], cfg.storage_options))).unsqueeze(0)
             out["input_height"], out["input_width"] = pixels.shape[-2:]
             reference = None
             if item.get("reference_uri"):
-                reference = to_tensor01(decode_rgb(read_bytes(item["reference_uri"], cfg.storage_options))).unsqueeze(0)
+                reference = to_tensor01(decode_rgb(read_bytes(item["reference_uri"], cfg.storage_options))).unsqueeze(
+                    0
+                )
         with watch.stage("degrade"):
-            if not cfg.degraded:
-                reference = pixels
-                operator = make_operator(cfg.task, image_size=tuple(pixels.shape[-2:]), **operator_options)
-                y = operator.degrade(pixels * 2 - 1, streams["degrade"])
-            else:
-                size = self._clean_size(pixels, reference)
-                operator = make_operator(cfg.task, image_size=size, **operator_options)
-                y = pixels * 2 - 1
-                if cfg.task == "colorize":
-                    y = y.mean(dim=1, keepdim=True)  # a gray input decoded as RGB has three equal channels
-                expected = operator.measurement_shape(3)
-                if tuple(y.shape[1:]) != tuple(expected):
-                    raise ValueError(f"input {item['uri']} is {tuple(y.shape[1:])} but {cfg.task} of a {size[0]}x{size[1]} image gives {expected}")
-            operator = operator.to(self.device)
-            y = y.to(self.device)
-            naive01 = operator.naive_inverse(y).add(1).div(2).clamp(0, 1)
-        with watch.stage("retrieval"):
-            ids, uris, scores = self.retriever.neighbours(y[0].add(1).div(2).clamp(0, 1).cpu(), naive01[0].cpu(), streams["retrieval"])
-            out.update(neighbour_ids=ids, neighbour_scores=scores)
-        neighbours = []
+            options = {} if cfg.noise_sigma_255 is None else {"noise_sigma_255": cfg.noise_sigma_255}
+            seen = observe(
+                cfg.task, pixels, degraded=cfg.degraded, reference01=reference, generator=degrade_stream, **options
+            )
+            operator, y, reference = seen.operator.to(self.device), seen.y.to(self.device), seen.truth01
+        try:
+            result = self.pipeline(y, operator, seed=cfg.seed, image_id=image_id)
+        except StageError as exc:
+            watch.times.update(exc.timings)
+            raise ItemError(exc.stage, _error_text(exc.error)) from exc
+        watch.times.update(result.timings)
+        result01, naive01 = result.image01, result.naive01
+        out.update(
+            sampler=result.config["sampler"]["name"],
+            neighbour_ids=result.neighbours.ids,
+            neighbour_scores=result.neighbours.scores,
+            lora_final_loss=result.lora_final_loss,
+            height=result01.shape[-2],
+            width=result01.shape[-1],
+            tiles=1 if self.upscaler is not None else self.pipeline.sampling_prior.tile_count(*operator.image_size),
+        )
         if cfg.mode != "baseline":
-            with watch.stage("fetch"):
-                neighbours = self._fetch(uris)
-                out["neighbours_used"] = len(neighbours)
-        adapter = None
-        if neighbours:
-            with watch.stage("adaptation"):
-                adapt_config = AdaptConfig(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, learning_rate=cfg.lora_learning_rate,
-                                           steps=cfg.lora_steps, batch_size=cfg.lora_batch_size)  # fmt: skip
-                if self.upscaler is not None:
-                    adapter = adapt_upscaler(self.upscaler, neighbours, self._upscale_config(adapt_config), streams["adaptation"])
-                else:
-                    adapter = adapt(self.prior, neighbours, adapt_config, streams["adaptation"])
-                out["lora_final_loss"] = adapter.losses[-1] if adapter.losses else None
-        with watch.stage("sampling"):
-            if self.upscaler is not None:
-                out["tiles"] = 1
-                config = self._upscale_config(AdaptConfig())
-                x01 = upscale(self.upscaler, y.add(1).div(2).clamp(0, 1), config, [sampling_generator], adapter=adapter)
-                result01 = x01[..., : operator.image_size[0], : operator.image_size[1]].clamp(0, 1)
-            else:
-                out["tiles"] = self.tiled.tile_count(*operator.image_size)
-                with adapter.applied(self.prior) if adapter is not None else contextlib.nullcontext():
-                    x0 = adir_sample(self.tiled, y, operator, steps=cfg.steps, guidance_scale=cfg.guidance_scale, generator=[sampling_generator])
-                result01 = x0.add(1).div(2).clamp(0, 1)
-            if not torch.isfinite(result01).all():
-                raise ValueError("the sampler produced non-finite pixels (NaN/inf); check --guidance-scale and the prior's weights")
-            out["height"], out["width"] = result01.shape[-2:]
+            out["neighbours_used"] = result.neighbours_used
         if reference is not None:
             with watch.stage("metrics"):
                 out.update(self._metrics(result01, naive01, reference.to(self.device)))
@@ -233,23 +227,6 @@ class ReconstructionWorker:
             commit_bytes(image_url(cfg.out, item["name"]), encode_png(result01[0]), cfg.storage_options)
             out["output"] = f"images/{item['name']}.png"
         return out
-
-    def _upscale_config(self, lora):
-        """The upscaler's settings for this job: its own noise level and prompt (""), the job's steps and LoRA."""
-        from adir_ops.sd_upscale import UpscaleConfig, default_crop_size
-
-        return UpscaleConfig(lora=lora, crop_size=default_crop_size(self.upscaler), steps=self.config.steps)
-
-    def _clean_size(self, y01: torch.Tensor, reference: torch.Tensor | None) -> tuple[int, int]:
-        """Clean-image size of a degraded input: the reference's if known, else y's times the SR factor."""
-        h, w = y01.shape[-2:]
-        factor = {"sr4": 4, "sr8": 8}.get(self.config.task, 1)
-        if reference is None:
-            return (h * factor, w * factor)
-        H, W = reference.shape[-2:]
-        if (-(-H // factor), -(-W // factor)) != (h, w):
-            raise ValueError(f"reference is {H}x{W} but the {self.config.task} input is {h}x{w}; they are not a pair")
-        return (H, W)
 
     def _fetch(self, uris: list[str]) -> list[torch.Tensor]:
         """The neighbours as (C, H, W) tensors in [-1, 1]; an unreadable one is skipped, none at all is an error."""
@@ -264,14 +241,16 @@ class ReconstructionWorker:
             except Exception as exc:
                 failures.append(f"{uri}: {_error_text(exc)}")
         if uris and not images:
-            raise ItemError("fetch", f"none of the {len(uris)} neighbours could be read; first: {failures[0]}")
+            raise ValueError(f"none of the {len(uris)} neighbours could be read; first: {failures[0]}")
         return images
 
     def _metrics(self, result01: torch.Tensor, naive01: torch.Tensor, reference01: torch.Tensor) -> dict[str, float]:
         from adir_ops.quality import compute_metrics
 
         if reference01.shape != result01.shape:
-            raise ValueError(f"reference is {tuple(reference01.shape[-2:])} but the reconstruction is {tuple(result01.shape[-2:])}")
+            raise ValueError(
+                f"reference is {tuple(reference01.shape[-2:])} but the reconstruction is {tuple(result01.shape[-2:])}"
+            )
         names = [n for n in self.config.metrics if n in ("psnr", "ssim")]
         values = compute_metrics(result01, reference01, names=names)
         out = {name: float(values[name][0]) for name in values}

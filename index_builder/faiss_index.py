@@ -17,7 +17,9 @@ from index_builder.writer import embeddings_array, embeddings_url, read_shard
 
 METRIC = "inner_product"  # embeddings are unit vectors: inner product = cosine similarity
 DEFAULT_TRAIN_SIZE = 100_000
-IDS_SCHEMA = pa.schema([pa.field("image_id", pa.string(), nullable=False), pa.field("uri", pa.string(), nullable=False)])
+IDS_SCHEMA = pa.schema(
+    [pa.field("image_id", pa.string(), nullable=False), pa.field("uri", pa.string(), nullable=False)]
+)
 # faiss 1.15 takes its BLAS path only when queries x dim reaches this threshold (default
 # 128000, i.e. 250 queries at d=512); below it a scalar scan runs. Measured by
 # bench/retrieval.py (200k x 512, 100 queries): 2.35 s with the default vs 0.31 s with 1000.
@@ -34,7 +36,9 @@ def use_gpu(gpu: bool | None) -> bool:
     faiss = _faiss()
     available = hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0
     if gpu and not available:
-        raise RuntimeError("GPU FAISS was requested but faiss sees no GPU; install faiss-gpu on a GPU node or pass gpu=False")
+        raise RuntimeError(
+            "GPU FAISS was requested but faiss sees no GPU; install faiss-gpu on a GPU node or pass gpu=False"
+        )
     return available if gpu is None else bool(gpu)
 
 
@@ -54,7 +58,9 @@ def new_index(dim: int, factory: str):
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except Exception as exc:
-        raise ValueError(f"FAISS cannot build index factory {factory!r} for dim {dim}: {exc}; try 'Flat', 'HNSW32' or 'IVF1024,PQ64'") from exc
+        raise ValueError(
+            f"FAISS cannot build index factory {factory!r} for dim {dim}: {exc}; try 'Flat', 'HNSW32' or 'IVF1024,PQ64'"
+        ) from exc
     # index_factory turns on polysemous training for PQ: 99 of 103 CPU s of an IVF-PQ
     # training in bench/retrieval.py, for a code ordering that exact re-ranking never uses.
     ivf = faiss.try_extract_index_ivf(index)
@@ -86,10 +92,14 @@ def read_index_header(out: str, storage_options: Mapping[str, Any] | None = None
     except FileNotFoundError:
         raise FileNotFoundError(f"{url} is missing; rebuild the index with `adir index build SOURCE {out}`") from None
     if len(head) < _HEADER.size:
-        raise ValueError(f"{url} is {len(head)} bytes: not a FAISS index; rebuild it with `adir index build SOURCE {out}`")
+        raise ValueError(
+            f"{url} is {len(head)} bytes: not a FAISS index; rebuild it with `adir index build SOURCE {out}`"
+        )
     code, dim, count = _HEADER.unpack(head)
     if not (code[:1] == b"I" and code.isascii() and code.decode("ascii").isprintable()):
-        raise ValueError(f"{url} is not a FAISS index (it starts with {code!r}); rebuild it with `adir index build SOURCE {out}`")
+        raise ValueError(
+            f"{url} is not a FAISS index (it starts with {code!r}); rebuild it with `adir index build SOURCE {out}`"
+        )
     return code.decode("ascii"), dim, count
 
 
@@ -100,10 +110,14 @@ def _read_index(out: str, storage_options: Mapping[str, Any] | None):
         with fs.open(path, "rb") as f:
             return faiss.read_index(faiss.PyCallbackIOReader(f.read))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{join_url(out, INDEX_NAME)} is missing; rebuild the index with `adir index build SOURCE {out}`") from None
+        raise FileNotFoundError(
+            f"{join_url(out, INDEX_NAME)} is missing; rebuild the index with `adir index build SOURCE {out}`"
+        ) from None
     except RuntimeError as exc:  # faiss raises RuntimeError on a torn or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{join_url(out, INDEX_NAME)} cannot be read by FAISS ({first}); rebuild it with `adir index build SOURCE {out}`") from None
+        raise ValueError(
+            f"{join_url(out, INDEX_NAME)} cannot be read by FAISS ({first}); rebuild it with `adir index build SOURCE {out}`"
+        ) from None
 
 
 def _check_counts(where: str, manifest: Manifest, dim: int, count: int) -> None:
@@ -113,10 +127,14 @@ def _check_counts(where: str, manifest: Manifest, dim: int, count: int) -> None:
             "the index file is from another build; rebuild it with `adir index build`"
         )
     if count != manifest.count:
-        raise ValueError(f"{where} holds {count} vectors but its manifest says {manifest.count}; rebuild it with `adir index build`")
+        raise ValueError(
+            f"{where} holds {count} vectors but its manifest says {manifest.count}; rebuild it with `adir index build`"
+        )
 
 
-def verify_index(out: str, manifest: Manifest, storage_options: Mapping[str, Any] | None = None, *, full: bool = False) -> None:
+def verify_index(
+    out: str, manifest: Manifest, storage_options: Mapping[str, Any] | None = None, *, full: bool = False
+) -> None:
     """Raise ValueError/FileNotFoundError unless OUT's index and ids agree with `manifest`.
 
     The header check reads a few bytes (fit for a preflight over object storage); `full`
@@ -129,11 +147,17 @@ def verify_index(out: str, manifest: Manifest, storage_options: Mapping[str, Any
         with ids_fs.open(ids_path, "rb") as f:
             rows = pq.ParquetFile(f).metadata.num_rows
     except FileNotFoundError:
-        raise FileNotFoundError(f"{join_url(out, IDS_NAME)} is missing; rebuild the index with `adir index build SOURCE {out}`") from None
+        raise FileNotFoundError(
+            f"{join_url(out, IDS_NAME)} is missing; rebuild the index with `adir index build SOURCE {out}`"
+        ) from None
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{join_url(out, IDS_NAME)} is not a readable Parquet file ({exc}); rebuild the index") from None
+        raise ValueError(
+            f"{join_url(out, IDS_NAME)} is not a readable Parquet file ({exc}); rebuild the index"
+        ) from None
     if rows != manifest.count:
-        raise ValueError(f"{join_url(out, IDS_NAME)} lists {rows} images but the manifest says {manifest.count}; rebuild the index")
+        raise ValueError(
+            f"{join_url(out, IDS_NAME)} lists {rows} images but the manifest says {manifest.count}; rebuild the index"
+        )
     if full:
         index = _read_index(out, storage_options)
         _check_counts(join_url(out, INDEX_NAME), manifest, int(index.d), int(index.ntotal))
@@ -188,7 +212,9 @@ def build_faiss_index(
         for entry in shards:
             table = read_shard(embeddings_url(out, entry.name), storage_options)
             if table.num_rows != entry.rows:
-                raise RuntimeError(f"shard {entry.name} has {table.num_rows} rows but its commit record says {entry.rows}; rerun the build")
+                raise RuntimeError(
+                    f"shard {entry.name} has {table.num_rows} rows but its commit record says {entry.rows}; rerun the build"
+                )
             if table.num_rows:
                 index.add(np.ascontiguousarray(embeddings_array(table)))
                 ids_writer.write_table(table.select(["image_id", "uri"]).cast(IDS_SCHEMA))
@@ -248,9 +274,13 @@ class NeighborIndex:
             with ids_fs.open(ids_path, "rb") as f:
                 table = pq.read_table(f, schema=IDS_SCHEMA)
         except (pa.ArrowException, OSError) as exc:
-            raise ValueError(f"{join_url(out, IDS_NAME)} cannot be read ({exc}); rebuild the index with `adir index build SOURCE {out}`") from None
+            raise ValueError(
+                f"{join_url(out, IDS_NAME)} cannot be read ({exc}); rebuild the index with `adir index build SOURCE {out}`"
+            ) from None
         # Arrow arrays, not numpy object arrays: 1.7M ids stay one compact buffer.
-        return cls(index, table.column("image_id").combine_chunks(), table.column("uri").combine_chunks(), manifest, out)
+        return cls(
+            index, table.column("image_id").combine_chunks(), table.column("uri").combine_chunks(), manifest, out
+        )
 
     @property
     def embedder_name(self) -> str:
@@ -277,14 +307,20 @@ class NeighborIndex:
                 f"was built with {self.embedder_name} (dim {self.dim})"
             )
         if not 1 <= k <= len(self):
-            raise ValueError(f"k={k} but the index at {self.location} holds {len(self)} images; ask for 1 <= k <= {len(self)}")
+            raise ValueError(
+                f"k={k} but the index at {self.location} holds {len(self)} images; ask for 1 <= k <= {len(self)}"
+            )
         scores, rows = self.index.search(np.ascontiguousarray(queries), k)
         flat = rows.ravel()
         found = flat >= 0  # approximate indexes may return fewer than k hits (-1 rows)
         take = pa.array(np.where(found, flat, 0))
         ids = np.where(found, self._ids.take(take).to_numpy(zero_copy_only=False), "")
         uris = np.where(found, self._uris.take(take).to_numpy(zero_copy_only=False), "")
-        return ids.reshape(rows.shape).astype(object), uris.reshape(rows.shape).astype(object), scores.astype(np.float32)
+        return (
+            ids.reshape(rows.shape).astype(object),
+            uris.reshape(rows.shape).astype(object),
+            scores.astype(np.float32),
+        )
 
 
 def check_embedder(manifest: Manifest, location: str, embedder) -> None:

@@ -63,7 +63,9 @@ class BuildConfig:
             object.__setattr__(self, "storage_options", {})
         check_fields(self)
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all")
+            raise ValueError(
+                f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all"
+            )
         for name in ("shard_size", "batch_size", "read_batch_size", "max_image_pixels", "train_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -129,7 +131,11 @@ def actor_resources(config: BuildConfig) -> dict[str, Any]:
     gpus = int(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
     if gpus:
-        return {"compute": ActorPoolStrategy(size=config.num_actors or gpus), "num_gpus": 1, "num_cpus": config.cpus_per_actor or 1}
+        return {
+            "compute": ActorPoolStrategy(size=config.num_actors or gpus),
+            "num_gpus": 1,
+            "num_cpus": config.cpus_per_actor or 1,
+        }
     actors = config.num_actors or max(1, int(cpus // 4))
     per_actor = config.cpus_per_actor or (0.5 if cpus <= 4 else min(4.0, cpus / (2 * actors)))
     return {"compute": ActorPoolStrategy(size=actors), "num_cpus": per_actor}
@@ -160,7 +166,9 @@ def _input_tables(shards: list[Shard]) -> list[pa.Table]:
     return tables
 
 
-def embed_shards(config: BuildConfig, shards: list[Shard], embedder_name: str, dim: int, image_size: int) -> ShardWriter:
+def embed_shards(
+    config: BuildConfig, shards: list[Shard], embedder_name: str, dim: int, image_size: int
+) -> ShardWriter:
     """Run the Ray Data pipeline over `shards`, committing each as it completes."""
     import ray
     from ray.data import DataContext
@@ -169,7 +177,9 @@ def embed_shards(config: BuildConfig, shards: list[Shard], embedder_name: str, d
 
     writer = ShardWriter(config.out, shards, embedder_name, dim, config.storage_options)
     total = sum(len(s) for s in shards)
-    read_config = ReadConfig(image_size=image_size, max_image_pixels=config.max_image_pixels, storage_options=dict(config.storage_options))
+    read_config = ReadConfig(
+        image_size=image_size, max_image_pixels=config.max_image_pixels, storage_options=dict(config.storage_options)
+    )
     resources = actor_resources(config)
     context = DataContext.get_current()
     previous_bars = context.enable_progress_bars
@@ -178,10 +188,15 @@ def embed_shards(config: BuildConfig, shards: list[Shard], embedder_name: str, d
         # from_blocks keeps one block per input table and computes block metadata here;
         # from_arrow would launch a remote metadata task per table (thousands at corpus scale).
         ds = ray.data.from_blocks(_input_tables(shards))
-        ds = ds.map_batches(read_batch, fn_kwargs={"config": read_config}, batch_size=config.read_batch_size, batch_format="numpy")
+        ds = ds.map_batches(
+            read_batch, fn_kwargs={"config": read_config}, batch_size=config.read_batch_size, batch_format="numpy"
+        )
         ds = ds.map_batches(
             EmbedBatch,
-            fn_constructor_kwargs={"embedder_name": config.embedder, "torch_threads": max(1, int(resources.get("num_cpus", 1)))},
+            fn_constructor_kwargs={
+                "embedder_name": config.embedder,
+                "torch_threads": max(1, int(resources.get("num_cpus", 1))),
+            },
             batch_size=config.batch_size,
             batch_format="numpy",
             **resources,
@@ -206,7 +221,9 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", desc="embedding", file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, unit="img", desc="embedding", file=sys.stderr, mininterval=1.0, dynamic_ncols=True
+            )
 
     def update(self, images: int, shards: int) -> None:
         self.committed += shards
@@ -228,10 +245,15 @@ def run_build(config: BuildConfig) -> BuildReport:
     embedder_name, dim, image_size = embedder_spec(config.embedder)
     check_factory(dim, config.index_factory)  # before any image is embedded, not after
     listing = list_source(
-        config.source, ids_file=config.ids_file, url_template=config.url_template, storage_options=config.storage_options
+        config.source,
+        ids_file=config.ids_file,
+        url_template=config.url_template,
+        storage_options=config.storage_options,
     ).limit(config.limit)
     if len(listing) == 0:
-        raise ValueError(f"no images found in {config.source}; supported extensions: jpg, jpeg, png, webp, bmp, gif, tif, tiff")
+        raise ValueError(
+            f"no images found in {config.source}; supported extensions: jpg, jpeg, png, webp, bmp, gif, tif, tiff"
+        )
     shards = plan_shards(listing, config.shard_size)
     remove_stale_temporaries(config.out, (EMBEDDINGS_DIR, ERRORS_DIR))
     write_listing_errors(config.out, listing.rejected, config.storage_options)
@@ -248,22 +270,36 @@ def run_build(config: BuildConfig) -> BuildReport:
         records.update(committed_records(config, [s for s in shards if s.index in set(written)]))
     left = len(pending) - len(this_run)
     report = BuildReport(
-        images=len(listing), shards=len(shards), shards_skipped=skipped, shards_written=written, shards_left=left,
-        images_embedded=sum(len(s) for s in this_run), errors=errors, seconds=0.0, index_built=False, count=None,
+        images=len(listing),
+        shards=len(shards),
+        shards_skipped=skipped,
+        shards_written=written,
+        shards_left=left,
+        images_embedded=sum(len(s) for s in this_run),
+        errors=errors,
+        seconds=0.0,
+        index_built=False,
+        count=None,
     )
     if left == 0:
         unreadable = [s.name for s in shards if records[s.index] is None]
         if unreadable:
-            raise RuntimeError(f"shards {unreadable[:3]} were written but their footers cannot be read back; rerun to resume")
+            raise RuntimeError(
+                f"shards {unreadable[:3]} were written but their footers cannot be read back; rerun to resume"
+            )
         entries = tuple(
             ShardEntry(s.name, records[s.index]["rows"], records[s.index]["errors"], s.fingerprint) for s in shards
         )
-        report.count, report.index_built = write_index(config, entries, embedder_name, dim, errors=len(listing.rejected))
+        report.count, report.index_built = write_index(
+            config, entries, embedder_name, dim, errors=len(listing.rejected)
+        )
     report.seconds = time.perf_counter() - started
     return report
 
 
-def write_index(config: BuildConfig, entries: tuple[ShardEntry, ...], embedder_name: str, dim: int, errors: int) -> tuple[int, bool]:
+def write_index(
+    config: BuildConfig, entries: tuple[ShardEntry, ...], embedder_name: str, dim: int, errors: int
+) -> tuple[int, bool]:
     """FAISS index + ids + manifest over all shards; skipped when the manifest already describes them."""
     count = sum(e.rows for e in entries)
     try:
@@ -283,10 +319,17 @@ def write_index(config: BuildConfig, entries: tuple[ShardEntry, ...], embedder_n
     # old manifest with a half-rewritten index.
     remove_if_exists(join_url(config.out, MANIFEST_NAME), config.storage_options)
     if count == 0:
-        raise ValueError(f"every image of {config.source} failed to read or decode; see the error rows under {config.out}/errors/")
+        raise ValueError(
+            f"every image of {config.source} failed to read or decode; see the error rows under {config.out}/errors/"
+        )
     built = build_faiss_index(
-        config.out, entries, dim, config.index_factory, storage_options=config.storage_options,
-        train_size=config.train_size, gpu=config.gpu_index,
+        config.out,
+        entries,
+        dim,
+        config.index_factory,
+        storage_options=config.storage_options,
+        train_size=config.train_size,
+        gpu=config.gpu_index,
     )
     Manifest(
         embedder=embedder_name,

@@ -18,7 +18,9 @@ class EmbedBatch:
     small rows travel on to the writer.
     """
 
-    def __init__(self, embedder_name: str, embedder_options: Mapping[str, Any] | None = None, torch_threads: int | None = None):
+    def __init__(
+        self, embedder_name: str, embedder_options: Mapping[str, Any] | None = None, torch_threads: int | None = None
+    ):
         import torch
 
         from adir_ops.embedding import get_embedder
@@ -39,7 +41,9 @@ class EmbedBatch:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
             vectors = self.embedder.embed_images(pixels.permute(0, 3, 1, 2).float().div_(255.0))
             if vectors.shape != (ok.size, dim):
-                raise RuntimeError(f"embedder {self.embedder.name} returned shape {vectors.shape}; expected {(ok.size, dim)}")
+                raise RuntimeError(
+                    f"embedder {self.embedder.name} returned shape {vectors.shape}; expected {(ok.size, dim)}"
+                )
             finite = np.isfinite(vectors).all(axis=1)
             for j in np.flatnonzero(~finite):
                 stage[ok[j]], error[ok[j]] = "embed", f"{self.embedder.name} produced a non-finite embedding"

@@ -93,7 +93,9 @@ def load_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                 img.draft(None, (draft_size, draft_size))
             img.load()
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise DecodeError(f"decompression bomb guard: {exc} (raise max_image_pixels if the image is genuine)") from exc
+            raise DecodeError(
+                f"decompression bomb guard: {exc} (raise max_image_pixels if the image is genuine)"
+            ) from exc
         except DecodeError:
             raise
         except Exception as exc:  # PIL raises many types for bad files; each is one DecodeError
@@ -111,7 +113,9 @@ def decode_rgb(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS)
     return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
 
 
-def decode_image(data: bytes, image_size: int, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, int, int]:
+def decode_image(
+    data: bytes, image_size: int, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[np.ndarray, int, int]:
     """Encoded bytes → (uint8 array (image_size, image_size, 3), width, height).
 
     The array is the centre square, resized (CLIP's resize-then-crop); width/height are

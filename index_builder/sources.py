@@ -62,7 +62,9 @@ class Shard:
         """sha256 of this shard's (id, uri) pairs: a committed file is reused only if it matches."""
         digest = hashlib.sha256()
         for image_id, uri in zip(self.image_ids, self.uris):
-            digest.update(image_id.encode("utf-8", "surrogateescape") + b"\t" + uri.encode("utf-8", "surrogateescape") + b"\n")
+            digest.update(
+                image_id.encode("utf-8", "surrogateescape") + b"\t" + uri.encode("utf-8", "surrogateescape") + b"\n"
+            )
         return digest.hexdigest()
 
     def __len__(self) -> int:
@@ -95,7 +97,13 @@ def _sorted_unique(pairs: Sequence[tuple[str, str]]) -> Listing:
             rejected.append((printable(image_id), printable(uri), NOT_UTF8))
             continue
         if ids and ids[-1] == image_id:
-            rejected.append((image_id, uri, f"duplicate image id {image_id!r}: already taken by {uris[-1]}; rename one of the files"))
+            rejected.append(
+                (
+                    image_id,
+                    uri,
+                    f"duplicate image id {image_id!r}: already taken by {uris[-1]}; rename one of the files",
+                )
+            )
             continue
         ids.append(image_id)
         uris.append(uri)
@@ -107,7 +115,9 @@ def list_folder(url: str, storage_options: Mapping[str, Any] | None = None) -> L
     fs, root = open_fs(url, storage_options)
     fs.invalidate_cache()  # a listing cached by an earlier run would hide new files
     if not fs.isdir(root):
-        raise FileNotFoundError(f"source {url} is not a folder of images nor a {'/'.join(LIST_EXTENSIONS)} list; check the URL")
+        raise FileNotFoundError(
+            f"source {url} is not a folder of images nor a {'/'.join(LIST_EXTENSIONS)} list; check the URL"
+        )
     root = root.rstrip("/")
     pairs = []
     for path in fs.find(root):
@@ -164,7 +174,9 @@ def list_items(
 ) -> Listing:
     """Images named by a list file: URIs as given (id = file stem), ids through `url_template`."""
     if url_template is not None and "{id}" not in url_template:
-        raise ValueError(f"--url-template must contain '{{id}}', e.g. 's3://open-images-dataset/train/{{id}}.jpg'; got {url_template!r}")
+        raise ValueError(
+            f"--url-template must contain '{{id}}', e.g. 's3://open-images-dataset/train/{{id}}.jpg'; got {url_template!r}"
+        )
     pairs = []
     for image_id, uri in _read_items(url, storage_options):
         if uri is None:

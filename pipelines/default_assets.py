@@ -55,8 +55,12 @@ class DefaultAssetsConfig:
     def crops(self):
         from pipelines.photos.split import CropConfig
 
-        return CropConfig(resolution=self.resolution, test_per_photo=self.test_per_photo, corpus_cap=self.corpus_cap,
-                          prior_cap=self.prior_cap)  # fmt: skip
+        return CropConfig(
+            resolution=self.resolution,
+            test_per_photo=self.test_per_photo,
+            corpus_cap=self.corpus_cap,
+            prior_cap=self.prior_cap,
+        )
 
 
 def _path(row: dict[str, Any]) -> str:
@@ -66,7 +70,9 @@ def _path(row: dict[str, Any]) -> str:
     return f"{row['set']}/{row['photo']}/s{row['side']:04d}-x{x:04d}-y{y:04d}.png"
 
 
-def plan(config: DefaultAssetsConfig, photos: dict | None = None) -> tuple[dict[str, list[str]], list[dict[str, Any]], dict]:
+def plan(
+    config: DefaultAssetsConfig, photos: dict | None = None
+) -> tuple[dict[str, list[str]], list[dict[str, Any]], dict]:
     """(split, manifest rows, photos): every file to write; no pixels are written here."""
     from pipelines.photos import load_photos, photo_classes, plan_crops, split_photos
 
@@ -77,9 +83,18 @@ def plan(config: DefaultAssetsConfig, photos: dict | None = None) -> tuple[dict[
     rows = []
     for row in plan_crops(split, photos, config.crops(), seed=config.seed, classes=classes):
         resolution = config.test_resolution if row["set"] == "test" else config.resolution
-        rows.append({"set": row["set"], "source": row["photo"], "class": row["class"], "box": list(row["box"]),
-                     "side": row["side"], "scale": resolution / row["side"], "path": _path(row),
-                     "content": "held-out" if row["photo"] in test else "prior"})  # fmt: skip
+        rows.append(
+            {
+                "set": row["set"],
+                "source": row["photo"],
+                "class": row["class"],
+                "box": list(row["box"]),
+                "side": row["side"],
+                "scale": resolution / row["side"],
+                "path": _path(row),
+                "content": "held-out" if row["photo"] in test else "prior",
+            }
+        )
     return split, sorted(rows, key=lambda r: r["path"]), photos
 
 
@@ -95,10 +110,14 @@ def check_split(manifest: dict[str, Any], photos: dict | None = None) -> None:
     tests = {it["source"] for it in manifest["items"] if it["set"] == "test"}
     in_corpus = {it["source"] for it in manifest["items"] if it["set"] == "corpus"}
     if not tests or tests - in_corpus:
-        raise ValueError(f"test photos {sorted(tests - in_corpus)} have no crop in the corpus (or there are no test images)")
+        raise ValueError(
+            f"test photos {sorted(tests - in_corpus)} have no crop in the corpus (or there are no test images)"
+        )
 
 
-def build(out: str | os.PathLike, config: DefaultAssetsConfig = DefaultAssetsConfig(), sets: tuple[str, ...] = SETS) -> dict[str, Any]:
+def build(
+    out: str | os.PathLike, config: DefaultAssetsConfig = DefaultAssetsConfig(), sets: tuple[str, ...] = SETS
+) -> dict[str, Any]:
     """Write `sets` (default all three) and `split.json` under `out`; returns the manifest (which lists every set).
 
     Refuses a folder that already holds a different split, rather than mixing two; an
@@ -119,11 +138,15 @@ def build(out: str | os.PathLike, config: DefaultAssetsConfig = DefaultAssetsCon
         "config": asdict(config),
         "split": split,
         "sources": {
-            name: {"role": "held-out" if name in split["test"] else "prior", "class": info[name].get("class"),
-                   "licence": info[name].get("licence"), "author": info[name].get("author"),
-                   "size": [int(photos[name].shape[1]), int(photos[name].shape[0])]}
+            name: {
+                "role": "held-out" if name in split["test"] else "prior",
+                "class": info[name].get("class"),
+                "licence": info[name].get("licence"),
+                "author": info[name].get("author"),
+                "size": [int(photos[name].shape[1]), int(photos[name].shape[0])],
+            }
             for name in sorted(set(split["test"]) | set(split["prior-train"]) | set(split["corpus"]))
-        },  # fmt: skip
+        },
         "counts": {s: sum(r["set"] == s for r in rows) for s in SETS},
         "items": rows,
     }
@@ -147,7 +170,9 @@ def build(out: str | os.PathLike, config: DefaultAssetsConfig = DefaultAssetsCon
 def load_manifest(out: str | os.PathLike) -> dict[str, Any]:
     path = Path(out) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {out}; write the default assets first: python -m pipelines.default_assets {out}")
+        raise FileNotFoundError(
+            f"no {MANIFEST} in {out}; write the default assets first: python -m pipelines.default_assets {out}"
+        )
     return json.loads(path.read_text())
 
 
@@ -155,14 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.default_assets", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="output folder (gets prior-train/, corpus/, test/ and split.json)")
     defaults = DefaultAssetsConfig()
-    parser.add_argument("--resolution", type=int, default=defaults.resolution, help="prior-train and corpus crop side (default 64)")
-    parser.add_argument("--test-resolution", type=int, default=defaults.test_resolution, help="test image side (default 96)")
-    parser.add_argument("--corpus-cap", type=int, default=defaults.corpus_cap, help="corpus crops per photo and scale (default 2)")
+    parser.add_argument(
+        "--resolution", type=int, default=defaults.resolution, help="prior-train and corpus crop side (default 64)"
+    )
+    parser.add_argument(
+        "--test-resolution", type=int, default=defaults.test_resolution, help="test image side (default 96)"
+    )
+    parser.add_argument(
+        "--corpus-cap", type=int, default=defaults.corpus_cap, help="corpus crops per photo and scale (default 2)"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split (default 0)")
     parser.add_argument("--sets", default=",".join(SETS), help=f"sets to write (default {','.join(SETS)})")
     args = parser.parse_args(argv)
-    config = DefaultAssetsConfig(resolution=args.resolution, test_resolution=args.test_resolution, corpus_cap=args.corpus_cap,
-                                 seed=args.seed)  # fmt: skip
+    config = DefaultAssetsConfig(
+        resolution=args.resolution, test_resolution=args.test_resolution, corpus_cap=args.corpus_cap, seed=args.seed
+    )
     manifest = build(args.out, config, sets=tuple(s for s in args.sets.split(",") if s))
     counts = manifest["counts"]
     print(f"wrote {args.out}: " + ", ".join(f"{counts[s]} {s}" for s in SETS), file=sys.stderr)

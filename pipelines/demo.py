@@ -159,7 +159,9 @@ def run(config: DemoConfig) -> dict:
         started_ray = True
     try:
         with _stage("index (index_builder, Ray Data)", times, config.progress):
-            report = run_build(BuildConfig(str(out / "assets" / "corpus"), str(out / "index"), progress=config.progress))
+            report = run_build(
+                BuildConfig(str(out / "assets" / "corpus"), str(out / "index"), progress=config.progress)
+            )
             if config.progress:
                 print(f"   {report.summary()}", file=sys.stderr)
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -170,26 +172,44 @@ def run(config: DemoConfig) -> dict:
                 name = f"{task}-{mode}"
                 with _stage(f"reconstruct {name} (cluster, Ray actors)", times, config.progress):
                     job = ReconstructConfig(
-                        inputs=str(inputs), out=str(out / "runs" / name), task=task, mode=mode,
-                        index=None if mode == "baseline" else str(out / "index"), prior=config.prior, k=config.k,
-                        steps=config.steps, lora_steps=config.lora_steps, lora_batch_size=config.lora_batch_size,
+                        inputs=str(inputs),
+                        out=str(out / "runs" / name),
+                        task=task,
+                        mode=mode,
+                        index=None if mode == "baseline" else str(out / "index"),
+                        prior=config.prior,
+                        k=config.k,
+                        steps=config.steps,
+                        lora_steps=config.lora_steps,
+                        lora_batch_size=config.lora_batch_size,
                         lora_learning_rate=config.lora_learning_rate,
-                        seed=config.seed, num_actors=actors,
-                    )  # fmt: skip
+                        seed=config.seed,
+                        num_actors=actors,
+                    )
                     summary = reconstruct.run(job, progress=config.progress)
                     if summary["errors"]:
-                        raise RuntimeError(f"{name}: {summary['errors']} image(s) failed; see {job.out}/results.parquet")
+                        raise RuntimeError(
+                            f"{name}: {summary['errors']} image(s) failed; see {job.out}/results.parquet"
+                        )
                 runs.append(job.out)
     finally:
         if started_ray:
             ray.shutdown()
     with _stage("evaluate + report", times, config.progress):
         # One torch thread: the metrics are small convolutions, which contend badly on a busy machine.
-        ev = evaluate(EvaluateConfig(runs=tuple(runs), out=str(out), metrics=config.metrics, threads=1), progress=config.progress)
+        ev = evaluate(
+            EvaluateConfig(runs=tuple(runs), out=str(out), metrics=config.metrics, threads=1), progress=config.progress
+        )
         written = write(ev, progress=config.progress)
     times["total"] = time.perf_counter() - started
-    return {"report": written["report.html"], "results": written["results.md"], "evaluation": ev, "times": times,
-            "runs": runs, "images": [it["path"] for it in chosen]}  # fmt: skip
+    return {
+        "report": written["report.html"],
+        "results": written["results.md"],
+        "evaluation": ev,
+        "times": times,
+        "runs": runs,
+        "images": [it["path"] for it in chosen],
+    }
 
 
 def main(args: argparse.Namespace) -> int:

@@ -66,7 +66,9 @@ class EditJob:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.mode == "adir" and not self.index:
-            raise ValueError("mode 'adir' retrieves neighbours by the prompt and needs --index URL (built with an OpenCLIP encoder)")
+            raise ValueError(
+                "mode 'adir' retrieves neighbours by the prompt and needs --index URL (built with an OpenCLIP encoder)"
+            )
         for name, minimum in (("k", 1), ("steps", 1), ("lora_steps", 0), ("lora_rank", 1), ("lora_batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -109,7 +111,9 @@ def read_mask(spec: str, size: tuple[int, int], storage_options: Mapping[str, An
     with Image.open(io.BytesIO(read_bytes(spec, storage_options))) as img:
         gray = np.asarray(img.convert("L"))
     if gray.shape != tuple(size):
-        raise ValueError(f"mask {spec} is {gray.shape[0]}x{gray.shape[1]} but the image is {size[0]}x{size[1]}; make them the same size")
+        raise ValueError(
+            f"mask {spec} is {gray.shape[0]}x{gray.shape[1]} but the image is {size[0]}x{size[1]}; make them the same size"
+        )
     mask = torch.from_numpy((gray > 127).astype(np.float32))[None, None]
     if not bool(mask.any()):
         raise ValueError(f"mask {spec} marks no pixel to repaint (white = repaint)")
@@ -131,7 +135,9 @@ def retrieve_by_text(job: EditJob) -> tuple[list[str], list[str], list[float]]:
     embedder = get_embedder(manifest.embedder)
     index = NeighborIndex.open(job.index, embedder=embedder, storage_options=job.storage_options)
     if job.k > len(index):
-        raise ValueError(f"--k {job.k} but the index at {job.index} holds {len(index)} images; ask for at most {len(index)}")
+        raise ValueError(
+            f"--k {job.k} but the index at {job.index} holds {len(index)} images; ask for at most {len(index)}"
+        )
     ids, uris, scores = index.search(embedder.embed_text([job.prompt]), job.k)
     found = ids[0] != ""
     return list(ids[0][found]), list(uris[0][found]), [float(s) for s in scores[0][found]]
@@ -179,16 +185,35 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
         summary["neighbour_ids"] = ids
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_inpainting_pipeline(job.pipeline, job.storage_options).to(device)
-    lora = AdaptConfig(lora_rank=job.lora_rank, lora_alpha=job.lora_alpha, learning_rate=job.lora_learning_rate,
-                       steps=job.lora_steps, batch_size=job.lora_batch_size)  # fmt: skip
+    lora = AdaptConfig(
+        lora_rank=job.lora_rank,
+        lora_alpha=job.lora_alpha,
+        learning_rate=job.lora_learning_rate,
+        steps=job.lora_steps,
+        batch_size=job.lora_batch_size,
+    )
     crop = job.crop_size or min(512, int(pipe.vae_scale_factor) * int(pipe.unet.config.sample_size))
-    config = EditConfig(lora=lora, crop_size=crop, prompt_dropout=job.prompt_dropout, steps=job.steps,
-                        guidance_scale=job.guidance_scale, mixed_precision=job.mixed_precision)  # fmt: skip
-    commit_bytes(join_url(job.out, "config.yaml"), yaml.safe_dump({**job.redacted(), "edit_config": config.to_dict()}, sort_keys=True).encode(), job.storage_options)
+    config = EditConfig(
+        lora=lora,
+        crop_size=crop,
+        prompt_dropout=job.prompt_dropout,
+        steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        mixed_precision=job.mixed_precision,
+    )
+    commit_bytes(
+        join_url(job.out, "config.yaml"),
+        yaml.safe_dump({**job.redacted(), "edit_config": config.to_dict()}, sort_keys=True).encode(),
+        job.storage_options,
+    )
     adapter = None
     if job.mode == "adir":
-        log(f"retrieved {len(ids)} neighbours of the prompt; adapting {job.lora_steps} LoRA steps on {len(neighbours)}")
-        adapter = adapt_inpainting(pipe, neighbours, job.prompt, config, generator_for(job.seed, f"{image_id}#adaptation"))
+        log(
+            f"retrieved {len(ids)} neighbours of the prompt; adapting {job.lora_steps} LoRA steps on {len(neighbours)}"
+        )
+        adapter = adapt_inpainting(
+            pipe, neighbours, job.prompt, config, generator_for(job.seed, f"{image_id}#adaptation")
+        )
         commit_bytes(join_url(job.out, ADAPTER_FILE), adapter.to_bytes(), job.storage_options)
         record = {"prompt": job.prompt, "ids": ids, "uris": uris, "scores": scores, "losses": adapter.losses}
         commit_bytes(join_url(job.out, "neighbours.json"), json.dumps(record, indent=2).encode(), job.storage_options)

@@ -7,14 +7,15 @@ import re
 import sys
 from typing import Any, Mapping
 
+from adir_ops.tasks import scale_factor
 from adir_storage import is_local, open_fs
 from cluster.results import assign_names
 from index_builder.sources import IMAGE_EXTENSIONS, NOT_UTF8, list_source
 
-SR_FACTORS = {"sr4": 4, "sr8": 8}
 
-
-def _listing(url: str, storage_options: Mapping[str, Any] | None) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+def _listing(
+    url: str, storage_options: Mapping[str, Any] | None
+) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """(id, uri) pairs of a folder, a .csv/.txt list, or one image file (id = path below the folder, no extension),
     and the (id, uri, error) of files that cannot be ids at all (names that are not UTF-8)."""
     fs, path = open_fs(url, storage_options)
@@ -34,8 +35,8 @@ def _listing(url: str, storage_options: Mapping[str, Any] | None) -> tuple[list[
 
 def degraded_id(image_id: str, task: str) -> str:
     """DIV2K names its x4 inputs `0801x4.png`: the id is `0801`, the same as its ground truth's."""
-    factor = SR_FACTORS.get(task)
-    if factor is None:
+    factor = scale_factor(task)
+    if factor == 1:
         return image_id
     match = re.fullmatch(rf"(.+?)x{factor}", image_id)
     return match.group(1) if match else image_id
@@ -62,7 +63,9 @@ def list_inputs(
     unique = []
     for image_id, uri in sorted(pairs):
         if image_id in seen:
-            print(f"warning: input {uri} skipped: id {image_id!r} is already taken by {seen[image_id]}", file=sys.stderr)
+            print(
+                f"warning: input {uri} skipped: id {image_id!r} is already taken by {seen[image_id]}", file=sys.stderr
+            )
             continue
         seen[image_id] = uri
         unique.append((image_id, uri))
@@ -76,7 +79,9 @@ def list_inputs(
     if limit is not None:
         everything = everything[:limit]
     if not everything:
-        raise ValueError(f"no input images found at {url} (looked for {', '.join(IMAGE_EXTENSIONS)} files); check --inputs")
+        raise ValueError(
+            f"no input images found at {url} (looked for {', '.join(IMAGE_EXTENSIONS)} files); check --inputs"
+        )
     truths = dict(_listing(reference, storage_options)[0]) if reference else {}
     names = assign_names([i for i, _, _ in everything])
     items = []

@@ -32,14 +32,33 @@ from cluster.results import (
     finished_names,
     merge_results,
     write_part,
-)  # fmt: skip
+)
 from pipelines.errors import JobFailed, UsageError
 
 # CLI flag → config field; every flag defaults to None so that --config values are not overridden by defaults.
 CLI_FIELDS = (
-    "index", "inputs", "task", "out", "prior", "k", "mode", "steps", "lora_steps", "lora_learning_rate", "seed", "degraded", "reference",
-    "guidance_scale", "embedder", "tile_batch", "tile_overlap", "num_actors", "cpus_per_actor", "limit",
-)  # fmt: skip
+    "index",
+    "inputs",
+    "task",
+    "out",
+    "prior",
+    "k",
+    "mode",
+    "steps",
+    "lora_steps",
+    "lora_learning_rate",
+    "seed",
+    "degraded",
+    "reference",
+    "guidance_scale",
+    "sampler",
+    "embedder",
+    "tile_batch",
+    "tile_overlap",
+    "num_actors",
+    "cpus_per_actor",
+    "limit",
+)
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 STAGE_COLUMNS = ("retrieval", "fetch", "adaptation", "sampling")
 
@@ -81,11 +100,15 @@ def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
     if kind in ("tiny", "default") or (kind == "sd-x4" and spec == "tiny"):
         return
     if kind == "gd256" and is_local(spec) and not os.path.isfile(spec):
-        raise FileNotFoundError(f"Guided Diffusion checkpoint {spec!r} not found; download 256x256_diffusion_uncond.pt (see README, Real models)")
+        raise FileNotFoundError(
+            f"Guided Diffusion checkpoint {spec!r} not found; download 256x256_diffusion_uncond.pt (see README, Real models)"
+        )
     if not is_local(spec):
         fs, path = open_fs(spec, storage_options)
         if not fs.exists(path):
-            raise FileNotFoundError(f"prior {spec} does not exist; pass a diffusers UNet folder, a Guided Diffusion .pt or a hub id")
+            raise FileNotFoundError(
+                f"prior {spec} does not exist; pass a diffusers UNet folder, a Guided Diffusion .pt or a hub id"
+            )
         return
     if os.path.exists(spec):
         return
@@ -103,6 +126,10 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
 
     check_out_apart(config)
     check_prior(config.prior, config.storage_options)
+    from adir_ops.sampling import SAMPLERS
+
+    if config.sampler != "auto" and config.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler {config.sampler!r} is not a sampler; choose auto or one of {', '.join(SAMPLERS)}")
     if config.mode != "baseline":
         from index_builder.faiss_index import check_embedder, verify_index
         from index_builder.manifest import Manifest
@@ -112,12 +139,18 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
             check_embedder(manifest, config.index, config.embedder)
         verify_index(config.index, manifest, config.storage_options)  # a few bytes: the workers load it whole
         if config.k > manifest.count:
-            raise ValueError(f"--k {config.k} but the index at {config.index} holds {manifest.count} images; ask for at most {manifest.count}")
+            raise ValueError(
+                f"--k {config.k} but the index at {config.index} holds {manifest.count} images; ask for at most {manifest.count}"
+            )
         config = ReconstructConfig.from_dict({**config.to_dict(), "embedder": manifest.embedder})
     items = list_inputs(
-        config.inputs, task=config.task, degraded=config.degraded, reference=config.reference,
-        limit=config.limit, storage_options=config.storage_options,
-    )  # fmt: skip
+        config.inputs,
+        task=config.task,
+        degraded=config.degraded,
+        reference=config.reference,
+        limit=config.limit,
+        storage_options=config.storage_options,
+    )
     check_items_outside_out(config, items)
     _check_previous_run(config)
     return config, items
@@ -131,7 +164,15 @@ def check_out_apart(config: ReconstructConfig) -> None:
         if not value:
             continue
         place = location(value)
-        relation = "is" if place == out else "lies inside" if is_within(out, place) else "contains" if is_within(place, out) else None
+        relation = (
+            "is"
+            if place == out
+            else "lies inside"
+            if is_within(out, place)
+            else "contains"
+            if is_within(place, out)
+            else None
+        )
         if relation:
             raise ValueError(
                 f"--out {config.out} {relation} --{name} {value}: the job would write over its own inputs. "
@@ -146,7 +187,9 @@ def check_items_outside_out(config: ReconstructConfig, items: list[dict[str, Any
         for key in ("uri", "reference_uri"):
             uri = item.get(key)
             if uri and "error" not in item and is_within(location(uri), out):
-                raise ValueError(f"input {uri} lies inside --out {config.out}: the job would overwrite it. Choose another --out")
+                raise ValueError(
+                    f"input {uri} lies inside --out {config.out}: the job would overwrite it. Choose another --out"
+                )
 
 
 def _read_previous_config(config: ReconstructConfig) -> dict[str, Any] | None:
@@ -202,7 +245,9 @@ class _Progress:
     def __init__(self, total: int, done: int, enabled: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=done, unit="img", desc="reconstruct", disable=not enabled, file=sys.stderr)
+        self.bar = tqdm(
+            total=total, initial=done, unit="img", desc="reconstruct", disable=not enabled, file=sys.stderr
+        )
         self.sums = dict.fromkeys(STAGE_COLUMNS, 0.0)
         self.count = 0
         self.errors = 0
@@ -212,7 +257,9 @@ class _Progress:
         self.errors += row.get("error") is not None
         for stage in STAGE_COLUMNS:
             self.sums[stage] += row.get(f"{stage}_s") or 0.0
-        self.bar.set_postfix({**{s[:5]: f"{v / self.count:.2f}s" for s, v in self.sums.items()}, "errors": self.errors})
+        self.bar.set_postfix(
+            {**{s[:5]: f"{v / self.count:.2f}s" for s, v in self.sums.items()}, "errors": self.errors}
+        )
         self.bar.update(1)
 
     def close(self) -> None:
@@ -244,11 +291,17 @@ def run(
         return _run_leased(config, items, start, progress, on_row)
 
 
-def _run_leased(config: ReconstructConfig, items: list[dict[str, Any]], start: float, progress: bool, on_row) -> dict[str, Any]:
+def _run_leased(
+    config: ReconstructConfig, items: list[dict[str, Any]], start: float, progress: bool, on_row
+) -> dict[str, Any]:
     from cluster.pool import WorkerPool
     from cluster.retrieval import build_corpus_thumbnails
 
-    commit_bytes(join_url(config.out, CONFIG_NAME), yaml.safe_dump(config.redacted(), sort_keys=True).encode("utf-8"), config.storage_options)
+    commit_bytes(
+        join_url(config.out, CONFIG_NAME),
+        yaml.safe_dump(config.redacted(), sort_keys=True).encode("utf-8"),
+        config.storage_options,
+    )
     done = finished_names(config.out, config.storage_options)
     todo = [item for item in items if item["name"] not in done]
     unlistable = [item for item in todo if "error" in item]
@@ -265,7 +318,10 @@ def _run_leased(config: ReconstructConfig, items: list[dict[str, Any]], start: f
         if todo:
             pool = WorkerPool(config, work=len(todo))
             if progress:
-                print(f"{len(pool.ready)} of {pool.count} actor(s) ready ({pool.options}); {len(todo)} image(s) to do", file=sys.stderr)
+                print(
+                    f"{len(pool.ready)} of {pool.count} actor(s) ready ({pool.options}); {len(todo)} image(s) to do",
+                    file=sys.stderr,
+                )
 
             def finished(row: dict[str, Any]) -> None:
                 bar(row)
@@ -302,7 +358,11 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, TypeError) as exc:
         raise UsageError(str(exc)) from exc
     if config.tiny_resolution is not None:
-        print(f"prior {config.prior!r}: a tiny RANDOM-WEIGHT prior; this run shows the mechanics, not image quality", file=sys.stderr)
+        print(
+            f"prior {config.prior!r}: a tiny RANDOM-WEIGHT prior; this run shows the mechanics, not image quality",
+            file=sys.stderr,
+        )
+
     def start_ray() -> None:
         if not ray.is_initialized():
             ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)

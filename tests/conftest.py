@@ -19,6 +19,7 @@ def pytest_configure(config):
     # inherited by Ray workers. A caller's own setting wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
 S3_KEY = "adir-test-key"
 S3_SECRET = "adir-test-secret"
 

@@ -45,22 +45,43 @@ def test_the_wheel_carries_the_default_prior_and_runtime_files(tmp_path):
         shutil.copytree(os.path.join(ROOT, package), source / package, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = dist.glob("adir-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("adir_ops/weights/default/unet/diffusion_pytorch_model.safetensors", "adir_ops/weights/default/unet/config.json",
-                   "adir_ops/weights/default/scheduler/scheduler_config.json", "adir_ops/metric_data/brisque_svr.npz",
-                   "adir_ops/configs/adir-tiny.json"):  # fmt: skip
+    for needed in (
+        "adir_ops/weights/default/unet/diffusion_pytorch_model.safetensors",
+        "adir_ops/weights/default/unet/config.json",
+        "adir_ops/weights/default/scheduler/scheduler_config.json",
+        "adir_ops/metric_data/brisque_svr.npz",
+        "adir_ops/configs/adir-tiny.json",
+    ):
         assert needed in names, needed
     target = tmp_path / "site"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                             capture_output=True, text=True)  # fmt: skip
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "ADIR_CACHE_DIR": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-c", CHECK, str(target)], cwd=elsewhere, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK, str(target)], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
     assert run.returncode == 0 and "wheel ok" in run.stdout, run.stderr[-3000:]

@@ -42,124 +42,29 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
+
+from pipelines.photos.catalogue import (  # the tables of what is a photo
+    CREDIT_COLUMNS,
+    GCOMPRIS_CLASS,
+    GCOMPRIS_FOLDERS,
+    GCOMPRIS_ONLY,
+    OPENCV_DATA,
+    OPENCV_LICENCE,
+    OPENCV_PHOTOS,
+    PACKAGES,
+    PALAPELI_DIR,
+    PALAPELI_PHOTOS,
+    PLASMA_DIR,
+    PLASMA_PHOTOS,
+    REDISTRIBUTABLE,
+)
+from pipelines.photos.credits import canonical_url, licence_id, parse_credit_stanzas  # noqa: F401  (re-exported)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CREDITS = "CREDITS.tsv"
 MANIFEST = "manifest.json"
 MAX_SIDE = 512
 JPEG_QUALITY = 90
-CLASSES = ("animal", "plant", "building", "landscape", "object", "food", "people")
-CREDIT_COLUMNS = ("file", "class", "source_package", "source_path", "author", "licence", "source_url", "title", "notes")
-
-# Debian packages and the versions this set was derived from (another version is used if
-# apt has it, and recorded; the photo list below may then need a look).
-PACKAGES = {
-    "gcompris-qt-data": "3.1-2",
-    "opencv-doc": "4.6.0+dfsg-12",
-    "plasma-workspace-wallpapers": "4:5.27.5-2",
-    "palapeli-data": "4:22.12.3-1",
-}
-
-# gcompris: resource folder (inside its .rcc bundles, under /gcompris/src/activities/) -> short
-# name used in output file names, and the content class of its photos.
-GCOMPRIS_FOLDERS = {
-    "categorization/resource/images/fishes": ("fishes", "animal"),
-    "categorization/resource/images/monuments": ("monuments", "building"),
-    "categorization/resource/images/others": ("objects", "object"),
-    "categorization/resource/images/tools": ("tools", "object"),
-    "categorization/resource/images/renewable": ("renewable", "object"),
-    "erase/resource": ("erase", "animal"),
-    "explore_farm_animals/resource/animals": ("farm", "animal"),
-    "explore_world_animals/resource/animals": ("wildlife", "animal"),
-    "explore_monuments/resource/egypt": ("explore-egypt", "building"),
-    "explore_monuments/resource/france": ("explore-france", "building"),
-    "explore_monuments/resource/germany": ("explore-germany", "building"),
-    "explore_monuments/resource/india": ("explore-india", "building"),
-    "explore_monuments/resource/usa": ("explore-usa", "building"),
-    "explore_monuments/resource/wonders": ("explore-wonders", "building"),
-    "explore_world_music/resource/music": ("music", "people"),
-    "details/resource/image": ("details", "building"),
-    "louis-braille/resource": ("braille", "object"),
-}
-# Only these files of the folders that also hold non-photos (stems, without .webp).
-GCOMPRIS_ONLY = {
-    "details/resource/image": {
-        "Chenonceau_background", "EgeskovSlotSpejling_background", "EilanDonanCastle_background",
-        "FanoeWindmill_background", "GizahPyramids_background", "Louvre_2007_02_24_c_background",
-        "NDP_background", "Nagoya_background", "Neuschwanstein_background", "OperaSidney_background",
-        "TajMahal_background", "TourEiffel_background", "TowerBridgeLondon_background",
-    },
-    "louis-braille/resource": {"braille", "fireplace", "rnib", "statue", "teach", "workshop"},
-}
-# Per-file classes where the folder's class is wrong (folder short name, stem) -> class.
-GCOMPRIS_CLASS = {
-    **{("renewable", f"dam{i}"): "landscape" for i in range(1, 6)},
-    ("renewable", "geothermal"): "landscape",
-    **{("renewable", f"windmill{i}"): "building" for i in range(1, 16)},
-    ("explore-usa", "canyondeChelly"): "landscape",
-    ("explore-wonders", "greatWallofChina"): "landscape",
-    ("monuments", "greatWall"): "landscape",
-    ("music", "africa"): "object",
-    ("music", "middleeast"): "object",
-    ("braille", "fireplace"): "people",
-    ("braille", "teach"): "people",
-    ("braille", "rnib"): "building",
-    ("braille", "statue"): "building",
-}
-
-OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
-OPENCV_LICENCE = "Apache-2.0 AND BSD-3-Clause"
-# file -> (class, title, notes)
-OPENCV_PHOTOS = {
-    "aero3.jpg": ("landscape", "aerial view of a town", "stitching pair with aero1.jpg (left out)"),
-    "aloeL.jpg": ("plant", "aloe plant", "Middlebury stereo pair (aloeR.jpg left out)"),
-    "apple.jpg": ("food", "apple", ""),
-    "baboon.jpg": ("animal", "mandrill", "the USC-SIPI test image"),
-    "basketball1.png": ("people", "two people passing a ball", "gray; pair with basketball2.png (left out)"),
-    "board.jpg": ("object", "circuit board", ""),
-    "box_in_scene.png": ("object", "boxes in a cluttered scene", "gray; box.png (a crop of it) left out"),
-    "building.jpg": ("building", "hotel building", ""),
-    "butterfly.jpg": ("animal", "butterfly", ""),
-    "chicky_512.png": ("animal", "dog", ""),
-    "ela_original.jpg": ("object", "notebook with an elastic band", "ela_modified.jpg (a tampered copy) left out"),
-    "fruits.jpg": ("food", "cut fruits", ""),
-    "home.jpg": ("building", "palace with birds", ""),
-    "leuvenA.jpg": ("building", "street in Leuven", "pair with leuvenB.jpg (left out)"),
-    "orange.jpg": ("food", "orange", ""),
-    "rubberwhale1.png": ("object", "toys and fabric", "Middlebury optical-flow pair (rubberwhale2.png left out)"),
-    "smarties.png": ("food", "sweets on white", ""),
-    "squirrel_cls.jpg": ("animal", "squirrel", ""),
-    "stuff.jpg": ("object", "objects on a desk", ""),
-    "sudoku.png": ("object", "printed sudoku", ""),
-}
-
-PLASMA_DIR = "usr/share/wallpapers"
-# wallpaper folder -> class (the others are renders or drawings)
-PLASMA_PHOTOS = {
-    "BytheWater": "landscape", "ColdRipple": "landscape", "ColorfulCups": "object",
-    "DarkestHour": "landscape", "EveningGlow": "landscape", "FallenLeaf": "plant", "Grey": "building",
-    "Kite": "landscape", "OneStandsOut": "plant", "Path": "landscape", "summer_1am": "landscape",
-}
-
-PALAPELI_DIR = "usr/share/palapeli/collection"
-PALAPELI_PHOTOS = {
-    "castle-maintenon": "building", "cincinnati-bridge": "building", "citrus-fruits": "food",
-    "european-honey-bee": "animal", "panther-chameleon-female": "animal",
-}
-
-_LICENCE_NAMES = {
-    "public domain": "Public-Domain", "cc0-1.0": "CC0-1.0", "cc0": "CC0-1.0",
-    "cc-by-sa 4.0": "CC-BY-SA-4.0", "cc-by-sa-4.0": "CC-BY-SA-4.0", "cc-by-sa 3.0": "CC-BY-SA-3.0",
-    "cc-by 2.0": "CC-BY-2.0", "cc-by-2.0": "CC-BY-2.0", "cc-by 3.0": "CC-BY-3.0", "cc-by-3.0": "CC-BY-3.0",
-    "cc-by 4.0": "CC-BY-4.0", "cc-by-4.0": "CC-BY-4.0", "gplv3": "GPL-3.0", "gplv3 or later": "GPL-3.0-or-later",
-    "lgplv3": "LGPL-3.0", "fdl": "GFDL", "gnu-fdl": "GFDL", "gpl": "GPL", "gplv2+": "GPL-2.0-or-later",
-}
-# Licences that allow redistributing a modified (resized) copy, with attribution.
-REDISTRIBUTABLE = {
-    "Public-Domain", "CC0-1.0", "CC-BY-2.0", "CC-BY-3.0", "CC-BY-4.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0",
-    "GPL-3.0", "GPL-3.0-or-later", "GPL", "GPL-2.0-or-later", "LGPL-3.0", "GFDL", OPENCV_LICENCE,
-}
 
 
 @dataclass
@@ -178,46 +83,6 @@ class Candidate:
     blob: bytes
 
 
-def licence_id(text: str) -> str:
-    key = " ".join(text.strip().lower().split())
-    return _LICENCE_NAMES.get(key, text.strip())
-
-
-_STANZA_KEYS = {"copyright": "copyright", "license": "license", "licence": "license", "source": "source",
-                "files": "files", "file": "files", "comment": "comment", "comments": "comment"}
-
-
-def parse_credit_stanzas(text: str) -> list[dict[str, str | list[str]]]:
-    """gcompris' README format: blank-line separated stanzas of `Key: value` lines; indented or
-    bare lines continue the previous key; `Files:` lists one path per line (or one inline)."""
-    stanzas, current, key = [], {}, None
-    for raw in text.splitlines() + [""]:
-        line = raw.rstrip()
-        if not line.strip():
-            if current:
-                stanzas.append(current)
-            current, key = {}, None
-            continue
-        m = re.match(r"^([A-Za-z][A-Za-z-]*):\s*(.*)$", line)
-        field = m.group(1).lower() if m else ""
-        if m and not raw[:1].isspace() and field in _STANZA_KEYS:
-            key = _STANZA_KEYS[field]
-            current.setdefault(key, [])
-            if m.group(2).strip():
-                current[key].append(m.group(2).strip())
-        elif key != "files" and re.fullmatch(r"[\w./@+-]+\.(webp|svgz?|png|jpe?g|gif|ogg|wav)", line.strip()):
-            # Some stanzas list their files with no `Files:` line.
-            current.setdefault("files", []).append(line.strip())
-        elif key is not None:
-            current[key].append(line.strip())
-    return [{k: (v if k == "files" else " ".join(v)) for k, v in s.items()} for s in stanzas]
-
-
-def _canonical_url(url: str) -> str:
-    url = unquote(url.strip()).replace(" ", "_").lower()
-    return re.sub(r"^https?://(www\.)?", "", url).rstrip("/")
-
-
 def _safe(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -232,9 +97,14 @@ def download(work: Path) -> dict[str, tuple[Path, str]]:
             subprocess.run(["apt-get", "download", package], cwd=work, check=True)
             debs = sorted(work.glob(f"{package}_*.deb"))
         deb = debs[-1]
-        version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True).stdout.strip()
+        version = subprocess.run(
+            ["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         if version != expected:
-            print(f"note: {package} is {version} here, the set was made from {expected}; check the photo list", file=sys.stderr)
+            print(
+                f"note: {package} is {version} here, the set was made from {expected}; check the photo list",
+                file=sys.stderr,
+            )
         root = work / f"root-{package}"
         if not root.exists():
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
@@ -266,7 +136,7 @@ def gcompris_candidates(root: Path) -> list[Candidate]:
     for path, blob in sorted(files.items()):
         if not path.endswith(".webp"):
             continue
-        folder, filename = path[len(prefix):].rsplit("/", 1)
+        folder, filename = path[len(prefix) :].rsplit("/", 1)
         stem = filename[: -len(".webp")]
         if folder not in GCOMPRIS_FOLDERS or (folder in GCOMPRIS_ONLY and stem not in GCOMPRIS_ONLY[folder]):
             continue
@@ -281,26 +151,37 @@ def gcompris_candidates(root: Path) -> list[Candidate]:
         named = re.findall(r"([\w.-]+\.webp) is based on", comment)
         if named and filename not in named:
             url, comment = "", ""
-        out.append(Candidate(
-            name=f"gcompris-{short}-{_safe(stem.removesuffix('_background'))}",
-            klass=GCOMPRIS_CLASS.get((short, stem), klass),
-            package="gcompris-qt-data",
-            source_path=f"{bundle_of[path]}:{path}",
-            author=stanza.get("copyright", ""),
-            licence=licence_id(stanza.get("license", "")),
-            source_url=url.rstrip(".,"),
-            title=stem.removesuffix("_background"),
-            notes=comment,
-            blob=blob,
-        ))
+        out.append(
+            Candidate(
+                name=f"gcompris-{short}-{_safe(stem.removesuffix('_background'))}",
+                klass=GCOMPRIS_CLASS.get((short, stem), klass),
+                package="gcompris-qt-data",
+                source_path=f"{bundle_of[path]}:{path}",
+                author=stanza.get("copyright", ""),
+                licence=licence_id(stanza.get("license", "")),
+                source_url=url.rstrip(".,"),
+                title=stem.removesuffix("_background"),
+                notes=comment,
+                blob=blob,
+            )
+        )
     return out
 
 
 def opencv_candidates(root: Path) -> list[Candidate]:
     return [
-        Candidate(f"opencv-{_safe(Path(f).stem)}", klass, "opencv-doc", f"{OPENCV_DATA}/{f}", "OpenCV contributors",
-                  OPENCV_LICENCE, "", title, notes + ("; " if notes else "") + "licence: Debian copyright, Files: *",
-                  (root / OPENCV_DATA / f).read_bytes())
+        Candidate(
+            f"opencv-{_safe(Path(f).stem)}",
+            klass,
+            "opencv-doc",
+            f"{OPENCV_DATA}/{f}",
+            "OpenCV contributors",
+            OPENCV_LICENCE,
+            "",
+            title,
+            notes + ("; " if notes else "") + "licence: Debian copyright, Files: *",
+            (root / OPENCV_DATA / f).read_bytes(),
+        )
         for f, (klass, title, notes) in OPENCV_PHOTOS.items()
     ]
 
@@ -313,11 +194,20 @@ def plasma_candidates(root: Path) -> list[Candidate]:
         # The largest landscape rendering: it is downscaled to MAX_SIDE anyway.
         images = sorted((base / "contents/images").glob("*x*.*"), key=lambda p: [int(v) for v in p.stem.split("x")])
         image = [p for p in images if int(p.stem.split("x")[0]) >= int(p.stem.split("x")[1])][-1]
-        out.append(Candidate(
-            f"plasma-{_safe(folder)}", klass, "plasma-workspace-wallpapers", str(image.relative_to(root)),
-            ", ".join(a.get("Name", "") for a in meta.get("Authors", [])), licence_id(meta.get("License", "")),
-            "", meta.get("Name", folder), "licence and author from metadata.json", image.read_bytes(),
-        ))
+        out.append(
+            Candidate(
+                f"plasma-{_safe(folder)}",
+                klass,
+                "plasma-workspace-wallpapers",
+                str(image.relative_to(root)),
+                ", ".join(a.get("Name", "") for a in meta.get("Authors", [])),
+                licence_id(meta.get("License", "")),
+                "",
+                meta.get("Name", folder),
+                "licence and author from metadata.json",
+                image.read_bytes(),
+            )
+        )
     return out
 
 
@@ -326,13 +216,20 @@ def palapeli_candidates(root: Path) -> list[Candidate]:
     for stem, klass in PALAPELI_PHOTOS.items():
         desktop = (root / PALAPELI_DIR / f"{stem}.desktop").read_text()
         field = {k: v for k, v in re.findall(r"^([A-Za-z-]+)=(.*)$", desktop, re.MULTILINE)}
-        out.append(Candidate(
-            f"palapeli-{stem}", klass, "palapeli-data", f"{PALAPELI_DIR}/{stem}.jpg",
-            field.get("X-KDE-PluginInfo-Author", ""), licence_id(field.get("X-KDE-PluginInfo-License", "")),
-            field.get("X-KDE-PluginInfo-Website", ""), field.get("Name", stem),
-            (field.get("Comment", "") + "; " if field.get("Comment") else "") + "credit from the .desktop file",
-            (root / PALAPELI_DIR / f"{stem}.jpg").read_bytes(),
-        ))
+        out.append(
+            Candidate(
+                f"palapeli-{stem}",
+                klass,
+                "palapeli-data",
+                f"{PALAPELI_DIR}/{stem}.jpg",
+                field.get("X-KDE-PluginInfo-Author", ""),
+                licence_id(field.get("X-KDE-PluginInfo-License", "")),
+                field.get("X-KDE-PluginInfo-Website", ""),
+                field.get("Name", stem),
+                (field.get("Comment", "") + "; " if field.get("Comment") else "") + "credit from the .desktop file",
+                (root / PALAPELI_DIR / f"{stem}.jpg").read_bytes(),
+            )
+        )
     return out
 
 
@@ -354,7 +251,7 @@ def dedupe(candidates: list[Candidate]) -> list[Candidate]:
     best: dict[str, Candidate] = {}
     order = []
     for c in candidates:
-        key = _canonical_url(c.source_url) if c.source_url else f"name:{c.name}"
+        key = canonical_url(c.source_url) if c.source_url else f"name:{c.name}"
         if key not in best:
             order.append(key)
             best[key] = c
@@ -387,25 +284,45 @@ def write(candidates: list[Candidate], out: Path, versions: dict[str, str]) -> d
         image = _pixels(c.blob)
         scale = MAX_SIDE / max(image.size)
         if scale < 1:
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
+            image = image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
+            )
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
         filename = f"{c.name}.jpg"
         (out / filename).write_bytes(buf.getvalue())
-        files[filename] = {"sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "bytes": len(buf.getvalue()),
-                           "width": image.width, "height": image.height}
-        rows.append({"file": filename, "class": c.klass, "source_package": c.package, "source_path": c.source_path,
-                     "author": c.author, "licence": c.licence, "source_url": c.source_url, "title": c.title,
-                     "notes": c.notes})
+        files[filename] = {
+            "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+            "bytes": len(buf.getvalue()),
+            "width": image.width,
+            "height": image.height,
+        }
+        rows.append(
+            {
+                "file": filename,
+                "class": c.klass,
+                "source_package": c.package,
+                "source_path": c.source_path,
+                "author": c.author,
+                "licence": c.licence,
+                "source_url": c.source_url,
+                "title": c.title,
+                "notes": c.notes,
+            }
+        )
     with open(out / CREDITS, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CREDIT_COLUMNS, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        writer = csv.DictWriter(
+            fh, fieldnames=CREDIT_COLUMNS, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL
+        )
         writer.writeheader()
         for row in rows:
             writer.writerow({k: " ".join(str(v).split()) for k, v in row.items()})
     credits_blob = (out / CREDITS).read_bytes()
     manifest = {
         "about": "photos derived by pipelines/photos/derive.py; each file's credit is in CREDITS.tsv",
-        "max_side": MAX_SIDE, "jpeg_quality": JPEG_QUALITY, "packages": versions,
+        "max_side": MAX_SIDE,
+        "jpeg_quality": JPEG_QUALITY,
+        "packages": versions,
         "credits_sha256": hashlib.sha256(credits_blob).hexdigest(),
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "files": files,
@@ -417,16 +334,24 @@ def write(candidates: list[Candidate], out: Path, versions: dict[str, str]) -> d
 def derive(out: Path = DATA_DIR, work: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="adir-photos-") as tmp:
         roots = download(Path(work) if work else Path(tmp))
-        candidates = (gcompris_candidates(roots["gcompris-qt-data"][0]) + opencv_candidates(roots["opencv-doc"][0])
-                      + plasma_candidates(roots["plasma-workspace-wallpapers"][0]) + palapeli_candidates(roots["palapeli-data"][0]))
+        candidates = (
+            gcompris_candidates(roots["gcompris-qt-data"][0])
+            + opencv_candidates(roots["opencv-doc"][0])
+            + plasma_candidates(roots["plasma-workspace-wallpapers"][0])
+            + palapeli_candidates(roots["palapeli-data"][0])
+        )
         candidates = dedupe(candidates)
         return write(candidates, Path(out), {p: v for p, (_, v) in roots.items()})
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default=str(DATA_DIR), help="output folder (default: the package's data folder)")
-    p.add_argument("--work", default=None, help="keep the downloaded .deb files and their contents here (default: a temp dir)")
+    p.add_argument(
+        "--work", default=None, help="keep the downloaded .deb files and their contents here (default: a temp dir)"
+    )
     args = p.parse_args(argv)
     manifest = derive(Path(args.out), Path(args.work) if args.work else None)
     print(f"{len(manifest['files'])} photos, {manifest['total_bytes'] / 1e6:.1f} MB in {args.out}")

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.photos.crops import cut, grid_boxes, intersects, is_flat, pick_evenly  # noqa: F401  (cut: public here too)
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SETS = ("test", "prior-train", "corpus")
 
@@ -65,7 +67,9 @@ class CropConfig:
 
     def __post_init__(self) -> None:
         if self.resolution < 8 or self.test_side < self.resolution // 4:
-            raise ValueError(f"resolution must be >= 8 and test_side >= resolution / 4; got {self.resolution}, {self.test_side}")
+            raise ValueError(
+                f"resolution must be >= 8 and test_side >= resolution / 4; got {self.resolution}, {self.test_side}"
+            )
         if self.test_per_photo < 1:
             raise ValueError(f"test_per_photo must be at least 1; got {self.test_per_photo}")
 
@@ -156,8 +160,9 @@ def eligible_for_test(name: str, config: CropConfig = CropConfig(), data_dir: st
     return w >= rw + config.margin and h >= rh + config.margin
 
 
-def split_photos(seed: int = 0, n_test: int = 24, config: CropConfig = CropConfig(),
-                 data_dir: str | Path = DATA_DIR) -> dict[str, list[str]]:
+def split_photos(
+    seed: int = 0, n_test: int = 24, config: CropConfig = CropConfig(), data_dir: str | Path = DATA_DIR
+) -> dict[str, list[str]]:
     """{'test': held-out photos, 'prior-train': every other photo, 'corpus': all photos}.
 
     Test photos are `n_test` scenes, at least one per class and otherwise in proportion to class
@@ -191,8 +196,10 @@ def _class_quotas(n_test: int, eligible: dict[str, int], total: dict[str, int]) 
     keep photos of every class."""
     cap = {k: min(eligible[k], max(1, total[k] // 2)) for k in eligible}
     if n_test > sum(cap.values()):
-        raise ValueError(f"n_test={n_test} but at most {sum(cap.values())} photos can be held out "
-                         f"(half of each class, among those large enough for a test region)")
+        raise ValueError(
+            f"n_test={n_test} but at most {sum(cap.values())} photos can be held out "
+            f"(half of each class, among those large enough for a test region)"
+        )
     quota = {k: 0 for k in eligible}
     for k in sorted(eligible, key=lambda k: -total[k])[:n_test]:
         quota[k] = 1
@@ -206,51 +213,6 @@ def _class_quotas(n_test: int, eligible: dict[str, int], total: dict[str, int]) 
 
 
 # -- crops -----------------------------------------------------------------------------------------
-def grid_boxes(width: int, height: int, side: int, stride: int, around=None) -> list[tuple[int, int, int, int]]:
-    """Square boxes (x0, y0, x1, y1) of `side` on a grid with `stride`, in raster order, inside the photo.
-
-    `around` (a box): the grid is also laid from that box's edges outwards, so the room beside a
-    test region is used even where the plain grid would straddle it.
-    """
-    def positions(length: int, lo: int | None, hi: int | None) -> list[int]:
-        out = set(range(0, length - side + 1, stride))
-        if lo is not None:
-            out |= set(range(hi, length - side + 1, stride)) | set(range(lo - side, -1, -stride))
-        return sorted(out)
-
-    xs = positions(width, *((around[0], around[2]) if around else (None, None)))
-    ys = positions(height, *((around[1], around[3]) if around else (None, None)))
-    return [(x, y, x + side, y + side) for y in ys for x in xs]
-
-
-def intersects(a, b) -> bool:
-    """Whether two half-open boxes share a pixel."""
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def cut(photo: np.ndarray, box, resolution: int) -> np.ndarray:
-    """The box cut out first, then resized to resolution x resolution, so no pixel outside it reaches the crop."""
-    from PIL import Image
-
-    x0, y0, x1, y1 = box
-    patch = Image.fromarray(np.ascontiguousarray(photo[y0:y1, x0:x1]))
-    if patch.size != (resolution, resolution):
-        patch = patch.resize((resolution, resolution), Image.Resampling.LANCZOS)
-    return np.asarray(patch)
-
-
-def _flat(photo: np.ndarray, box, flat_std: float) -> bool:
-    x0, y0, x1, y1 = box
-    return float(photo[y0:y1, x0:x1].std()) / 255.0 < flat_std
-
-
-def _pick_evenly(items: list, cap: int) -> list:
-    if len(items) <= cap:
-        return items
-    keep = np.unique(np.round(np.linspace(0, len(items) - 1, cap)).astype(int))
-    return [items[i] for i in keep]
-
-
 def test_region(name: str, photo: np.ndarray, config: CropConfig, seed: int) -> tuple[int, int, int, int]:
     """The test region of a test photo: a seeded position (from seed and name) where no test crop is flat,
     leaving `margin` rows free above or below it."""
@@ -264,7 +226,7 @@ def test_region(name: str, photo: np.ndarray, config: CropConfig, seed: int) -> 
     for _ in range(64):
         x, y = int(rng.integers(0, w - rw + 1)), int(ys[int(rng.integers(0, len(ys)))])
         region = (x, y, x + rw, y + rh)
-        stds = [photo[b[1]:b[3], b[0]:b[2]].std() for b in _region_boxes(region, config)]
+        stds = [photo[b[1] : b[3], b[0] : b[2]].std() for b in _region_boxes(region, config)]
         if min(stds) / 255.0 >= config.flat_std:
             return region
         if best is None or min(stds) > best[0]:
@@ -278,8 +240,13 @@ def _region_boxes(region, config: CropConfig) -> list[tuple[int, int, int, int]]
     return [(x0 + i * s, y0, x0 + (i + 1) * s, y0 + s) for i in range(config.test_per_photo)]
 
 
-def plan_crops(split: dict[str, list[str]], photos: dict[str, np.ndarray], config: CropConfig = CropConfig(),
-               seed: int = 0, classes: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def plan_crops(
+    split: dict[str, list[str]],
+    photos: dict[str, np.ndarray],
+    config: CropConfig = CropConfig(),
+    seed: int = 0,
+    classes: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Every crop: {set, photo, class, box, side, scale, region}; pixels are cut later with `cut`.
 
     test: the boxes of each test photo's test region; corpus: a half-side-stride grid at each of
@@ -294,22 +261,35 @@ def plan_crops(split: dict[str, list[str]], photos: dict[str, np.ndarray], confi
 
     def add(set_name: str, name: str, box) -> None:
         side = box[2] - box[0]
-        rows.append({"set": set_name, "photo": name, "class": classes[name], "box": tuple(int(v) for v in box),
-                     "side": side, "scale": r / side})
+        rows.append(
+            {
+                "set": set_name,
+                "photo": name,
+                "class": classes[name],
+                "box": tuple(int(v) for v in box),
+                "side": side,
+                "scale": r / side,
+            }
+        )
 
     for name in split["test"]:
         regions[name] = test_region(name, photos[name], config, seed)
         for box in _region_boxes(regions[name], config):
             add("test", name, box)
-    for set_name, sides, cap in (("corpus", config.corpus_sides, config.corpus_cap),
-                                 ("prior-train", config.prior_sides, config.prior_cap)):
+    for set_name, sides, cap in (
+        ("corpus", config.corpus_sides, config.corpus_cap),
+        ("prior-train", config.prior_sides, config.prior_cap),
+    ):
         for name in split[set_name]:
             h, w = photos[name].shape[:2]
             for side in sides:
-                boxes = [b for b in grid_boxes(w, h, side, max(1, side // 2), regions.get(name))
-                         if not (name in regions and intersects(b, regions[name]))
-                         and not _flat(photos[name], b, config.flat_std)]
-                for box in _pick_evenly(boxes, cap):
+                boxes = [
+                    b
+                    for b in grid_boxes(w, h, side, max(1, side // 2), regions.get(name))
+                    if not (name in regions and intersects(b, regions[name]))
+                    and not is_flat(photos[name], b, config.flat_std)
+                ]
+                for box in pick_evenly(boxes, cap):
                     add(set_name, name, box)
     return rows
 
@@ -322,7 +302,9 @@ def _thumbnail(photo: np.ndarray) -> np.ndarray:
     return small / (np.linalg.norm(small) + 1e-9)
 
 
-def check_split(split: dict[str, list[str]], crops: list[dict[str, Any]], photos: dict[str, np.ndarray] | None = None) -> dict[str, int]:
+def check_split(
+    split: dict[str, list[str]], crops: list[dict[str, Any]], photos: dict[str, np.ndarray] | None = None
+) -> dict[str, int]:
     """Raise ValueError if a test pixel could be in the prior-training set; return counts.
 
     Checks: test and prior photo lists are disjoint and no SAME_SCENE group spans them; every
@@ -356,17 +338,23 @@ def check_split(split: dict[str, list[str]], crops: list[dict[str, Any]], photos
         corr = np.stack([thumbs[n] for n in t]) @ np.stack([thumbs[n] for n in p]).T
         i, j = np.unravel_index(int(corr.argmax()), corr.shape)
         if corr[i, j] > NEAR_DUPLICATE:
-            raise ValueError(f"test photo {t[i]} and prior photo {p[j]} look like one scene (thumbnail correlation "
-                             f"{corr[i, j]:.3f}); add them to SAME_SCENE")
+            raise ValueError(
+                f"test photo {t[i]} and prior photo {p[j]} look like one scene (thumbnail correlation "
+                f"{corr[i, j]:.3f}); add them to SAME_SCENE"
+            )
         prior_boxes = {(row["photo"], row["box"]) for row in crops if row["set"] == "prior-train"}
-        prior_hashes = {hashlib.sha256(np.ascontiguousarray(photos[n][b[1]:b[3], b[0]:b[2]]).tobytes()).digest()
-                        for n, b in prior_boxes}
+        prior_hashes = {
+            hashlib.sha256(np.ascontiguousarray(photos[n][b[1] : b[3], b[0] : b[2]]).tobytes()).digest()
+            for n, b in prior_boxes
+        }
         for row in crops:
             if row["set"] == "test":
                 x0, y0, x1, y1 = row["box"]
                 digest = hashlib.sha256(np.ascontiguousarray(photos[row["photo"]][y0:y1, x0:x1]).tobytes()).digest()
                 if digest in prior_hashes:
-                    raise ValueError(f"test crop {row['box']} of {row['photo']} has the same pixels as a prior-train crop")
+                    raise ValueError(
+                        f"test crop {row['box']} of {row['photo']} has the same pixels as a prior-train crop"
+                    )
     counts = {s: sum(1 for row in crops if row["set"] == s) for s in SETS}
-    counts.update({f"{s}_photos": len({row['photo'] for row in crops if row['set'] == s}) for s in SETS})
+    counts.update({f"{s}_photos": len({row["photo"] for row in crops if row["set"] == s}) for s in SETS})
     return counts

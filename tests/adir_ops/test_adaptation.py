@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adir_ops import adaptation, losses
 from adir_ops.adaptation import (
     AdaptConfig,
     Adapter,
@@ -52,7 +53,9 @@ def assert_unchanged(unet, before):
 
 
 def eps_of(prior, seed=7):
-    x = torch.randn(2, prior.channels, prior.resolution, prior.resolution, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        2, prior.channels, prior.resolution, prior.resolution, generator=torch.Generator().manual_seed(seed)
+    )
     with torch.no_grad():
         return prior.eps(x, torch.tensor([20, 700]))
 
@@ -121,6 +124,33 @@ def test_loss_curve_has_one_finite_entry_per_step(trained):
     assert len(losses) == FAST.steps and all(torch.isfinite(torch.tensor(losses)))
 
 
+def test_adapt_trains_on_the_eps_mse_loss_of_its_batch(monkeypatch):
+    """adapt's loss is adir_ops.losses.eps_mse_loss, the one prior training uses too, of its shared-timestep batch."""
+    batches = []
+
+    def recording(eps, x0, t, noise, alphas_cumprod):
+        loss = losses.eps_mse_loss(eps, x0, t, noise, alphas_cumprod)
+        batches.append((x0.clone(), t, noise.clone(), alphas_cumprod, loss.item()))
+        return loss
+
+    monkeypatch.setattr(adaptation, "eps_mse_loss", recording)
+    prior = DiffusionPrior.tiny(resolution=16)
+    config = AdaptConfig(steps=2, batch_size=3)
+    adapter = adapt(prior, smooth_images(3, 16, 20, seed=2), config, torch.Generator().manual_seed(3))
+    assert adapter.losses == [batch[-1] for batch in batches]
+    x0, t, noise, abar, first = batches[0]
+    assert isinstance(t, int) and abar.dtype == torch.float64
+    a = float(abar[t])
+    timesteps = torch.full((config.batch_size,), t)
+    # At step 0 the LoRA (B = 0) leaves the UNet as it is again after adapt.
+    with torch.no_grad():
+        again = losses.eps_mse_loss(prior.eps, x0, t, noise, abar).item()
+        eq_18 = F.mse_loss(prior.eps(a**0.5 * x0 + (1 - a) ** 0.5 * noise, timesteps), noise).item()
+        per_image = losses.eps_mse_loss(prior.eps, x0, timesteps, noise, abar.float()).item()
+    for other in (again, eq_18, per_image):
+        assert other == pytest.approx(first, rel=1e-5)
+
+
 # ---------------------------------------------------------------- it learns
 def test_loss_on_a_fixed_set_falls_by_at_least_30_percent(trained):
     prior, adapter = trained["prior"], trained["adapter"]
@@ -154,7 +184,14 @@ def test_fresh_lora_starts_equal_to_the_base_and_training_moves_it(trained):
 
 
 def test_a_guided_diffusion_unet_adapts_its_conv2d_layers_and_survives():
-    small = {"image_size": 32, "model_channels": 32, "num_res_blocks": 1, "channel_mult": (1, 2), "attention_resolutions": (16,), "num_head_channels": 32}
+    small = {
+        "image_size": 32,
+        "model_channels": 32,
+        "num_res_blocks": 1,
+        "channel_mult": (1, 2),
+        "attention_resolutions": (16,),
+        "num_head_channels": 32,
+    }
     unet = guided_diffusion_unet(**small)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # random everywhere: OpenAI's init zeroes the output conv
@@ -316,7 +353,15 @@ def test_bad_neighbours_are_refused_with_the_fix(images, message):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("lora_rank", 0), ("lora_alpha", 0), ("learning_rate", -1e-4), ("steps", -1), ("batch_size", 0), ("steps", 2.5), ("hflip", 1)],
+    [
+        ("lora_rank", 0),
+        ("lora_alpha", 0),
+        ("learning_rate", -1e-4),
+        ("steps", -1),
+        ("batch_size", 0),
+        ("steps", 2.5),
+        ("hflip", 1),
+    ],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"AdaptConfig.{field}"):

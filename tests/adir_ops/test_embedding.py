@@ -1,4 +1,4 @@
-"""Encoders: the weight-free default finds images of the query's content; offline-lowpass finds its clean original; OpenCLIP builds offline."""
+"""Encoders: a contract every registry entry keeps, then each one's own claims (content, clean original, ImageNet, OpenCLIP)."""
 
 import re
 
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from adir_ops.embedding import (
     DEFAULT_EMBEDDER,
+    EMBEDDERS,
     OfflineContentEmbedder,
     OfflineLowpassEmbedder,
     OpenClipEmbedder,
@@ -18,10 +19,23 @@ from adir_ops.operators import make_operator
 
 # Distinct real photos and textures shipped inside scikit-image: (name, crops per image).
 CORPUS = [
-    ("astronaut", 4), ("immunohistochemistry", 4), ("hubble_deep_field", 4), ("retina", 1), ("coffee", 2),
-    ("rocket", 2), ("chelsea", 1), ("colorwheel", 1), ("brick", 4), ("grass", 4), ("gravel", 4),
-    ("camera", 4), ("moon", 4), ("coins", 1), ("clock", 1), ("cell", 2),
-]  # fmt: skip
+    ("astronaut", 4),
+    ("immunohistochemistry", 4),
+    ("hubble_deep_field", 4),
+    ("retina", 1),
+    ("coffee", 2),
+    ("rocket", 2),
+    ("chelsea", 1),
+    ("colorwheel", 1),
+    ("brick", 4),
+    ("grass", 4),
+    ("gravel", 4),
+    ("camera", 4),
+    ("moon", 4),
+    ("coins", 1),
+    ("clock", 1),
+    ("cell", 2),
+]
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
@@ -37,7 +51,9 @@ def corpus() -> torch.Tensor:
         h, w = image.shape[:2]
         corners = {
             4: [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)],
-            2: [((h - size) // 2, 0), ((h - size) // 2, w - size)] if w >= 2 * size else [(0, 0), (h - size, w - size)],
+            2: [((h - size) // 2, 0), ((h - size) // 2, w - size)]
+            if w >= 2 * size
+            else [(0, 0), (h - size, w - size)],
             1: [((h - size) // 2, (w - size) // 2)],
         }[count]
         crops += [torch.from_numpy(image[y : y + size, x : x + size]).permute(2, 0, 1) for y, x in corners]
@@ -68,6 +84,97 @@ def raw_pixels(x: torch.Tensor) -> np.ndarray:
     return F.normalize(F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True).flatten(1), dim=1).numpy()
 
 
+# -- the contract every registry entry keeps (adding an encoder = a class + one EMBEDDERS line) --------
+BAD_IMAGES = [
+    (torch.rand(2, 4, 8, 8), "C in {1, 3}"),
+    (torch.rand(3, 8, 8), "shape (n, C, H, W)"),
+    (torch.rand(2, 3, 8, 8) * 255, "x / 255"),
+    (torch.rand(2, 3, 8, 8) * 2 - 1, "(x + 1) / 2"),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "divide uint8 by 255"),
+    (np.zeros((2, 3, 8, 8), np.float32), "torch float tensor"),
+]
+
+
+def build(name: str):
+    """The registry entry's offline example, on the CPU where it takes a device."""
+    spec = EMBEDDERS[name]
+    return get_embedder(spec.example, **({"device": "cpu"} if "device" in spec.options else {}))
+
+
+@pytest.fixture(scope="module", params=sorted(EMBEDDERS))
+def entry(request):
+    """(registry name, its example encoder), built once per module; efficientnet-lite0 with downloads refused."""
+    name = request.param
+    return name, (request.getfixturevalue("lite0") if name == "efficientnet-lite0" else build(name))
+
+
+def test_entry_builds_what_the_registry_says(entry):
+    name, embedder = entry
+    spec = EMBEDDERS[name]
+    assert embedder.name == spec.example and spec.usage.split(":")[0] == name
+    assert spec.dim is None or embedder.dim == spec.dim
+    assert isinstance(embedder.image_size, int) and embedder.image_size > 0
+
+
+def test_rows_are_unit_float32_of_the_encoders_width(entry):
+    _, embedder = entry
+    images = torch.rand(5, 3, 50, 77, generator=torch.Generator().manual_seed(0))
+    out = embedder.embed_images(images)
+    assert out.dtype == np.float32 and out.shape == (5, embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed_images(images[:0]).shape == (0, embedder.dim)
+
+
+def test_a_fresh_build_embeds_identically(entry):
+    # Index workers and the query side build the encoder separately: they must agree bit for bit.
+    name, embedder = entry
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    out = embedder.embed_images(images)
+    np.testing.assert_array_equal(out, embedder.embed_images(images))
+    np.testing.assert_array_equal(out, build(name).embed_images(images))
+
+
+def test_embedding_does_not_depend_on_the_batch(entry):
+    _, embedder = entry
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    together = embedder.embed_images(images)
+    alone = np.concatenate([embedder.embed_images(images[i : i + 1]) for i in range(6)])
+    shuffled = embedder.embed_images(images.flip(0))[::-1]
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(together, shuffled, atol=1e-5)
+
+
+def test_gray_input_is_replicated(entry):
+    _, embedder = entry
+    gray = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_allclose(embedder.embed_images(gray), embedder.embed_images(gray.repeat(1, 3, 1, 1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("images, message", BAD_IMAGES, ids=[m for _, m in BAD_IMAGES])
+def test_bad_images_are_refused_with_the_fix(entry, images, message):
+    _, embedder = entry
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        embedder.embed_images(images)
+
+
+def test_text_tower_is_there_exactly_when_the_registry_says(entry):
+    name, embedder = entry
+    if not EMBEDDERS[name].has_text:
+        with pytest.raises(NotImplementedError, match=re.escape(embedder.name)):
+            embedder.embed_text(["a cat"])
+        return
+    text = embedder.embed_text(["a photo of a cat", "brick wall"])
+    assert text.dtype == np.float32 and text.shape == (2, embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(EMBEDDERS))
+def test_unknown_options_are_refused(name):
+    with pytest.raises(TypeError, match=f"embedder '{re.escape(EMBEDDERS[name].example)}' takes"):
+        get_embedder(EMBEDDERS[name].example, colour=True)
+
+
+# -- offline-lowpass: a degraded query finds its clean original -----------------------------------------
 @pytest.mark.parametrize("kind", ["sr4", "sr8", "deblur", "gray"])
 def test_degraded_query_retrieves_its_clean_original(corpus, kind):
     embedder = OfflineLowpassEmbedder()
@@ -85,16 +192,10 @@ def test_gray_query_beats_raw_pixels(corpus):
     assert ours == 1.0 and naive < 0.95, (ours, naive)
 
 
-@pytest.mark.parametrize("cls", [OfflineContentEmbedder, OfflineLowpassEmbedder])
-def test_offline_embedding_contract(cls):
-    embedder = get_embedder(cls.name)
-    images = torch.rand(5, 3, 50, 77, generator=torch.Generator().manual_seed(0))
-    out = embedder.embed_images(images)
-    assert out.dtype == np.float32 and out.shape == (5, embedder.dim)
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    assert embedder.embed_images(images[:0]).shape == (0, embedder.dim)
-    # Deterministic: no weights, no randomness.
-    np.testing.assert_array_equal(out, cls().embed_images(images))
+def test_noise_overshoot_is_accepted():
+    # y = Ax + e leaves [0, 1] by a few sigma; that is a valid query.
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 1.1 - 0.05
+    assert np.isfinite(OfflineLowpassEmbedder().embed_images(y)).all()
 
 
 def test_default_embedder_is_the_pretrained_one_everywhere():
@@ -103,12 +204,24 @@ def test_default_embedder_is_the_pretrained_one_everywhere():
     assert DEFAULT_EMBEDDER == get_embedder().name == BuildConfig("src", "out").embedder == "efficientnet-lite0"
 
 
+# -- offline-content: neighbours of the query's content ---------------------------------------------------
 def _photo_tiles() -> tuple[torch.Tensor, np.ndarray]:
     """8 disjoint 64 px tiles of each of 10 real photos and textures: (80, 3, 64, 64) in [0, 1], source names."""
     import skimage.data
 
     tiles, sources = [], []
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "brick", "grass", "gravel", "camera", "retina", "hubble_deep_field"):
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "brick",
+        "grass",
+        "gravel",
+        "camera",
+        "retina",
+        "hubble_deep_field",
+    ):
         image = np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255
         image = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
         h, w = image.shape[:2]
@@ -146,58 +259,17 @@ def test_gray_images_are_ranked_by_structure_alone():
     colour = tiles[:8]  # astronaut
     gray = (colour * LUMA).sum(1, keepdim=True)
     embedder = OfflineContentEmbedder()
-    q_gray, k_colour, k_gray = embedder.embed_images(gray), embedder.embed_images(colour), embedder.embed_images(gray.expand(-1, 3, -1, -1))
+    q_gray, k_colour, k_gray = (
+        embedder.embed_images(gray),
+        embedder.embed_images(colour),
+        embedder.embed_images(gray.expand(-1, 3, -1, -1)),
+    )
     np.testing.assert_allclose(q_gray @ k_colour.T, q_gray @ k_gray.T, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(k_gray, axis=1), 1 / np.sqrt(1 + 1.5**2), atol=1e-5)
     assert (np.diag(k_colour @ k_colour.T) > np.diag(k_colour @ k_gray.T) + 0.1).all()
 
 
-@pytest.mark.parametrize("spec", ["offline-content", "offline-lowpass", "openclip:adir-tiny"])
-def test_embedding_does_not_depend_on_the_batch(spec):
-    embedder = get_embedder(spec, **({"device": "cpu"} if spec.startswith("openclip") else {}))
-    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    together = embedder.embed_images(images)
-    alone = np.concatenate([embedder.embed_images(images[i : i + 1]) for i in range(6)])
-    shuffled = embedder.embed_images(images.flip(0))[::-1]
-    np.testing.assert_allclose(together, alone, atol=1e-5)
-    np.testing.assert_allclose(together, shuffled, atol=1e-5)
-
-
-@pytest.mark.parametrize("spec", ["offline-content", "offline-lowpass", "openclip:adir-tiny"])
-def test_gray_input_is_replicated(spec):
-    embedder = get_embedder(spec)
-    gray = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(2))
-    np.testing.assert_allclose(embedder.embed_images(gray), embedder.embed_images(gray.repeat(1, 3, 1, 1)), atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "images, message",
-    [
-        (torch.rand(2, 4, 8, 8), "C in {1, 3}"),
-        (torch.rand(3, 8, 8), "shape (n, C, H, W)"),
-        (torch.rand(2, 3, 8, 8) * 255, "x / 255"),
-        (torch.rand(2, 3, 8, 8) * 2 - 1, "(x + 1) / 2"),
-        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "divide uint8 by 255"),
-        (np.zeros((2, 3, 8, 8), np.float32), "torch float tensor"),
-    ],
-)
-def test_bad_images_are_refused_with_the_fix(images, message):
-    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
-        OfflineLowpassEmbedder().embed_images(images)
-
-
-def test_noise_overshoot_is_accepted():
-    # y = Ax + e leaves [0, 1] by a few sigma; that is a valid query.
-    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 1.1 - 0.05
-    assert np.isfinite(OfflineLowpassEmbedder().embed_images(y)).all()
-
-
-@pytest.mark.parametrize("spec", ["offline-content", "offline-lowpass"])
-def test_offline_has_no_text_encoder(spec):
-    with pytest.raises(NotImplementedError, match=spec):
-        get_embedder(spec).embed_text(["a cat"])
-
-
+# -- openclip: the paper's image and text encoder, built offline -------------------------------------------
 def test_unknown_specs_name_the_accepted_forms():
     with pytest.raises(ValueError, match="openclip:<model>"):
         get_embedder("clip-vit")
@@ -298,11 +370,6 @@ def test_lite0_loads_offline_and_embeds_unit_rows(lite0):
     assert lite0.embed_images(torch.zeros(0, 3, 64, 64)).shape == (0, 1280)
     # Any size and aspect: resized (shortest side) and centre-cropped to 224.
     assert lite0.embed_images(torch.rand(1, 3, 40, 90)).shape == (1, 1280)
-
-
-def test_lite0_gray_input_equals_its_three_channel_copy(lite0):
-    gray = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(8))
-    np.testing.assert_allclose(lite0.embed_images(gray), lite0.embed_images(gray.repeat(1, 3, 1, 1)), atol=1e-6)
 
 
 def test_lite0_weights_are_the_pretrained_ones(lite0):

@@ -10,8 +10,25 @@ from adir_ops import example
 
 def test_example_writes_images_and_metrics_with_config(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = example.main(["--task", "sr4", "--prior", "tiny", "--tiny-resolution", "16", "--steps", "5", "--lora-steps", "3",
-                       "--neighbours", "chelsea", "coffee", "--out", str(out)])
+    rc = example.main(
+        [
+            "--task",
+            "sr4",
+            "--prior",
+            "tiny",
+            "--tiny-resolution",
+            "16",
+            "--steps",
+            "5",
+            "--lora-steps",
+            "3",
+            "--neighbours",
+            "chelsea",
+            "coffee",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert "RANDOM-WEIGHT prior" in capsys.readouterr().out  # says plainly what a tiny-prior run shows
     for name in ("ground_truth", "input", "naive", "no_adaptation", "adir"):
@@ -35,7 +52,12 @@ def test_example_writes_images_and_metrics_with_config(tmp_path, capsys):
 
 def test_with_no_prior_the_example_uses_the_trained_embedded_prior(tmp_path, capsys):
     out = tmp_path / "out"
-    assert example.main(["--task", "deblur", "--steps", "3", "--lora-steps", "1", "--neighbours", "coffee", "--out", str(out)]) == 0
+    assert (
+        example.main(
+            ["--task", "deblur", "--steps", "3", "--lora-steps", "1", "--neighbours", "coffee", "--out", str(out)]
+        )
+        == 0
+    )
     assert "RANDOM-WEIGHT" not in capsys.readouterr().out
     report = json.loads((out / "metrics.json").read_text())
     assert report["config"]["prior"]["source"] != "tiny"

@@ -15,7 +15,9 @@ BATCH = 3
 
 
 def _rand(shape, seed, dtype=torch.float64, device="cpu"):
-    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1).to(dtype=dtype, device=device)
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1).to(
+        dtype=dtype, device=device
+    )
 
 
 def _generators(n, tag="degrade"):
@@ -118,7 +120,9 @@ def _pil_bicubic_down(x, factor):
     """PIL's antialiased bicubic (Keys a = -0.5, as MATLAB imresize) on each float channel."""
     H, W = x.shape[-2:]
     channels = [
-        np.array(Image.fromarray(c.numpy().astype(np.float32), mode="F").resize((W // factor, H // factor), Image.BICUBIC))
+        np.array(
+            Image.fromarray(c.numpy().astype(np.float32), mode="F").resize((W // factor, H // factor), Image.BICUBIC)
+        )
         for c in x[0]
     ]
     return torch.from_numpy(np.stack(channels)).double()[None]
@@ -153,7 +157,9 @@ def test_sr_keeps_flat_images_flat_even_on_short_sides(name):
 
 
 def test_sr_naive_inverse_is_bicubic_upscaling_close_on_a_smooth_image():
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64, dtype=torch.float64), torch.linspace(0, 1, 96, dtype=torch.float64), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, 64, dtype=torch.float64), torch.linspace(0, 1, 96, dtype=torch.float64), indexing="ij"
+    )
     smooth = torch.sin(3 * xx + 2 * yy).expand(1, 3, 64, 96)
     op = make_operator("sr4", image_size=(64, 96))
     up = op.naive_inverse(op.A(smooth))
@@ -225,7 +231,9 @@ def test_box_mask_is_deterministic_per_generator():
 
 @pytest.mark.parametrize("shape", [(16, 15), (1, 16, 16), (3, 1, 16, 16), (1, 1, 15, 16)])
 def test_inpaint_refuses_a_mask_of_the_wrong_shape(shape):
-    with pytest.raises(ValueError, match=r"inpaint needs a mask of shape \(16, 16\) or \(1, 1, 16, 16\) for a 16x16 image; got"):
+    with pytest.raises(
+        ValueError, match=r"inpaint needs a mask of shape \(16, 16\) or \(1, 1, 16, 16\) for a 16x16 image; got"
+    ):
         make_operator("inpaint", image_size=(16, 16), mask=torch.ones(shape))
 
 
@@ -234,3 +242,96 @@ def test_inpaint_refuses_a_non_binary_or_empty_mask():
         make_operator("inpaint", image_size=(4, 4), mask=torch.full((4, 4), 0.5))
     with pytest.raises(ValueError, match="observes no pixel"):
         make_operator("inpaint", image_size=(4, 4), mask=torch.zeros(4, 4))
+
+
+# ---- the Gram matrix: pseudo-inverse, projections, closed forms vs conjugate gradients -----
+
+
+def _without_closed_form(op):
+    op._gram_spectrum = lambda: None  # instance attribute shadows the method: the CG fallback
+    return op
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_every_operator_has_a_closed_form_pseudo_inverse(name):
+    assert make_operator(name, image_size=(16, 16)).has_closed_form
+    assert not _without_closed_form(make_operator(name, image_size=(16, 16))).has_closed_form
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_preconditioned_step_is_the_exact_projection(name):
+    """A (x + A^T (A A^T)^-1 (y - A x)) == y: a full preconditioned step lands on the measurement."""
+    op = make_operator(name, image_size=(17, 23))
+    x, truth = _rand((BATCH, 3, 17, 23), 20), _rand((BATCH, 3, 17, 23), 21)
+    y = op.A(truth)
+    stepped = x + op.A_adjoint(op.gram_solve(y - op.A(x)))
+    # Deblur's Gram has eigenvalues down to 1e-9 of its top: float64 rounding is amplified.
+    tol = 1e-6 if name == "deblur" else 1e-10
+    assert (op.A(stepped) - y).abs().max().item() < tol * y.abs().max().item()
+    assert torch.allclose(op.project(x, y), stepped, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sr4", "sr8", "deblur", "colorize", "inpaint"])
+def test_pseudo_inverse_matches_the_dense_pseudo_inverse(name):
+    size = (8, 12)
+    op = make_operator(name, image_size=size)
+    basis = torch.eye(3 * 8 * 12, dtype=torch.float64).view(-1, 3, *size)
+    dense = op.A(basis).flatten(1).T  # one column per pixel
+    y = op.A(_rand((2, 3, *size), 22))
+    expected = (torch.linalg.pinv(dense, rtol=1e-12) @ y.flatten(1).T).T.reshape(2, 3, *size)
+    got = op.pseudo_inverse(y)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_closed_form_gram_solve_agrees_with_the_conjugate_gradient_fallback(name):
+    op = make_operator(name, image_size=(17, 23))
+    cg = _without_closed_form(make_operator(name, image_size=(17, 23)))
+    r = op.A(_rand((BATCH, 3, 17, 23), 23))
+    damping = torch.tensor([0.01, 0.1, 1.0], dtype=torch.float64)
+    exact = op.gram_solve(r, damping)
+    assert torch.allclose(cg.gram_solve(r, damping), exact, rtol=0, atol=1e-6 * exact.abs().max().item())
+    if name != "deblur":  # deblur's Gram is too ill-conditioned for CG without damping
+        x = _rand((BATCH, 3, 17, 23), 24)
+        assert (cg.A(cg.project(x, r)) - r).abs().max().item() < 1e-6
+
+
+def test_blur_is_separable_as_its_closed_form_assumes():
+    from adir_ops.operators import box_matrix
+
+    op = make_operator("deblur", image_size=(17, 23))
+    tap = float(op.filter[0, 0, 0, 0]) ** 0.5
+    x = _rand((2, 3, 17, 23), 25)
+    assert torch.allclose(op.A(x), box_matrix(17, 5, tap) @ x @ box_matrix(23, 5, tap).T, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_projection_onto_the_noise_ball_stops_at_the_noise_floor(name):
+    """radius > 0: ||A x' - y|| = radius, and x' - x is parallel to A^T (y - A x') (the KKT of the nearest point)."""
+    op = make_operator(name, image_size=(17, 23), noise_sigma_255=10)
+    truth = _rand((BATCH, 3, 17, 23), 26)
+    y = op.degrade(truth, _generators(BATCH))
+    x = _rand((BATCH, 3, 17, 23), 27)
+    radius = op.noise_radius(3)
+    projected = op.project(x, y, radius)
+    residual = y - op.A(projected)
+    assert torch.allclose(
+        residual.flatten(1).norm(dim=1), torch.full((BATCH,), radius, dtype=torch.float64), rtol=1e-6, atol=0
+    )
+    move, normal = (projected - x).flatten(1), op.A_adjoint(residual).flatten(1)
+    cosine = (move * normal).sum(dim=1) / (move.norm(dim=1) * normal.norm(dim=1))
+    assert (cosine > 1 - 1e-6).all()
+    # Already inside the ball: nothing moves; the batch does not couple images.
+    assert torch.equal(op.project(truth + 0 * x, op.A(truth), radius), truth)
+    for i in range(BATCH):
+        assert torch.allclose(op.project(x[i : i + 1], y[i : i + 1], radius), projected[i : i + 1], rtol=0, atol=1e-12)
+
+
+def test_noise_radius_counts_only_measured_values():
+    inpaint = make_operator("inpaint", image_size=(16, 24), noise_sigma_255=10)
+    assert inpaint.measurement_count(3) == 3 * (16 * 24 - 8 * 12)
+    assert inpaint.noise_radius(3) == pytest.approx(inpaint.noise_sigma * (3 * (16 * 24 - 8 * 12)) ** 0.5)
+    sr = make_operator("sr4", image_size=(17, 23), noise_sigma_255=5)
+    assert sr.measurement_count(3) == 3 * 5 * 6
+    assert make_operator("colorize", image_size=(8, 8)).measurement_count(3) == 64
+    assert make_operator("sr4", image_size=(16, 16)).noise_radius(3) == 0

@@ -40,8 +40,15 @@ def unet_state(pipe):
 
 
 def stock_upscale(pipe, y01, seed, config=UPSCALE):
-    return pipe(prompt=config.prompt, image=y01, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                noise_level=config.noise_level, generator=gen(seed), output_type="pt").images  # fmt: skip
+    return pipe(
+        prompt=config.prompt,
+        image=y01,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance_scale,
+        noise_level=config.noise_level,
+        generator=gen(seed),
+        output_type="pt",
+    ).images
 
 
 # ---------------------------------------------------------------- the tiny pipelines and the loader
@@ -67,7 +74,9 @@ def test_tiny_pipelines_are_the_real_classes_and_depend_on_the_seed_alone():
     assert up.scheduler.config.prediction_type == "v_prediction"
     assert all(torch.equal(a, b) for a, b in zip(up.unet.parameters(), again.unet.parameters()))
     ids = up.tokenizer("a red cat").input_ids
-    assert ids[0] == up.tokenizer.bos_token_id and ids[-1] == up.tokenizer.eos_token_id and len(ids) == 2 + len("aredcat")  # bytes only: one token per character
+    assert (
+        ids[0] == up.tokenizer.bos_token_id and ids[-1] == up.tokenizer.eos_token_id and len(ids) == 2 + len("aredcat")
+    )  # bytes only: one token per character
 
 
 def test_a_saved_pipeline_folder_loads_through_the_real_loader_and_gives_the_same_image(tmp_path, upscaler):
@@ -78,8 +87,13 @@ def test_a_saved_pipeline_folder_loads_through_the_real_loader_and_gives_the_sam
     assert torch.equal(upscale(loaded, y, UPSCALE, gen(2)), upscale(upscaler, y, UPSCALE, gen(2)))
 
 
-@pytest.mark.parametrize("kind, hub_id", [("sd-x4", "stabilityai/stable-diffusion-x4-upscaler"),
-                                          ("sd-inpaint", "stabilityai/stable-diffusion-2-inpainting")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, hub_id",
+    [
+        ("sd-x4", "stabilityai/stable-diffusion-x4-upscaler"),
+        ("sd-inpaint", "stabilityai/stable-diffusion-2-inpainting"),
+    ],
+)
 def test_missing_weights_fail_fast_naming_what_to_download(tmp_path, monkeypatch, kind, hub_id):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may even try the network
     start = time.perf_counter()
@@ -88,7 +102,9 @@ def test_missing_weights_fail_fast_naming_what_to_download(tmp_path, monkeypatch
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not a diffusers pipeline folder"):
         load_pipeline(kind, str(tmp_path / "empty"))
-    with pytest.raises(FileNotFoundError, match=f"not in the local Hugging Face cache and the hub is offline.*hf download {hub_id}"):
+    with pytest.raises(
+        FileNotFoundError, match=f"not in the local Hugging Face cache and the hub is offline.*hf download {hub_id}"
+    ):
         load_pipeline(kind, hub_id)
     assert time.perf_counter() - start < 10
 
@@ -114,7 +130,9 @@ def test_upscale_without_adapter_is_the_stock_pipeline_and_pads_odd_sizes(upscal
 
 def test_upscaler_adaptation_conditions_on_A_of_the_crop_and_leaves_the_unet_untouched(upscaler):
     seen = []
-    hook = upscaler.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+    hook = upscaler.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True
+    )
     constant = torch.full((3, 3, 48, 40), 0.3)  # A of a constant image is that constant
     before = unet_state(upscaler)
     try:
@@ -131,7 +149,9 @@ def test_upscaler_adaptation_conditions_on_A_of_the_crop_and_leaves_the_unet_unt
     assert torch.equal(kwargs["class_labels"], torch.zeros(2, dtype=torch.long)) and t.unique().numel() == 1
     assert all(torch.equal(v, before[k]) for k, v in upscaler.unet.state_dict().items())
     assert adapter.prior_config["kind"] == "sd-x4-upscaler" and len(adapter.losses) == LORA.steps
-    assert adapter.targets and all(isinstance(upscaler.unet.get_submodule(t), torch.nn.Conv2d) for t in adapter.targets)
+    assert adapter.targets and all(
+        isinstance(upscaler.unet.get_submodule(t), torch.nn.Conv2d) for t in adapter.targets
+    )
 
 
 def test_adapted_upscaler_changes_the_output_and_loads_back_with_load_lora_weights(tmp_path, neighbours):
@@ -145,7 +165,9 @@ def test_adapted_upscaler_changes_the_output_and_loads_back_with_load_lora_weigh
     # Same generator, same adapter; a fresh LoRA (no steps) is the identity.
     again = adapt_upscaler(pipe, neighbours, UPSCALE, gen(1))
     assert all(torch.equal(again.state_dict[k], v) for k, v in adapter.state_dict.items())
-    untrained = adapt_upscaler(pipe, neighbours, UpscaleConfig(lora=AdaptConfig(steps=0), crop_size=32, steps=3), gen(1))
+    untrained = adapt_upscaler(
+        pipe, neighbours, UpscaleConfig(lora=AdaptConfig(steps=0), crop_size=32, steps=3), gen(1)
+    )
     assert torch.equal(upscale(pipe, y, UPSCALE, gen(3), adapter=untrained), plain)
     # diffusers format: the stock pipeline's own loader gives the same image as adapter.applied.
     path = tmp_path / "pytorch_lora_weights.safetensors"
@@ -156,7 +178,9 @@ def test_adapted_upscaler_changes_the_output_and_loads_back_with_load_lora_weigh
 
 
 def test_bf16_autocast_adaptation_keeps_fp32_lora_weights(upscaler, neighbours):
-    config = UpscaleConfig(lora=AdaptConfig(steps=2, batch_size=2, learning_rate=1e-2), crop_size=32, mixed_precision="bf16")
+    config = UpscaleConfig(
+        lora=AdaptConfig(steps=2, batch_size=2, learning_rate=1e-2), crop_size=32, mixed_precision="bf16"
+    )
     adapter = adapt_upscaler(upscaler, neighbours, config, gen(8))
     assert all(v.dtype == torch.float32 for v in adapter.state_dict.values())
     assert all(torch.isfinite(torch.tensor(adapter.losses)))
@@ -186,13 +210,17 @@ def test_random_masks_follow_sd_inpainting_training():
 
 def test_inpainting_adaptation_feeds_masks_masked_latents_and_drops_the_prompt(inpainter, neighbours):
     seen = []
-    hook = inpainter.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+    hook = inpainter.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True
+    )
     from adir_ops.stable_diffusion import prompt_embeddings
 
     cond, uncond = prompt_embeddings(inpainter, ["a red cat", ""]).split(1)
     try:
         for dropout in (0.0, 1.0):
-            adapt_inpainting(inpainter, neighbours, "a red cat", EditConfig(lora=LORA, crop_size=32, prompt_dropout=dropout), gen(0))
+            adapt_inpainting(
+                inpainter, neighbours, "a red cat", EditConfig(lora=LORA, crop_size=32, prompt_dropout=dropout), gen(0)
+            )
     finally:
         hook.remove()
     assert len(seen) == 2 * LORA.steps
@@ -209,8 +237,17 @@ def test_edit_without_adapter_is_the_stock_pipeline_and_adaptation_changes_it(tm
     mask = torch.zeros(1, 1, 32, 40)
     mask[..., 8:24, 10:30] = 1
     plain = edit(pipe, image, mask, "a red cat", EDIT, gen(2))
-    stock = pipe(prompt="a red cat", image=image, mask_image=mask, height=32, width=40, num_inference_steps=3,
-                 guidance_scale=7.5, generator=gen(2), output_type="pt").images  # fmt: skip
+    stock = pipe(
+        prompt="a red cat",
+        image=image,
+        mask_image=mask,
+        height=32,
+        width=40,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        generator=gen(2),
+        output_type="pt",
+    ).images
     assert torch.equal(plain, stock)
     adapter = adapt_inpainting(pipe, neighbours, "a red cat", EDIT, gen(3))
     other_prompt = adapt_inpainting(pipe, neighbours, "a blue house", EDIT, gen(3))
@@ -222,8 +259,17 @@ def test_edit_without_adapter_is_the_stock_pipeline_and_adaptation_changes_it(tm
     assert odd.shape == (1, 3, 30, 37)
     adapter.save(str(tmp_path / "pytorch_lora_weights.safetensors"))
     pipe.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
-    loaded = pipe(prompt="a red cat", image=image, mask_image=mask, height=32, width=40, num_inference_steps=3,
-                  guidance_scale=7.5, generator=gen(2), output_type="pt").images  # fmt: skip
+    loaded = pipe(
+        prompt="a red cat",
+        image=image,
+        mask_image=mask,
+        height=32,
+        width=40,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        generator=gen(2),
+        output_type="pt",
+    ).images
     torch.testing.assert_close(loaded, adapted, atol=1e-6, rtol=0)
 
 

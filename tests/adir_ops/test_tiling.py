@@ -122,7 +122,9 @@ def test_guided_sampling_of_a_large_image_does_not_depend_on_tile_batch(tiny):
     operator = make_operator("sr4", image_size=(24, 36))
     y = operator.degrade(_x((1, 3, 24, 36), seed=6).clamp(-1, 1), generator_for(0, "degrade"))
     results = [
-        adir_sample(TiledPrior(tiny, TilingConfig(tile_batch=b)), y, operator, steps=3, generator=[generator_for(0, "x")])
+        adir_sample(
+            TiledPrior(tiny, TilingConfig(tile_batch=b)), y, operator, steps=3, generator=[generator_for(0, "x")]
+        )
         for b in (1, 4)
     ]
     assert results[0].shape == (1, 3, 24, 36)

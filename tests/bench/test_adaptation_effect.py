@@ -12,8 +12,29 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_probe_records_the_loss_curve_and_psnr_of_every_arm(tmp_path, capsys):
     out = tmp_path / "probe.json"
-    argv = ["--assets", str(tmp_path / "assets"), "--images", "1", "--arms", "adir,random", "--lr", "1e-3", "--steps", "2",
-            "--checkpoints", "2", "--timesteps", "300,700", "--noises", "1", "--sample", "--sample-steps", "3", "--json", str(out)]  # fmt: skip
+    argv = [
+        "--assets",
+        str(tmp_path / "assets"),
+        "--images",
+        "1",
+        "--arms",
+        "adir,random",
+        "--lr",
+        "1e-3",
+        "--steps",
+        "2",
+        "--checkpoints",
+        "2",
+        "--timesteps",
+        "300,700",
+        "--noises",
+        "1",
+        "--sample",
+        "--sample-steps",
+        "3",
+        "--json",
+        str(out),
+    ]
     assert adaptation_effect.main(argv) == 0
     records = json.loads(out.read_text())["records"]
     assert [r["arm"] for r in records] == ["adir", "random"]

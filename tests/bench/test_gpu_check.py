@@ -19,8 +19,13 @@ FIGURES = {
 
 def run_check(*flags):
     env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run([os.path.join(ROOT, "bench", "gpu_check.sh"), "--dry-run", *flags],
-                          capture_output=True, text=True, env=env, timeout=200)  # fmt: skip
+    done = subprocess.run(
+        [os.path.join(ROOT, "bench", "gpu_check.sh"), "--dry-run", *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=200,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

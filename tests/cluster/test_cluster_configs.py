@@ -30,8 +30,16 @@ def _check_reconstruct_command(command: str):
 
 def test_ray_cluster_launcher_has_gpu_workers_and_installs_the_package():
     spec = _load("ray-cluster.yaml")
-    for key in ("cluster_name", "max_workers", "provider", "available_node_types", "head_node_type",
-                "setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+    for key in (
+        "cluster_name",
+        "max_workers",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    ):
         assert key in spec, key
     assert spec["provider"]["type"] and spec["docker"]["image"].startswith("rayproject/ray:")
     nodes = spec["available_node_types"]

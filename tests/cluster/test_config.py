@@ -38,8 +38,13 @@ def test_baseline_needs_no_index_and_unknown_yaml_keys_are_refused():
 
 
 def test_credentials_never_reach_config_yaml_and_runtime_options_may_change_on_resume():
-    config = _config(storage_options={"key": "AKIA", "secret": "s3cr3t", "client_kwargs": {"endpoint_url": "http://h:1",
-                                                                                           "aws_session_token": "T0KEN-VALUE"}})
+    config = _config(
+        storage_options={
+            "key": "AKIA",
+            "secret": "s3cr3t",
+            "client_kwargs": {"endpoint_url": "http://h:1", "aws_session_token": "T0KEN-VALUE"},
+        }
+    )
     redacted = config.redacted()
     assert "AKIA" not in str(redacted) and "s3cr3t" not in str(redacted) and "T0KEN-VALUE" not in str(redacted)
     assert redacted["storage_options"]["client_kwargs"]["endpoint_url"] == "http://h:1"

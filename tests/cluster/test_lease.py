@@ -26,7 +26,9 @@ def test_a_live_lease_refuses_a_second_holder_until_released(tmp_path):
 
 
 def test_a_dead_holder_on_this_host_or_an_old_heartbeat_is_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     record = {"job": "x", "host": socket.gethostname(), "pid": int(dead), "token": "t", "heartbeat": time.time()}
     (tmp_path / LEASE_NAME).write_text(json.dumps(record))
     Lease(str(tmp_path)).acquire().release()

@@ -35,8 +35,19 @@ class LightWorker:
             os._exit(1)  # the process dies, as with a segfault or the OOM killer
         time.sleep(0.3)
         row = dict.fromkeys(RESULTS_SCHEMA.names)
-        row.update(image_id=item["image_id"], uri=item["uri"], name=item["name"], task="sr4", mode="baseline", seed=0,
-                   image_seed=0, k=1, attempt=attempt, worker_pid=os.getpid(), finished_at=utc_now())
+        row.update(
+            image_id=item["image_id"],
+            uri=item["uri"],
+            name=item["name"],
+            task="sr4",
+            mode="baseline",
+            seed=0,
+            image_seed=0,
+            k=1,
+            attempt=attempt,
+            worker_pid=os.getpid(),
+            finished_at=utc_now(),
+        )
         write_part(self.config.out, row)
         return row
 

@@ -18,7 +18,10 @@ pytestmark = pytest.mark.timeout(300)
 def test_prior_specs_name_their_family():
     assert prior_kind("gd256:/models/256x256_diffusion_uncond.pt") == ("gd256", "/models/256x256_diffusion_uncond.pt")
     assert prior_kind("gd256:s3://b/gd.pt") == ("gd256", "s3://b/gd.pt")
-    assert prior_kind("sd-x4:stabilityai/stable-diffusion-x4-upscaler") == ("sd-x4", "stabilityai/stable-diffusion-x4-upscaler")
+    assert prior_kind("sd-x4:stabilityai/stable-diffusion-x4-upscaler") == (
+        "sd-x4",
+        "stabilityai/stable-diffusion-x4-upscaler",
+    )
     assert prior_kind("tiny:16") == ("tiny", "tiny:16") and prior_kind("org/name") == ("auto", "org/name")
     with pytest.raises(ValueError, match="x4 upscaler: it does --task sr4 only, not deblur"):
         ReconstructConfig(inputs="in", out="out", task="deblur", mode="baseline", prior="sd-x4:tiny")

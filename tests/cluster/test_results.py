@@ -17,8 +17,25 @@ from cluster.results import (
 )
 
 
-@pytest.mark.parametrize("image_id", ["../x", "../../etc/passwd", "/etc/passwd", "a/b", "a\\b", "..", ".", "", ".hidden",
-                                      "name with spaces", "ünïcödé", "x" * 300, "a\x00b", "C:\\evil"])
+@pytest.mark.parametrize(
+    "image_id",
+    [
+        "../x",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "a/b",
+        "a\\b",
+        "..",
+        ".",
+        "",
+        ".hidden",
+        "name with spaces",
+        "ünïcödé",
+        "x" * 300,
+        "a\x00b",
+        "C:\\evil",
+    ],
+)
 def test_unsafe_ids_get_a_plain_hashed_name_inside_the_folder(image_id, tmp_path):
     name = safe_name(image_id)
     assert name and len(name) <= 120
@@ -41,8 +58,19 @@ def test_plain_ids_keep_their_name_and_unsafe_ones_never_collide():
 
 
 def _row(name, error=None, **extra):
-    row = {"image_id": name, "uri": f"/in/{name}.png", "name": name, "task": "sr4", "mode": "adir", "seed": 0,
-           "image_seed": 1, "k": 3, "finished_at": "now", "error": error, "stage": "read" if error else None}
+    row = {
+        "image_id": name,
+        "uri": f"/in/{name}.png",
+        "name": name,
+        "task": "sr4",
+        "mode": "adir",
+        "seed": 0,
+        "image_seed": 1,
+        "k": 3,
+        "finished_at": "now",
+        "error": error,
+        "stage": "read" if error else None,
+    }
     row.update(extra)
     return row
 

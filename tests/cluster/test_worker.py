@@ -57,7 +57,9 @@ def test_modes_share_degradation_and_noise_and_differ_by_adaptation_alone(tmp_pa
     [path] = write_pictures(str(tmp_path / "in"), [("photo", 2)])
     outputs = {}
     for mode, lora_steps, lr in (("baseline", 2, 1e-4), ("adir", 0, 1e-4), ("adir", 3, 3e-2)):
-        worker, out = _worker(tmp_path / f"{mode}{lora_steps}", index, mode=mode, lora_steps=lora_steps, lora_learning_rate=lr)
+        worker, out = _worker(
+            tmp_path / f"{mode}{lora_steps}", index, mode=mode, lora_steps=lora_steps, lora_learning_rate=lr
+        )
         row = worker.process(_item(path))
         assert row["error"] is None, row["error"]
         outputs[(mode, lora_steps)] = (_png(out, "photo"), row["naive_psnr"])
@@ -113,8 +115,9 @@ def test_div2k_degraded_inputs_pair_with_their_ground_truth(tmp_path):
     items = list_inputs(str(lr), task="sr4", degraded=True, reference=str(hr))
     assert [i["image_id"] for i in items] == ["0801", "0802"]
     assert items[0]["reference_uri"].endswith("DIV2K_valid_HR/0801.png")
-    config = ReconstructConfig(inputs=str(lr), out=str(tmp_path / "out"), degraded=True, reference=str(hr),
-                               **job_options(mode="baseline"))
+    config = ReconstructConfig(
+        inputs=str(lr), out=str(tmp_path / "out"), degraded=True, reference=str(hr), **job_options(mode="baseline")
+    )
     row = ReconstructionWorker(config).process(items[0])
     assert row["error"] is None, row["error"]
     assert (row["input_height"], row["input_width"]) == (8, 10) and (row["height"], row["width"]) == (32, 40)

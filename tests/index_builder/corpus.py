@@ -47,12 +47,15 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
 
 def normal_images(n: int, seed: int = 0, size: tuple[int, int] = (40, 56)) -> dict[str, bytes]:
     rng = np.random.default_rng(seed)
-    return {f"img_{i:03d}.jpg": encode(Image.fromarray(smooth_image(rng, *size)), "JPEG", quality=95) for i in range(n)}
+    return {
+        f"img_{i:03d}.jpg": encode(Image.fromarray(smooth_image(rng, *size)), "JPEG", quality=95) for i in range(n)
+    }
 
 
 def unusual_images(seed: int = 1) -> dict[str, bytes]:
     """file name → bytes of images that are valid but unusual; each must be indexed."""
     rng = np.random.default_rng(seed)
+
     def pic(h=40, w=56):
         return Image.fromarray(smooth_image(rng, h, w))
 

@@ -18,7 +18,23 @@ def test_build_info_query_on_a_local_folder(ray_cluster, tmp_path, capsys):
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     out = str(tmp_path / "idx")
 
-    assert main(["index", "build", str(src), out, "--shard-size", "3", "--batch-size", "4", "--embedder", "offline-content"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                str(src),
+                out,
+                "--shard-size",
+                "3",
+                "--batch-size",
+                "4",
+                "--embedder",
+                "offline-content",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr()
     assert "8 images in 3 shards" in printed.out and "index of 7 vectors written" in printed.out
     assert "img/s" in printed.out

@@ -25,17 +25,25 @@ def _write_corpus(out: str, vectors: np.ndarray, name: str, shard_size: int, fac
     for shard in shards:
         pos = [ids.index(i) for i in shard.image_ids]
         n = len(pos)
-        writer.add({
-            "image_id": np.array(shard.image_ids, dtype=object), "uri": np.array(shard.uris, dtype=object),
-            "shard": np.full(n, shard.index), "embedding": vectors[pos].astype(np.float16),
-            "width": np.ones(n, np.int32), "height": np.ones(n, np.int32),
-            "stage": np.full(n, "", dtype=object), "error": np.full(n, "", dtype=object),
-        })
+        writer.add(
+            {
+                "image_id": np.array(shard.image_ids, dtype=object),
+                "uri": np.array(shard.uris, dtype=object),
+                "shard": np.full(n, shard.index),
+                "embedding": vectors[pos].astype(np.float16),
+                "width": np.ones(n, np.int32),
+                "height": np.ones(n, np.int32),
+                "stage": np.full(n, "", dtype=object),
+                "error": np.full(n, "", dtype=object),
+            }
+        )
     entries = []
     for s in shards:
         record = read_shard_footer(embeddings_url(out, s.name))
         entries.append(ShardEntry(s.name, record["rows"], record["errors"], s.fingerprint))
-    config = BuildConfig(source="mem://", out=out, embedder=name, index_factory=factory, shard_size=shard_size, train_size=2000)
+    config = BuildConfig(
+        source="mem://", out=out, embedder=name, index_factory=factory, shard_size=shard_size, train_size=2000
+    )
     write_index(config, tuple(entries), name, vectors.shape[1], errors=0)
     return list(ids)
 
@@ -114,4 +122,6 @@ def test_factory_indexes_are_trained_and_agree_with_exact_search(tmp_path, facto
 
 def test_untrainable_factory_names_the_problem(tmp_path):
     with pytest.raises(ValueError, match="could not be trained"):
-        _write_corpus(str(tmp_path / "index"), _clustered(20, 16, seed=4), "test-vectors", shard_size=10, factory="IVF64,Flat")
+        _write_corpus(
+            str(tmp_path / "index"), _clustered(20, 16, seed=4), "test-vectors", shard_size=10, factory="IVF64,Flat"
+        )

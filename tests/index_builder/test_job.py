@@ -39,7 +39,12 @@ def _outputs(out: str, storage_options=None):
         table = _read(embeddings_url(out, entry.name), storage_options)
         ids += table.column("image_id").to_pylist()
         vectors.append(embeddings_array(table))
-        sizes.update(zip(table.column("image_id").to_pylist(), zip(table.column("width").to_pylist(), table.column("height").to_pylist())))
+        sizes.update(
+            zip(
+                table.column("image_id").to_pylist(),
+                zip(table.column("width").to_pylist(), table.column("height").to_pylist()),
+            )
+        )
         if entry.errors:
             errors += _read(errors_url(out, entry.name), storage_options).to_pylist()
     return manifest, ids, np.concatenate(vectors), sizes, errors
@@ -150,8 +155,21 @@ def test_a_killed_build_resumes_without_recomputing_or_duplicating(ray_cluster, 
         (src / name).write_bytes(data)
     out = tmp_path / "index"
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
-    cmd = [sys.executable, "-m", "pipelines.cli", "index", "build", str(src), str(out), "--shard-size", "2", "--batch-size", "2",
-           "--embedder", "offline-content"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "index",
+        "build",
+        str(src),
+        str(out),
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--embedder",
+        "offline-content",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def committed():
@@ -166,7 +184,9 @@ def test_a_killed_build_resumes_without_recomputing_or_duplicating(ray_cluster, 
     assert done_before, stderr.decode()[-2000:]
     before = {n: os.stat(out / "embeddings" / n) for n in done_before}
 
-    report = run_build(BuildConfig(str(src), str(out), embedder="offline-content", shard_size=2, batch_size=2, progress=False))
+    report = run_build(
+        BuildConfig(str(src), str(out), embedder="offline-content", shard_size=2, batch_size=2, progress=False)
+    )
 
     skipped = {f"shard-{i:06d}-size2.parquet" for i in report.shards_skipped}
     assert skipped == set(done_before) and report.count == 40

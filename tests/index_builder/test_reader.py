@@ -42,7 +42,11 @@ def test_cmyk_gray_and_one_pixel_images_keep_their_colours():
     got = decode_image(encode(red.convert("CMYK"), "JPEG", quality=95), SIZE)[0].astype(int)
     assert np.abs(got - [220, 30, 30]).max() <= 12
     gray = decode_image(encode(Image.new("L", (24, 24), 77), "JPEG", quality=95), SIZE)[0]
-    assert np.all(gray[..., 0] == gray[..., 1]) and np.all(gray[..., 1] == gray[..., 2]) and abs(int(gray[0, 0, 0]) - 77) <= 2
+    assert (
+        np.all(gray[..., 0] == gray[..., 1])
+        and np.all(gray[..., 1] == gray[..., 2])
+        and abs(int(gray[0, 0, 0]) - 77) <= 2
+    )
     one, width, height = decode_image(encode(Image.new("RGB", (1, 1), (200, 40, 90)), "PNG"), SIZE)
     assert (width, height) == (1, 1) and np.all(one == [200, 40, 90])
 
@@ -88,7 +92,11 @@ def test_read_batch_marks_each_failure_with_its_stage(tmp_path):
     html.write_bytes(b"<html></html>")
     uris = [str(good), str(tmp_path / "missing.jpg"), str(html)]
     out = read_batch(
-        {"image_id": np.array(["a", "b", "c"], dtype=object), "uri": np.array(uris, dtype=object), "shard": np.array([0, 0, 1])},
+        {
+            "image_id": np.array(["a", "b", "c"], dtype=object),
+            "uri": np.array(uris, dtype=object),
+            "shard": np.array([0, 0, 1]),
+        },
         ReadConfig(image_size=SIZE, fetch_threads=2),
     )
     assert list(out["stage"]) == ["", "read", "decode"]

@@ -94,8 +94,22 @@ def test_an_index_file_of_another_encoder_is_refused_at_open_and_before_a_job(bu
         NeighborIndex.open(str(out))
     inputs = tmp_path / "inputs"
     write_pictures(str(inputs), [("a", 1)])
-    argv = ["reconstruct", "--inputs", str(inputs), "--out", str(tmp_path / "out"), "--index", str(out), "--task", "sr4",
-            "--prior", "tiny:16", "--k", "2", "--no-progress"]  # fmt: skip
+    argv = [
+        "reconstruct",
+        "--inputs",
+        str(inputs),
+        "--out",
+        str(tmp_path / "out"),
+        "--index",
+        str(out),
+        "--task",
+        "sr4",
+        "--prior",
+        "tiny:16",
+        "--k",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     assert "from another build" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
@@ -114,8 +128,12 @@ def test_query_paths_that_are_not_images_are_clear_errors(built, tmp_path, capsy
     (tmp_path / "dir.png").mkdir()
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
     (tmp_path / "text.png").write_text("not an image")
-    for name, message in (("dir.png", "is a folder"), ("loop.png", "cannot be read"), ("text.png", "not a readable image"),
-                          ("missing.png", "does not exist")):  # fmt: skip
+    for name, message in (
+        ("dir.png", "is a folder"),
+        ("loop.png", "cannot be read"),
+        ("text.png", "not a readable image"),
+        ("missing.png", "does not exist"),
+    ):
         assert main(["index", "query", str(out), str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
@@ -124,7 +142,21 @@ def test_query_paths_that_are_not_images_are_clear_errors(built, tmp_path, capsy
 def test_a_bogus_index_factory_is_refused_before_any_image_is_embedded(ray_cluster, built, tmp_path, capsys):
     src, _ = built
     out = tmp_path / "index"
-    assert main(["index", "build", str(src), str(out), "--index-factory", "NoSuchIndex,PQ999", "--embedder", "offline-content"]) == 2
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                str(src),
+                str(out),
+                "--index-factory",
+                "NoSuchIndex,PQ999",
+                "--embedder",
+                "offline-content",
+            ]
+        )
+        == 2
+    )
     assert "FAISS cannot build index factory 'NoSuchIndex,PQ999'" in capsys.readouterr().err
     assert not (out / "embeddings").exists()  # refused before the pipeline ran, not after it embedded everything
 

@@ -56,7 +56,9 @@ def test_shard_is_committed_with_declared_schema_when_its_last_row_arrives(tmp_p
     np.testing.assert_array_equal(embeddings_array(table), vectors[[0, 2, 3, 4]].astype(np.float16).astype(np.float32))
     assert table.column("width").to_pylist() == [30] * 4
     errors = pq.read_table(errors_url(out, shard.name))
-    assert errors.to_pylist() == [{"image_id": "id01", "uri": "/data/id01.jpg", "stage": "decode", "error": "OSError: broken"}]
+    assert errors.to_pylist() == [
+        {"image_id": "id01", "uri": "/data/id01.jpg", "stage": "decode", "error": "OSError: broken"}
+    ]
     assert [p for p in os.listdir(os.path.dirname(embeddings_url(out, shard.name))) if "tmp" in p] == []
     record = read_shard_footer(embeddings_url(out, shard.name))
     assert is_committed(record, shard, "enc", DIM)

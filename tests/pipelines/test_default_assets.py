@@ -25,7 +25,11 @@ def built(tmp_path_factory):
 
 
 def _digests(root) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_the_split_holds_enough_real_held_out_images(built):
@@ -44,7 +48,9 @@ def test_the_split_holds_enough_real_held_out_images(built):
     assert len({it["class"] for it in tests}) >= 5  # test photos of several content classes
 
 
-@pytest.mark.parametrize("tamper, message", [("held_out_in_prior", "not a prior photo"), ("corpus_touches_test", "overlaps")])
+@pytest.mark.parametrize(
+    "tamper, message", [("held_out_in_prior", "not a prior photo"), ("corpus_touches_test", "overlaps")]
+)
 def test_check_split_catches_a_dishonest_split(built, tamper, message):
     _, manifest = built
     bad = copy.deepcopy(manifest)
@@ -53,7 +59,9 @@ def test_check_split_catches_a_dishonest_split(built, tamper, message):
         bad["items"].append({**test, "set": "prior-train", "path": "prior-train/x.png", "box": [0, 0, 1, 1]})
     else:
         x0, y0 = test["box"][:2]
-        bad["items"].append({**test, "set": "corpus", "path": "corpus/x.png", "box": [x0 + 10, y0 + 10, x0 + 74, y0 + 74]})
+        bad["items"].append(
+            {**test, "set": "corpus", "path": "corpus/x.png", "box": [x0 + 10, y0 + 10, x0 + 74, y0 + 74]}
+        )
     with pytest.raises(ValueError, match=message):
         da.check_split(bad)
 
@@ -71,9 +79,13 @@ def test_files_are_the_manifest_boxes_and_no_test_pixel_is_in_training(built):
         if it["set"] in USED:
             pixels = np.asarray(Image.open(out / it["path"]))
             assert pixels.shape == (resolution, resolution, 3) and pixels.dtype == np.uint8, it["path"]
-            np.testing.assert_array_equal(pixels, expected, err_msg=it["path"])  # its box of the original, nothing else
+            np.testing.assert_array_equal(
+                pixels, expected, err_msg=it["path"]
+            )  # its box of the original, nothing else
         if it["set"] == "test":
-            test_digests.add(hashlib.sha256(cut(photos[it["source"]], tuple(it["box"]), config.resolution).tobytes()).digest())
+            test_digests.add(
+                hashlib.sha256(cut(photos[it["source"]], tuple(it["box"]), config.resolution).tobytes()).digest()
+            )
         elif it["set"] == "prior-train":
             prior_digests.add(hashlib.sha256(expected.tobytes()).digest())
     assert len(test_digests) == manifest["counts"]["test"]

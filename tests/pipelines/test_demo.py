@@ -19,8 +19,11 @@ pytestmark = pytest.mark.timeout(900)  # a loaded 2-core machine has needed over
 
 
 def _manifest(counts: dict[str, int]) -> dict:
-    items = [{"set": "test", "source": s, "box": [0, 64 * i, 64, 64 * (i + 1)], "path": f"test/{s}-{i}.png"}
-             for s, n in counts.items() for i in range(n)]  # fmt: skip
+    items = [
+        {"set": "test", "source": s, "box": [0, 64 * i, 64, 64 * (i + 1)], "path": f"test/{s}-{i}.png"}
+        for s, n in counts.items()
+        for i in range(n)
+    ]
     items.append({"set": "corpus", "source": "a", "box": [64, 0, 128, 64], "path": "corpus/a/x.png"})
     return {"items": items}
 

@@ -24,7 +24,16 @@ def openclip_index(ray_cluster, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("clip-corpus")
     write_pictures(str(root / "corpus"), [(f"c{i}", 200 + i) for i in range(6)], height=40, width=48, fmt="png")
-    run_build(BuildConfig(str(root / "corpus"), str(root / "index"), embedder="openclip:adir-tiny", shard_size=3, batch_size=6, progress=False))
+    run_build(
+        BuildConfig(
+            str(root / "corpus"),
+            str(root / "index"),
+            embedder="openclip:adir-tiny",
+            shard_size=3,
+            batch_size=6,
+            progress=False,
+        )
+    )
     return str(root / "index")
 
 
@@ -46,7 +55,22 @@ def test_edit_retrieves_by_the_prompt_adapts_and_writes_both_arms(tmp_path, phot
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"lora_learning_rate": 0.03, "lora_batch_size": 2}))
     out = tmp_path / "out"
-    rc = main(["edit", "--image", photo, "--prompt", PROMPT, "--out", str(out), "--index", openclip_index, "--config", str(job), *FAST])
+    rc = main(
+        [
+            "edit",
+            "--image",
+            photo,
+            "--prompt",
+            PROMPT,
+            "--out",
+            str(out),
+            "--index",
+            openclip_index,
+            "--config",
+            str(job),
+            *FAST,
+        ]
+    )
     assert rc == 0
     record = json.loads((out / "neighbours.json").read_text())
     embedder = get_embedder("openclip:adir-tiny")
@@ -61,7 +85,9 @@ def test_edit_retrieves_by_the_prompt_adapts_and_writes_both_arms(tmp_path, phot
     assert config["prompt"] == PROMPT and config["edit_config"]["crop_size"] == 32 and config["mode"] == "adir"
 
     baseline = tmp_path / "baseline"
-    assert main(["edit", "--image", photo, "--prompt", PROMPT, "--out", str(baseline), "--mode", "baseline", *FAST]) == 0
+    assert (
+        main(["edit", "--image", photo, "--prompt", PROMPT, "--out", str(baseline), "--mode", "baseline", *FAST]) == 0
+    )
     assert sorted(os.listdir(baseline)) == ["config.yaml", "edited.png"]
     assert np.array_equal(_png(baseline / "edited.png"), stock)  # same seed, no adaptation
 
@@ -87,9 +113,23 @@ def test_missing_pipeline_weights_fail_fast_with_the_download(tmp_path, photo, m
 def test_bad_masks_and_options_are_refused(tmp_path, photo, capsys):
     Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(tmp_path / "small.png")
     Image.fromarray(np.zeros((32, 40), dtype=np.uint8)).save(tmp_path / "black.png")
-    base = ["edit", "--image", photo, "--prompt", PROMPT, "--out", str(tmp_path / "out"), "--mode", "baseline", "--pipeline", "tiny"]
+    base = [
+        "edit",
+        "--image",
+        photo,
+        "--prompt",
+        PROMPT,
+        "--out",
+        str(tmp_path / "out"),
+        "--mode",
+        "baseline",
+        "--pipeline",
+        "tiny",
+    ]
     assert main([*base, "--mask", str(tmp_path / "small.png")]) == 2
     assert main([*base, "--mask", str(tmp_path / "black.png")]) == 2
-    assert main(["edit", "--image", photo, "--prompt", PROMPT, "--out", str(tmp_path / "out"), "--pipeline", "tiny"]) == 2
+    assert (
+        main(["edit", "--image", photo, "--prompt", PROMPT, "--out", str(tmp_path / "out"), "--pipeline", "tiny"]) == 2
+    )
     err = capsys.readouterr().err
     assert "is 10x10 but the image is 32x40" in err and "marks no pixel to repaint" in err and "needs --index" in err

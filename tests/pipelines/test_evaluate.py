@@ -23,10 +23,20 @@ T_975_3 = 3.182446305284263
 
 def _row(image_id, task, mode, psnr, ssim=0.5, error=None, seed=0, naive_psnr=20.0):
     row = {
-        "image_id": image_id, "uri": f"/nonexistent/{image_id}.png", "name": image_id, "task": task, "mode": mode,
-        "seed": seed, "image_seed": 1, "k": 4, "psnr": psnr, "ssim": ssim, "naive_psnr": naive_psnr,
-        "output": None if error else f"images/{image_id}.png", "finished_at": "2026-01-01T00:00:00",
-    }  # fmt: skip
+        "image_id": image_id,
+        "uri": f"/nonexistent/{image_id}.png",
+        "name": image_id,
+        "task": task,
+        "mode": mode,
+        "seed": seed,
+        "image_seed": 1,
+        "k": 4,
+        "psnr": psnr,
+        "ssim": ssim,
+        "naive_psnr": naive_psnr,
+        "output": None if error else f"images/{image_id}.png",
+        "finished_at": "2026-01-01T00:00:00",
+    }
     if error:
         row.update(error=error, stage="sampling", psnr=None, ssim=None)
     return row
@@ -38,8 +48,19 @@ def _write_run(folder, rows, **config):
 
     pq.write_table(row_table(rows), os.path.join(folder, RESULTS_NAME))
     task, mode = rows[0]["task"], rows[0]["mode"]
-    values = {"task": task, "mode": mode, "seed": 0, "prior": "p", "steps": 10, "k": 4, "lora_steps": 5, "index": "idx",
-              "out": str(folder), "inputs": "/in", **config}  # fmt: skip
+    values = {
+        "task": task,
+        "mode": mode,
+        "seed": 0,
+        "prior": "p",
+        "steps": 10,
+        "k": 4,
+        "lora_steps": 5,
+        "index": "idx",
+        "out": str(folder),
+        "inputs": "/in",
+        **config,
+    }
     with open(os.path.join(folder, CONFIG_NAME), "w") as f:
         yaml.safe_dump(values, f)
     return str(folder)
@@ -53,11 +74,22 @@ def _read_csv(path):
 @pytest.fixture
 def handmade(tmp_path):
     """sr4: baseline, adir and random-nn over images a..e with PSNRs chosen so the differences are known."""
-    baseline = [_row("a", "sr4", "baseline", 20.0), _row("b", "sr4", "baseline", 21.0), _row("c", "sr4", "baseline", 22.0),
-                _row("d", "sr4", "baseline", 23.0), _row("e", "sr4", "baseline", None, error="RuntimeError: boom")]
+    baseline = [
+        _row("a", "sr4", "baseline", 20.0),
+        _row("b", "sr4", "baseline", 21.0),
+        _row("c", "sr4", "baseline", 22.0),
+        _row("d", "sr4", "baseline", 23.0),
+        _row("e", "sr4", "baseline", None, error="RuntimeError: boom"),
+    ]
     # adir − baseline on a..d: 1, 2, 3, 4 (e failed in the baseline: not paired); f is adir's alone.
-    adir = [_row("a", "sr4", "adir", 21.0, 0.6), _row("b", "sr4", "adir", 23.0, 0.7), _row("c", "sr4", "adir", 25.0, 0.8),
-            _row("d", "sr4", "adir", 27.0, None), _row("e", "sr4", "adir", 30.0), _row("f", "sr4", "adir", 40.0)]
+    adir = [
+        _row("a", "sr4", "adir", 21.0, 0.6),
+        _row("b", "sr4", "adir", 23.0, 0.7),
+        _row("c", "sr4", "adir", 25.0, 0.8),
+        _row("d", "sr4", "adir", 27.0, None),
+        _row("e", "sr4", "adir", 30.0),
+        _row("f", "sr4", "adir", 40.0),
+    ]
     random_nn = [_row(i, "sr4", "random-nn", v) for i, v in zip("abcd", (20.5, 22.0, 22.5, 24.0))]
     runs = [
         _write_run(tmp_path / "base", baseline),
@@ -68,7 +100,9 @@ def handmade(tmp_path):
 
 
 def test_paired_difference_matches_a_manual_t_interval():
-    p = paired_difference({"a": 21.0, "b": 23.0, "c": 25.0, "d": 27.0, "x": 9.0}, {"a": 20.0, "b": 21.0, "c": 22.0, "d": 23.0, "y": 1.0})
+    p = paired_difference(
+        {"a": 21.0, "b": 23.0, "c": 25.0, "d": 27.0, "x": 9.0}, {"a": 20.0, "b": 21.0, "c": 22.0, "d": 23.0, "y": 1.0}
+    )
     d = np.array([1.0, 2.0, 3.0, 4.0])
     half = T_975_3 * d.std(ddof=1) / math.sqrt(4)
     assert p.n == 4 and p.mean == pytest.approx(2.5)
@@ -104,7 +138,9 @@ def test_tables_pair_only_common_good_images_and_say_n(handmade):
     vs_base = paired[("adir", "baseline", "psnr")]
     half = T_975_3 * np.std([1, 2, 3, 4], ddof=1) / 2
     assert int(vs_base["n"]) == 4 and float(vs_base["mean_difference"]) == pytest.approx(2.5)
-    assert float(vs_base["ci_low"]) == pytest.approx(2.5 - half) and float(vs_base["ci_high"]) == pytest.approx(2.5 + half)
+    assert float(vs_base["ci_low"]) == pytest.approx(2.5 - half) and float(vs_base["ci_high"]) == pytest.approx(
+        2.5 + half
+    )
     vs_random = paired[("adir", "random-nn", "psnr")]  # 0.5, 1, 2.5, 3
     assert int(vs_random["n"]) == 4 and float(vs_random["mean_difference"]) == pytest.approx(1.75)
     assert ("random-nn", "baseline", "psnr") in paired
@@ -136,7 +172,11 @@ def test_runs_differing_in_a_setting_are_separate_arms_each_paired_with_the_base
 def test_an_image_given_twice_with_the_same_settings_is_refused(handmade):
     runs, tmp = handmade
     with pytest.raises(ValueError, match="image 'a' of task sr4, mode adir is in both"):
-        evaluate(EvaluateConfig(runs=(runs[1], _write_run(tmp / "again", [_row("a", "sr4", "adir", 1.0)])), metrics=(), report=False))
+        evaluate(
+            EvaluateConfig(
+                runs=(runs[1], _write_run(tmp / "again", [_row("a", "sr4", "adir", 1.0)])), metrics=(), report=False
+            )
+        )
 
 
 def test_a_folder_without_results_is_named(tmp_path):
@@ -146,7 +186,7 @@ def test_a_folder_without_results_is_named(tmp_path):
 
 # ---------------------------------------------------------------------- a real tiny run
 MODES = ("baseline", "adir", "random-nn", "mse-nn")
-ODD_ID = "odd <b>&\"id"
+ODD_ID = 'odd <b>&"id'
 _RUNS: dict[str, list[str]] = {}
 
 
@@ -183,11 +223,31 @@ def test_a_real_run_evaluates_every_arm_and_rebuilds_what_the_job_saw(real_runs,
     from cluster.images import decode_rgb, to_tensor01
 
     out = tmp_path / "eval"
-    assert cli.main(["evaluate", *real_runs, "--out", str(out), "--metrics", "gmsd,psnry", "--no-progress", "--report-neighbours", "2"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                *real_runs,
+                "--out",
+                str(out),
+                "--metrics",
+                "gmsd,psnry",
+                "--no-progress",
+                "--report-neighbours",
+                "2",
+            ]
+        )
+        == 0
+    )
     ev = evaluate(EvaluateConfig(runs=tuple(real_runs), out=str(out), metrics=("gmsd", "psnry"), report=False))
     assert [a.label for a in ev.arms] == ["plain", "baseline", "adir", "random-nn", "mse-nn"]
     assert {c.title for c in ev.comparisons} == {
-        "adir − baseline", "random-nn − baseline", "mse-nn − baseline", "adir − random-nn", "adir − mse-nn"}  # fmt: skip
+        "adir − baseline",
+        "random-nn − baseline",
+        "mse-nn − baseline",
+        "adir − random-nn",
+        "adir − mse-nn",
+    }
     plain = ev.arms[0]
     for image_id in ("p0", ODD_ID):
         row = plain.rows[image_id]
@@ -201,7 +261,9 @@ def test_a_real_run_evaluates_every_arm_and_rebuilds_what_the_job_saw(real_runs,
     row = adir.rows["p0"]
     png = to_tensor01(decode_rgb(read_bytes(os.path.join(adir.runs["p0"].url, row["output"]))))
     truth = ev.views.get(row, adir.runs["p0"]).truth01
-    assert adir.values["p0"]["gmsd"] == pytest.approx(compute_metrics(png[None], truth[None], names=["gmsd"])["gmsd"][0])
+    assert adir.values["p0"]["gmsd"] == pytest.approx(
+        compute_metrics(png[None], truth[None], names=["gmsd"])["gmsd"][0]
+    )
     assert adir.values["p0"]["psnr"] == row["psnr"] and not torch.equal(png, truth)
     per_image = _read_csv(out / "per_image.csv")
     assert len(per_image) == 5 * 2 and all(r["psnr"] and r["gmsd"] and r["psnry"] for r in per_image)

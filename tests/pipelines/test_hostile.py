@@ -23,7 +23,19 @@ from tests.cluster.helpers import smooth_picture, write_pictures
 
 pytestmark = pytest.mark.timeout(300)
 
-BASELINE = ["--mode", "baseline", "--prior", "tiny:16", "--steps", "3", "--task", "sr4", "--seed", "3", "--no-progress"]
+BASELINE = [
+    "--mode",
+    "baseline",
+    "--prior",
+    "tiny:16",
+    "--steps",
+    "3",
+    "--task",
+    "sr4",
+    "--seed",
+    "3",
+    "--no-progress",
+]
 
 
 def _reconstruct(inputs, out, *extra) -> list[str]:
@@ -32,7 +44,9 @@ def _reconstruct(inputs, out, *extra) -> list[str]:
 
 def _digests(folder) -> dict[str, str]:
     return {
-        os.path.relpath(os.path.join(root, f), folder): hashlib.sha256(open(os.path.join(root, f), "rb").read()).hexdigest()
+        os.path.relpath(os.path.join(root, f), folder): hashlib.sha256(
+            open(os.path.join(root, f), "rb").read()
+        ).hexdigest()
         for root, _, files in os.walk(folder)
         for f in files
     }
@@ -80,7 +94,9 @@ def test_an_out_holding_someone_elses_files_is_refused(tmp_path, capsys):
 def test_a_list_naming_a_file_inside_out_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     write_pictures(str(out), [("victim", 1)])
-    (out / "config.yaml").write_text(yaml.safe_dump({"task": "sr4", "mode": "baseline", "inputs": "x", "out": str(out)}))
+    (out / "config.yaml").write_text(
+        yaml.safe_dump({"task": "sr4", "mode": "baseline", "inputs": "x", "out": str(out)})
+    )
     listing = tmp_path / "list.txt"
     listing.write_text(f"{out / 'victim.png'}\n")
     assert cli.main(_reconstruct(listing, out)) == 2
@@ -157,8 +173,21 @@ def test_mistyped_job_yaml_values_are_refused_with_their_name(tmp_path, capsys, 
     write_pictures(str(inputs), [("a", 1)])
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(values))
-    argv = ["reconstruct", "--inputs", str(inputs), "--out", str(tmp_path / "out"), "--task", "sr4", "--mode", "baseline",
-            "--prior", "tiny:16", "--config", str(job)]  # fmt: skip
+    argv = [
+        "reconstruct",
+        "--inputs",
+        str(inputs),
+        "--out",
+        str(tmp_path / "out"),
+        "--task",
+        "sr4",
+        "--mode",
+        "baseline",
+        "--prior",
+        "tiny:16",
+        "--config",
+        str(job),
+    ]
     assert cli.main(argv) == 2
     assert message in _error_line(capsys)
     assert not (tmp_path / "out").exists()
@@ -166,9 +195,12 @@ def test_mistyped_job_yaml_values_are_refused_with_their_name(tmp_path, capsys, 
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--guidance-scale", "nan"], "must be a finite number"), (["--guidance-scale", "inf"], "must be a finite number"),
-     (["--limit", "0"], "--limit 0 selects no images")],
-)  # fmt: skip
+    [
+        (["--guidance-scale", "nan"], "must be a finite number"),
+        (["--guidance-scale", "inf"], "must be a finite number"),
+        (["--limit", "0"], "--limit 0 selects no images"),
+    ],
+)
 def test_non_finite_numbers_and_an_empty_limit_are_refused_up_front(tmp_path, capsys, flags, message):
     inputs = tmp_path / "inputs"
     write_pictures(str(inputs), [("a", 1)])
@@ -186,7 +218,9 @@ def test_a_failing_metrics_stage_reports_its_own_error(tmp_path, monkeypatch):
 
     inputs = tmp_path / "inputs"
     write_pictures(str(inputs), [("m", 1)], height=16, width=20)
-    config = ReconstructConfig(inputs=str(inputs), out=str(tmp_path / "out"), task="sr4", mode="baseline", prior="tiny:16", steps=2)
+    config = ReconstructConfig(
+        inputs=str(inputs), out=str(tmp_path / "out"), task="sr4", mode="baseline", prior="tiny:16", steps=2
+    )
     worker = ReconstructionWorker(config)
 
     def broken(*args, **kwargs):
@@ -209,7 +243,9 @@ SECRETS = {
 
 
 def test_only_known_safe_storage_options_reach_the_config_and_the_repr(tmp_path):
-    config = ReconstructConfig(inputs="s3://b/in", out=str(tmp_path / "out"), task="sr4", mode="baseline", storage_options=SECRETS)
+    config = ReconstructConfig(
+        inputs="s3://b/in", out=str(tmp_path / "out"), task="sr4", mode="baseline", storage_options=SECRETS
+    )
     written = yaml.safe_dump(config.redacted()) + repr(config)
     for secret in ("c2VjcmV0LWtleQ", "tok-123456", "hunter2-password", "alice"):
         assert secret not in written
@@ -221,7 +257,9 @@ def test_only_known_safe_storage_options_reach_the_config_and_the_repr(tmp_path)
 def test_credentials_are_scrubbed_from_error_messages():
     from adir_storage import scrub
 
-    text = scrub("request failed: Authorization: Bearer tok-123456 for hunter2-password at http://127.0.0.1:9000", SECRETS)
+    text = scrub(
+        "request failed: Authorization: Bearer tok-123456 for hunter2-password at http://127.0.0.1:9000", SECRETS
+    )
     assert "tok-123456" not in text and "hunter2-password" not in text and "http://127.0.0.1:9000" in text
 
 
@@ -231,7 +269,13 @@ def test_a_second_job_on_a_live_out_is_refused_and_a_dead_ones_lease_is_taken_ov
     write_pictures(str(inputs), [("a", 1)], height=16, width=20)
     out = tmp_path / "out"
     out.mkdir()
-    alive = {"job": "adir reconstruct", "host": socket.gethostname(), "pid": os.getppid(), "token": "other", "heartbeat": time.time()}
+    alive = {
+        "job": "adir reconstruct",
+        "host": socket.gethostname(),
+        "pid": os.getppid(),
+        "token": "other",
+        "heartbeat": time.time(),
+    }
     (out / LEASE_NAME).write_text(json.dumps(alive))
     assert cli.main(_reconstruct(inputs, out)) == 1
     err = _error_line(capsys)
@@ -260,12 +304,29 @@ def test_evaluate_refuses_outputs_and_inputs_outside_the_run(tmp_path):
     Image.fromarray(smooth_picture(1, 32, 40)).save(run / "images" / "a.png")
     (run / "images" / "b.png").symlink_to(secret)
     rows = []
-    for image_id, output, uri in (("a", "../../secret.txt", str(inputs / "a.png")), ("b", "images/b.png", str(secret)),
-                                  ("c", "images/a.png", str(secret))):  # fmt: skip
-        rows.append({"image_id": image_id, "uri": uri, "name": image_id, "task": "sr4", "mode": "adir", "seed": 0,
-                     "image_seed": 1, "k": 3, "output": output, "finished_at": "2026-01-01T00:00:00"})  # fmt: skip
+    for image_id, output, uri in (
+        ("a", "../../secret.txt", str(inputs / "a.png")),
+        ("b", "images/b.png", str(secret)),
+        ("c", "images/a.png", str(secret)),
+    ):
+        rows.append(
+            {
+                "image_id": image_id,
+                "uri": uri,
+                "name": image_id,
+                "task": "sr4",
+                "mode": "adir",
+                "seed": 0,
+                "image_seed": 1,
+                "k": 3,
+                "output": output,
+                "finished_at": "2026-01-01T00:00:00",
+            }
+        )
     pq.write_table(row_table(rows), run / "results.parquet")
-    (run / "config.yaml").write_text(yaml.safe_dump({"task": "sr4", "mode": "adir", "inputs": str(inputs), "out": str(run), "seed": 0}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"task": "sr4", "mode": "adir", "inputs": str(inputs), "out": str(run), "seed": 0})
+    )
     report = tmp_path / "report"
     ev = evaluate(EvaluateConfig(runs=(str(run),), out=str(report), metrics=("psnry",)))
     write(ev)

@@ -76,7 +76,10 @@ def build_rcc(files: dict[str, tuple[bytes, bool]], version: int = 3) -> bytes:
 
 FIXTURE = {
     "/gcompris/src/activities/erase/resource/alpaca.webp": (b"RIFF....WEBPVP8 " + bytes(range(256)) * 3, False),
-    "/gcompris/src/activities/erase/resource/README": (b"Copyright: someone\nLicense: CC0-1.0\nFiles: alpaca.webp\n" * 20, True),
+    "/gcompris/src/activities/erase/resource/README": (
+        b"Copyright: someone\nLicense: CC0-1.0\nFiles: alpaca.webp\n" * 20,
+        True,
+    ),
     "/gcompris/src/activities/explore/resource/usa/navajo.webp": (b"nested and compressed " * 50, True),
     "/top.txt": (b"", False),
     "/caf\u00e9/\u00fcml\u00e4ut.txt": (b"non-ASCII names are UTF-16", True),
@@ -116,9 +119,11 @@ def test_rcc_reader_refuses_what_is_not_a_bundle(tmp_path):
 
 
 def test_credit_stanzas_with_and_without_a_files_line():
-    text = ("Copyright: A\nLicense: CC-BY-SA 4.0\nSource: https://x/y.jpg\nFiles:\na.webp\nb.webp\n\n"
-            "Copyright:\n  NASA\n  Someone\nLicense: Public Domain\nFiles: c.webp\n\n"
-            "Copyright: B\nLicense: CC-BY 4.0\nd_0.webp\nd_background.webp\nComment: based on a photo, source at https://z\n")
+    text = (
+        "Copyright: A\nLicense: CC-BY-SA 4.0\nSource: https://x/y.jpg\nFiles:\na.webp\nb.webp\n\n"
+        "Copyright:\n  NASA\n  Someone\nLicense: Public Domain\nFiles: c.webp\n\n"
+        "Copyright: B\nLicense: CC-BY 4.0\nd_0.webp\nd_background.webp\nComment: based on a photo, source at https://z\n"
+    )
     stanzas = parse_credit_stanzas(text)
     assert [s["files"] for s in stanzas] == [["a.webp", "b.webp"], ["c.webp"], ["d_0.webp", "d_background.webp"]]
     assert stanzas[1]["copyright"] == "NASA Someone"
@@ -142,7 +147,11 @@ def test_every_photo_has_a_credit_a_redistributable_licence_and_a_class():
     assert all(r["author"] for r in rows.values())
     assert set(photo_classes().values()) <= set(CLASSES)
     assert Counter(r["source_package"] for r in rows.values()).keys() == {
-        "gcompris-qt-data", "opencv-doc", "plasma-workspace-wallpapers", "palapeli-data"}
+        "gcompris-qt-data",
+        "opencv-doc",
+        "plasma-workspace-wallpapers",
+        "palapeli-data",
+    }
 
 
 @pytest.fixture(scope="module")

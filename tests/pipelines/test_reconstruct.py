@@ -21,7 +21,21 @@ from tests.cluster.helpers import smooth_picture, write_pictures
 
 pytestmark = pytest.mark.timeout(300)
 
-FAST = ["--prior", "tiny:16", "--steps", "4", "--lora-steps", "2", "--k", "3", "--seed", "7", "--task", "sr4", "--no-progress"]
+FAST = [
+    "--prior",
+    "tiny:16",
+    "--steps",
+    "4",
+    "--lora-steps",
+    "2",
+    "--k",
+    "3",
+    "--seed",
+    "7",
+    "--task",
+    "sr4",
+    "--no-progress",
+]
 
 
 def _args(inputs, out, index, *extra):
@@ -60,7 +74,10 @@ def test_every_input_gets_exactly_one_row_and_every_good_one_a_png(dataset_run):
     assert sorted(i for i, r in rows.items() if r["error"] is None) == good
     pngs = sorted(os.listdir(os.path.join(out, "images")))
     assert pngs == sorted(rows[i]["name"] + ".png" for i in good)
-    assert rows["bad name é"]["name"].startswith("bad_name-") and rows["bad name é"]["output"] == f"images/{rows['bad name é']['name']}.png"
+    assert (
+        rows["bad name é"]["name"].startswith("bad_name-")
+        and rows["bad name é"]["output"] == f"images/{rows['bad name é']['name']}.png"
+    )
     assert rows["corrupt"]["stage"] == "read" and "DecodeError" in rows["corrupt"]["error"]
     assert rows["tiny"]["stage"] == "degrade" and "at least 4x4" in rows["tiny"]["error"]
     for image_id in good:
@@ -131,7 +148,9 @@ def test_a_killed_actor_does_not_lose_or_duplicate_images(corpus_and_index, tmp_
             killed.append(pool.busy_pids()[0])
             os.kill(killed[0], signal.SIGKILL)
 
-    summary = reconstruct.run(_config(_args(inputs, out, index, "--num-actors", "2")), progress=False, on_row=kill_a_busy_actor)
+    summary = reconstruct.run(
+        _config(_args(inputs, out, index, "--num-actors", "2")), progress=False, on_row=kill_a_busy_actor
+    )
     assert killed and summary["processed"] == 5 and summary["errors"] == 0
     rows = _results(str(out))
     assert sorted(r["image_id"] for r in rows) == [f"k{i}" for i in range(5)]
@@ -156,7 +175,11 @@ def test_a_job_runs_entirely_on_object_storage(corpus_and_index, s3fs_fs, s3_buc
         rows = pq.read_table(f).to_pylist()
     assert sorted(r["image_id"] for r in rows) == ["s0", "s1", "s2"] and all(r["error"] is None for r in rows)
     assert all(len(r["neighbour_ids"]) == 3 for r in rows)
-    assert sorted(p.rsplit("/", 1)[-1] for p in s3fs_fs.ls(f"{s3_bucket}/out/images")) == ["s0.png", "s1.png", "s2.png"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in s3fs_fs.ls(f"{s3_bucket}/out/images")) == [
+        "s0.png",
+        "s1.png",
+        "s2.png",
+    ]
     written = s3fs_fs.cat_file(f"{s3_bucket}/out/config.yaml").decode()
     assert s3_storage_options["secret"] not in written and s3_storage_options["key"] not in written
 

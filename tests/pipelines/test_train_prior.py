@@ -10,13 +10,24 @@ import pytest
 import torch
 from PIL import Image
 
+from adir_ops import losses
 from adir_ops.priors import DiffusionPrior
-from pipelines import default_assets as da
 from pipelines import train_prior as tp
+from pipelines.photos import cut, load_photos
+from pipelines.prior_training import trainer as prior_trainer
 
 TINY = tp.TrainConfig(
-    resolution=16, block_out_channels=(8, 16), layers_per_block=1, attention=False, batch_size=4,
-    warmup_steps=1, max_steps=4, checkpoint_every=2, validation_size=4, num_samples=4, sample_steps=2,
+    resolution=16,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    attention=False,
+    batch_size=4,
+    warmup_steps=1,
+    max_steps=4,
+    checkpoint_every=2,
+    validation_size=4,
+    num_samples=4,
+    sample_steps=2,
 )
 
 
@@ -24,11 +35,11 @@ TINY = tp.TrainConfig(
 def patches(tmp_path_factory):
     """Eight real 16 px patches of a shipped photo, in a nested folder as default_assets writes them."""
     folder = tmp_path_factory.mktemp("patches")
-    photo = da.load_photo("coffee")
-    (folder / "coffee").mkdir()
+    photo = load_photos(["gcompris-objects-cup"])["gcompris-objects-cup"]
+    (folder / "cup").mkdir()
     for i in range(8):
         box = (40 * i, 100, 40 * i + 32, 132)
-        Image.fromarray(da.cut(photo, box, 16)).save(folder / "coffee" / f"p{i}.png")
+        Image.fromarray(cut(photo, box, 16)).save(folder / "cup" / f"p{i}.png")
     return folder
 
 
@@ -86,6 +97,27 @@ def test_training_lowers_the_validation_loss(patches, tmp_path):
     first = before.validation[-1][1]
     after = tp.train(patches, tmp_path, config, progress=False)
     assert after.validation[-1][1] < 0.8 * first
+
+
+def test_a_training_step_trains_on_the_eps_mse_loss_of_its_batch(patches, monkeypatch):
+    """A step's loss is adir_ops.losses.eps_mse_loss, the one LoRA adaptation uses too, one timestep per patch."""
+    batches = []
+
+    def recording(eps, x0, t, noise, alphas_cumprod):
+        loss = losses.eps_mse_loss(eps, x0, t, noise, alphas_cumprod)
+        batches.append((x0.clone(), t.clone(), noise.clone(), alphas_cumprod, loss.item()))
+        return loss
+
+    monkeypatch.setattr(prior_trainer, "eps_mse_loss", recording)
+    trainer = tp.Trainer(tp.load_patches(patches, TINY.resolution), TINY)
+    assert trainer.step() == batches[0][-1]
+    x0, t, noise, abar, first = batches[0]
+    initial = tp.build_unet(TINY, TINY.seed).train()  # the weights the first step saw
+    a = abar[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        again = losses.eps_mse_loss(lambda x_t, s: initial(x_t, s).sample, x0, t, noise, abar).item()
+        eq_17 = torch.nn.functional.mse_loss(initial(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample, noise).item()
+    assert again == pytest.approx(first, rel=1e-5) and eq_17 == pytest.approx(first, rel=1e-5)
 
 
 def test_no_global_rng_draws(patches, tmp_path):

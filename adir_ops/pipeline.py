@@ -1,0 +1,245 @@
+"""ADIRPipeline: the method's sequence in one place (paper Alg. 1), in the manner of a diffusers pipeline.
+
+    pipe = ADIRPipeline.from_spec(prior="default", retriever=..., adaptation=AdaptConfig(steps=400))
+    result = pipe(y, operator, seed=0, image_id="0801")
+    result.image01, result.neighbours, result.adapter, result.timings, result.config
+
+One call: plain restoration of y → retrieve K neighbours (a Table 5 arm of adir_ops.retrieval)
+→ fetch them → adapt a fresh LoRA on them (eq. 18) → guided sampling with the adapted prior
+(eq. 16, or any sampler of adir_ops.sampling). The Ray worker, the example, the notebooks and
+the benches all call this, so the same seed and image give the same bytes everywhere.
+
+Randomness: every draw comes from the image's own streams (`image_streams`), one per stage,
+seeded from (run seed, image id): every arm sees the same degradation and the same sampler
+noise, and differs from the others by its neighbours alone.
+A failure is raised as StageError naming the stage it happened in (the worker's error row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from adir_ops.adaptation import AdaptConfig, Adapter, adapt
+from adir_ops.retrieval import Neighbours, NoNeighbours
+from adir_ops.rng import generator_for
+from adir_ops.sampling import SAMPLERS, default_sampler, get_sampler
+from adir_ops.tiling import TiledPrior, TilingConfig
+
+# The per-image random streams, named once. Sampling uses the bare id (the stream the job used
+# before the others existed: keeping it keeps every committed result reproducible).
+STREAMS = ("degrade", "retrieval", "adaptation", "sampling")
+AUTO = "auto"
+# Samplers that take eq. 16's scale s.
+_GUIDED = ("eq16", "eq16-preconditioned")
+
+Fetch = Callable[[Sequence[str]], list[torch.Tensor]]
+
+
+def image_streams(seed: int, image_id: str) -> dict[str, torch.Generator]:
+    """One CPU generator per stage of one image, from (run seed, image id)."""
+    streams = {s: generator_for(seed, f"{image_id}#{s}") for s in STREAMS if s != "sampling"}
+    streams["sampling"] = generator_for(seed, image_id)
+    return streams
+
+
+class StageError(RuntimeError):
+    """A failure inside one stage of the pipeline (its `stage`: retrieval, fetch, adaptation, sampling)."""
+
+    def __init__(self, stage: str, error: BaseException, timings: dict[str, float] | None = None):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.stage, self.error = stage, error
+        self.timings = timings if timings is not None else {}  # seconds of the stages run, this one included
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """name: a key of adir_ops.sampling.SAMPLERS, or 'auto' (the measured default for the operator's task)."""
+
+    name: str = AUTO
+    steps: int = 100
+    guidance_scale: float | None = None  # eq. 16's s, for the eq16 samplers; None: the sampler's own default
+
+    def __post_init__(self):
+        if self.name != AUTO and self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; choose 'auto' or one of {', '.join(SAMPLERS)}")
+        if self.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1; got {self.steps}")
+
+    def resolve(self, task: str) -> str:
+        return default_sampler(task) if self.name == AUTO else self.name
+
+
+@dataclass
+class ADIRResult:
+    image01: torch.Tensor  # (1, C, H, W) in [0, 1]: the reconstruction
+    naive01: torch.Tensor  # the operator's plain restoration of y, (1, 3, H, W) in [0, 1]
+    neighbours: Neighbours
+    neighbours_used: int  # fetched and adapted on (an unreadable neighbour is skipped)
+    adapter: Adapter | None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    config: dict[str, Any] = field(default_factory=dict)  # what made it
+
+    @property
+    def lora_final_loss(self) -> float | None:
+        return self.adapter.losses[-1] if self.adapter is not None and self.adapter.losses else None
+
+
+def _read_local(uris: Sequence[str]) -> list[torch.Tensor]:
+    """Default fetch: local image files as (3, H, W) in [-1, 1] (storage URLs are the caller's: cluster passes its own)."""
+    import numpy as np
+    from PIL import Image
+
+    images = []
+    for uri in uris:
+        with Image.open(uri) as img:
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        images.append(torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(127.5).sub(1))
+    return images
+
+
+class ADIRPipeline:
+    """prior (a DiffusionPrior, or the SD x4 upscale pipeline) + retriever + adaptation and sampler settings.
+
+    `tiling`: how the sampler covers an image of any size with prior-resolution tiles (a
+    TiledPrior over `prior`, blended inside eps(): no seams; an image of the prior's size is one
+    tile). `fetch(uris)`: the neighbours as (C, H, W) tensors in [-1, 1], skipping unreadable
+    ones (default: local image files).
+    """
+
+    def __init__(
+        self,
+        prior,
+        retriever=None,
+        *,
+        adaptation: AdaptConfig = AdaptConfig(),
+        sampler: SamplerConfig = SamplerConfig(),
+        fetch: Fetch | None = None,
+        tiling: TilingConfig = TilingConfig(),
+    ):
+        self.prior = prior
+        self.retriever = retriever if retriever is not None else NoNeighbours()
+        self.adaptation, self.sampler, self.tiling = adaptation, sampler, tiling
+        self.fetch = fetch or _read_local
+        self.is_upscaler = hasattr(prior, "vae") and hasattr(prior, "low_res_scheduler")
+        self.sampling_prior = None if self.is_upscaler else TiledPrior(prior, tiling)
+
+    @classmethod
+    def from_spec(cls, prior: str = "default", retriever=None, **kw) -> ADIRPipeline:
+        """`prior`: 'default' (the embedded trained prior), 'tiny[:res]' (random: tests), or a local diffusers folder."""
+        from adir_ops.priors import DiffusionPrior
+
+        if prior == "default":
+            loaded = DiffusionPrior.default()
+        elif prior.split(":")[0] == "tiny":
+            loaded = DiffusionPrior.tiny(resolution=int(prior.split(":")[1]) if ":" in prior else 16)
+        else:
+            loaded = DiffusionPrior.from_diffusers(prior)
+        return cls(loaded.eval(), retriever, **kw)
+
+    # ---------------------------------------------------------------- one image
+    def __call__(
+        self, y: torch.Tensor, operator, *, seed: int, image_id: str, callback=None, on_adapt_step=None
+    ) -> ADIRResult:
+        """Reconstruct one measurement y (1, C, h, w) in [-1, 1] of `operator`.
+
+        `callback(dict)` is the sampler's, per step; `on_adapt_step(step, loss)` the adaptation's, per LoRA step.
+        """
+        streams = image_streams(seed, image_id)
+        timings: dict[str, float] = {}
+
+        @contextlib.contextmanager
+        def stage(name: str):
+            start = time.perf_counter()
+            try:
+                yield
+            except StageError:
+                raise
+            except Exception as exc:
+                raise StageError(name, exc, timings) from exc
+            finally:
+                timings[f"{name}_s"] = time.perf_counter() - start
+
+        naive01 = operator.naive_inverse(y).add(1).div(2).clamp(0, 1)
+        with stage("retrieval"):
+            found = self.retriever.neighbours(
+                y[0].add(1).div(2).clamp(0, 1).cpu(), naive01[0].cpu(), streams["retrieval"]
+            )
+        images: list[torch.Tensor] = []
+        if len(found):
+            with stage("fetch"):
+                images = self.fetch(found.uris)
+                if not images:
+                    raise ValueError(f"none of the {len(found)} neighbours could be read")
+        adapter = None
+        if images:
+            with stage("adaptation"):
+                adapter = self.adapt(images, streams["adaptation"], on_adapt_step)
+        with stage("sampling"):
+            image01 = self.sample(y, operator, streams["sampling"], adapter, callback)
+        sampler = None if self.is_upscaler else self.sampler.resolve(operator.name)
+        config = {
+            "seed": seed,
+            "image_id": image_id,
+            "operator": dict(operator.config),
+            "retrieval": getattr(self.retriever, "mode", "custom"),
+            "k": getattr(self.retriever, "k", 0),
+            "adaptation": dataclasses.asdict(self.adaptation),
+            "sampler": {**dataclasses.asdict(self.sampler), "name": sampler or "sd-x4-upscaler"},
+            "prior": getattr(self.prior, "config", {"source": type(self.prior).__name__}),
+            "tiling": dataclasses.asdict(self.tiling),
+        }
+        return ADIRResult(image01, naive01, found, len(images), adapter, timings, config)
+
+    # ------------------------------------------------------------ the stages, callable alone
+    def adapt(self, images: list[torch.Tensor], generator: torch.Generator, callback=None) -> Adapter:
+        """A fresh LoRA on `images` ((C, H, W) in [-1, 1]) from the image's adaptation stream (paper eq. 18)."""
+        if self.is_upscaler:
+            from adir_ops.sd_upscale import adapt_upscaler
+
+            return adapt_upscaler(self.prior, images, self._upscale_config(), generator, callback=callback)
+        return adapt(self.prior, images, self.adaptation, generator, callback=callback)
+
+    def sample(
+        self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None = None, callback=None
+    ) -> torch.Tensor:
+        """The reconstruction (1, C, H, W) in [0, 1] of y with the (adapted) prior, from the image's sampling stream."""
+        if self.is_upscaler:
+            image01 = self._upscale(y, operator, generator, adapter)
+        else:
+            name = self.sampler.resolve(operator.name)
+            guided = name in _GUIDED and self.sampler.guidance_scale is not None
+            options = {"guidance_scale": self.sampler.guidance_scale} if guided else {}
+            with adapter.applied(self.prior) if adapter is not None else contextlib.nullcontext():
+                x0 = get_sampler(name)(
+                    self.sampling_prior,
+                    y,
+                    operator,
+                    steps=self.sampler.steps,
+                    generator=[generator],
+                    callback=callback,
+                    **options,
+                )
+            image01 = x0.add(1).div(2)
+        if not torch.isfinite(image01).all():
+            raise ValueError(
+                "the sampler produced non-finite pixels (NaN/inf); check the guidance scale and the prior's weights"
+            )
+        return image01.clamp(0, 1)
+
+    def _upscale_config(self):
+        from adir_ops.sd_upscale import UpscaleConfig, default_crop_size
+
+        return UpscaleConfig(lora=self.adaptation, crop_size=default_crop_size(self.prior), steps=self.sampler.steps)
+
+    def _upscale(self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None) -> torch.Tensor:
+        from adir_ops.sd_upscale import upscale
+
+        x01 = upscale(self.prior, y.add(1).div(2).clamp(0, 1), self._upscale_config(), [generator], adapter=adapter)
+        return x01[..., : operator.image_size[0], : operator.image_size[1]]

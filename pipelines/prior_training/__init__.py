@@ -1,0 +1,1 @@
+"""Training the embedded default prior, in parts: the run's settings, the patches, the training loop, the export; `pipelines.train_prior` is its command."""
