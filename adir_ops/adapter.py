@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adir_ops.adapt_config import AdaptConfig
 from adir_ops.lora import ModuleState, inject_lora, refuse_if_adapted, remove_lora
 
 __all__ = ["WEIGHT_NAME", "AdaptConfig", "Adapter"]
@@ -26,56 +25,6 @@ ADIR_METADATA_KEY = "adir_adapter"
 # diffusers' default LoRA file name, for callers who save into a folder that diffusers will search.
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class AdaptConfig:
-    """Settings of one adaptation run; the defaults are the paper's (Section 4, Guided Diffusion)."""
-
-    lora_rank: int = 16
-    lora_alpha: float = 8
-    learning_rate: float = 1e-4
-    steps: int = 400
-    batch_size: int = 6
-    # Horizontal flips of the crops: natural images are mirror-symmetric in distribution,
-    # so flips double the few (K = 20..50) neighbours for free. Off by default because
-    # the paper trains without them.
-    hflip: bool = False
-
-    def __post_init__(self) -> None:
-        def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"AdaptConfig.{name} must be an integer >= {minimum}; got {value!r}")
-
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ValueError(f"AdaptConfig.{name} must be a finite number > 0; got {value!r}")
-
-        integer("lora_rank", 1)
-        positive("lora_alpha")
-        positive("learning_rate")
-        integer("steps", 0)
-        integer("batch_size", 1)
-        if not isinstance(self.hflip, bool):
-            raise ValueError(f"AdaptConfig.hflip must be True or False; got {self.hflip!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> AdaptConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown AdaptConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
 
 
 # ------------------------------------------------------------------ the adapter

@@ -43,6 +43,12 @@ def check_value(name: str, value: Any, annotation: Any) -> None:
         raise ValueError(errors[0] if len(errors) == 1 else f"--{_flag(name)} has an invalid value {_describe(value)}")
     if annotation is Any:
         return
+    if dataclasses.is_dataclass(annotation):  # a nested config checks its own fields
+        if not isinstance(value, annotation):
+            raise ValueError(
+                f"--{_flag(name)} must be a mapping of {annotation.__name__} fields; got {_describe(value)}"
+            )
+        return
     if annotation is bool:
         if not isinstance(value, bool):
             raise ValueError(f"--{_flag(name)} must be true or false; got {_describe(value)}")
@@ -82,3 +88,16 @@ def check_fields(instance: Any) -> None:
     hints = typing.get_type_hints(type(instance))
     for f in dataclasses.fields(instance):
         check_value(f.name, getattr(instance, f.name), hints[f.name])
+
+
+def config_from_dict(cls, values: Mapping[str, Any], what: str, required: tuple[str, ...] = ()):
+    """cls(**values) for a job config read from YAML or flags: unknown keys refused by name; `required` ones
+    left missing become None, so the config's own check names the option instead of a TypeError."""
+    values = dict(values)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, values)) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; known options: {sorted(known)}")
+    for name in required:
+        values.setdefault(name, None)
+    return cls(**values)

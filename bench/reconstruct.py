@@ -49,6 +49,7 @@ def make_pictures(folder: str, count: int, height: int, width: int, seed0: int, 
 
 def job_run(args, inputs: str, index: str, out: str, actors: int) -> dict:
     """One `adir reconstruct` run; returns wall time, time to first row and steady-state images/s."""
+    from adir_ops.adapt_config import AdaptConfig
     from cluster.config import ReconstructConfig
     from pipelines import reconstruct
 
@@ -60,7 +61,7 @@ def job_run(args, inputs: str, index: str, out: str, actors: int) -> dict:
         prior=f"tiny:{args.prior_resolution}",
         k=args.k,
         steps=args.steps,
-        lora_steps=args.lora_steps,
+        lora=AdaptConfig(steps=args.lora_steps),
         num_actors=actors,
         seed=0,
     )

@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from adir_ops.adapt_config import AdaptConfig, fold_flat_names
 from adir_ops.tasks import TASKS  # the operator registry's names, torch-free for the command line
-from adir_ops.validation import check_fields
+from adir_ops.validation import check_fields, config_from_dict
 from adir_ops.weights import DEFAULT_PRIOR_NAME
 from adir_storage import redact_options
 
@@ -54,11 +55,9 @@ class ReconstructConfig:
     mode: str = "adir"
     k: int = 20
     steps: int = 100
-    lora_steps: int = 400
-    lora_rank: int = 16
-    lora_alpha: float = 8.0
-    lora_learning_rate: float = 1e-4
-    lora_batch_size: int = 6
+    lora: AdaptConfig = field(
+        default_factory=AdaptConfig
+    )  # the paper's: rank 16, alpha 8, lr 1e-4, 400 steps, batch 6
     guidance_scale: float | None = None  # eq. 16's s for the eq16 samplers; None: the sampler's default (eq16: 1000)
     # adir_ops.sampling.SAMPLERS name, or "auto": the sampler measured best for the task (DEFAULT_SAMPLER_BY_TASK).
     sampler: str = "auto"
@@ -86,6 +85,8 @@ class ReconstructConfig:
             object.__setattr__(self, "metrics", tuple(self.metrics))
         if self.storage_options is None:
             object.__setattr__(self, "storage_options", {})
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", AdaptConfig.from_dict(self.lora))
         for name in ("inputs", "out", "task"):
             if not getattr(self, name):
                 raise ValueError(f"reconstruct needs --{name} (on the command line or in --config job.yaml)")
@@ -111,9 +112,6 @@ class ReconstructConfig:
         for name, minimum in (
             ("k", 1),
             ("steps", 1),
-            ("lora_steps", 0),
-            ("lora_rank", 1),
-            ("lora_batch_size", 1),
             ("tile_batch", 1),
             ("mse_thumbnail", 4),
             ("max_restarts", 0),
@@ -148,14 +146,8 @@ class ReconstructConfig:
     # ------------------------------------------------------------------ conversions
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ReconstructConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown reconstruct option(s) {unknown}; known options: {sorted(known)}")
-        values = dict(values)
-        for name in ("inputs", "out", "task"):
-            values.setdefault(name, None)  # reported by __post_init__ as a missing option, not a TypeError
-        return cls(**values)
+        # `lora_steps: 50` (older configs, the --lora-* flags) is lora.steps.
+        return config_from_dict(cls, fold_flat_names(values), "reconstruct", required=("inputs", "out", "task"))
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)

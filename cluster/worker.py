@@ -81,7 +81,6 @@ class ReconstructionWorker:
     """
 
     def __init__(self, config: Mapping[str, Any] | ReconstructConfig):
-        from adir_ops.adaptation import AdaptConfig
         from adir_ops.embedding import get_embedder
         from adir_ops.pipeline import ADIRPipeline, SamplerConfig
         from adir_ops.tiling import TilingConfig
@@ -122,17 +121,10 @@ class ReconstructionWorker:
             gray=cfg.task == "colorize",
             storage_options=cfg.storage_options,
         )
-        adaptation = AdaptConfig(
-            lora_rank=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            learning_rate=cfg.lora_learning_rate,
-            steps=cfg.lora_steps,
-            batch_size=cfg.lora_batch_size,
-        )
         self.pipeline = ADIRPipeline(
             self.upscaler if self.upscaler is not None else self.prior,
             self.retriever,
-            adaptation=adaptation,
+            adaptation=cfg.lora,
             sampler=SamplerConfig(cfg.sampler, cfg.steps, cfg.guidance_scale),
             fetch=self._fetch,
             tiling=TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images),

@@ -18,12 +18,15 @@ through every stage (the test runs it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from adir_ops.adapt_config import AdaptConfig
 
 DEMO_TASKS = ("sr4", "deblur", "colorize")
 DEMO_MODES = ("baseline", "adir", "random-nn", "mse-nn")
@@ -50,11 +53,9 @@ class DemoConfig:
     prior: str = field(default_factory=_default_prior)
     k: int = 8  # neighbours per image
     steps: int = 30  # respaced sampling steps
-    lora_steps: int = 20  # LoRA adaptation iterations (the job's default is 400)
-    lora_batch_size: int = 6  # the paper's
-    # 3x the paper's 1e-4, which is meant for 400 steps: at 1e-4 a few dozen steps barely move the
-    # LoRA (bench/adaptation_effect.py; docs/results-default.md measures this setting on 24 images).
-    lora_learning_rate: float = 3e-4
+    # 20 LoRA iterations (the job's default is 400) at 3x the paper's 1e-4, which is meant for 400
+    # steps: at 1e-4 a few dozen steps barely move the LoRA (bench/adaptation_effect.py). Batch 6.
+    lora: AdaptConfig = field(default_factory=lambda: AdaptConfig(steps=20, learning_rate=3e-4))
     seed: int = 0
     metrics: tuple[str, ...] = ("report",)  # evaluate's --metrics: NIQE, BRISQUE, PIQE, ST-LPIPS
     num_actors: int | None = None  # None: one per CPU core, at most one per image
@@ -76,7 +77,13 @@ class DemoConfig:
 
 
 # The smallest run that still passes through every stage and every mode.
-QUICK = {"images": 1, "tasks": ("sr4",), "k": 2, "steps": 4, "lora_steps": 2, "lora_batch_size": 2}
+QUICK = {
+    "images": 1,
+    "tasks": ("sr4",),
+    "k": 2,
+    "steps": 4,
+    "lora": AdaptConfig(steps=2, batch_size=2, learning_rate=3e-4),
+}
 
 
 def pick_test_images(manifest: dict, count: int) -> list[dict]:
@@ -180,9 +187,7 @@ def run(config: DemoConfig) -> dict:
                         prior=config.prior,
                         k=config.k,
                         steps=config.steps,
-                        lora_steps=config.lora_steps,
-                        lora_batch_size=config.lora_batch_size,
-                        lora_learning_rate=config.lora_learning_rate,
+                        lora=config.lora,
                         seed=config.seed,
                         num_actors=actors,
                     )
@@ -216,13 +221,19 @@ def main(args: argparse.Namespace) -> int:
     values = {"out": args.out, "progress": not args.no_progress}
     if args.quick:
         values.update(QUICK)
-    for name in ("images", "prior", "k", "steps", "lora_steps", "lora_learning_rate", "seed"):
+    for name in ("images", "prior", "k", "steps", "seed"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     if args.tasks:
         values["tasks"] = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if args.modes:
         values["modes"] = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if args.lora_steps is not None or args.lora_learning_rate is not None or "lora" in values:
+        base = values.pop("lora", DemoConfig().lora)
+        changes = {
+            k: v for k, v in (("steps", args.lora_steps), ("learning_rate", args.lora_learning_rate)) if v is not None
+        }
+        values["lora"] = dataclasses.replace(base, **changes)
     config = DemoConfig(**values)
     from pipelines.evaluate import headline
 

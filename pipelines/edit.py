@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from adir_ops.validation import check_fields
+from adir_ops.adapt_config import FLAT_NAMES, AdaptConfig, fold_flat_names
+from adir_ops.validation import check_fields, config_from_dict
 from adir_storage import redact_options
 
 MODES = ("adir", "baseline")
@@ -42,11 +43,7 @@ class EditJob:
     seed: int = 0
     steps: int = 50
     guidance_scale: float = 7.5
-    lora_steps: int = 400
-    lora_rank: int = 16
-    lora_alpha: float = 8.0
-    lora_learning_rate: float = 1e-4
-    lora_batch_size: int = 6
+    lora: AdaptConfig = field(default_factory=AdaptConfig)  # the paper's; --lora-steps etc. set its fields
     crop_size: int | None = None
     prompt_dropout: float = 0.1
     mixed_precision: str = "auto"
@@ -56,6 +53,8 @@ class EditJob:
     def __post_init__(self):
         if self.storage_options is None:
             object.__setattr__(self, "storage_options", {})
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", AdaptConfig.from_dict(self.lora))
         for name in ("image", "out"):
             if not getattr(self, name):
                 raise ValueError(f"edit needs --{name}")
@@ -69,18 +68,14 @@ class EditJob:
             raise ValueError(
                 "mode 'adir' retrieves neighbours by the prompt and needs --index URL (built with an OpenCLIP encoder)"
             )
-        for name, minimum in (("k", 1), ("steps", 1), ("lora_steps", 0), ("lora_rank", 1), ("lora_batch_size", 1)):
+        for name, minimum in (("k", 1), ("steps", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}; got {value!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EditJob:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown edit option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**dict(values))
+        return config_from_dict(cls, fold_flat_names(values), "edit")
 
     def redacted(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -166,7 +161,6 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
     import torch
     import yaml
 
-    from adir_ops.adaptation import AdaptConfig
     from adir_ops.rng import generator_for
     from adir_ops.sd_editing import EditConfig, adapt_inpainting, edit
     from adir_storage import commit_bytes, join_url, read_bytes
@@ -185,13 +179,7 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
         summary["neighbour_ids"] = ids
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_inpainting_pipeline(job.pipeline, job.storage_options).to(device)
-    lora = AdaptConfig(
-        lora_rank=job.lora_rank,
-        lora_alpha=job.lora_alpha,
-        learning_rate=job.lora_learning_rate,
-        steps=job.lora_steps,
-        batch_size=job.lora_batch_size,
-    )
+    lora = job.lora
     crop = job.crop_size or min(512, int(pipe.vae_scale_factor) * int(pipe.unet.config.sample_size))
     config = EditConfig(
         lora=lora,
@@ -209,7 +197,7 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
     adapter = None
     if job.mode == "adir":
         log(
-            f"retrieved {len(ids)} neighbours of the prompt; adapting {job.lora_steps} LoRA steps on {len(neighbours)}"
+            f"retrieved {len(ids)} neighbours of the prompt; adapting {job.lora.steps} LoRA steps on {len(neighbours)}"
         )
         adapter = adapt_inpainting(
             pipe, neighbours, job.prompt, config, generator_for(job.seed, f"{image_id}#adaptation")
@@ -238,8 +226,8 @@ def main(args: argparse.Namespace) -> int:
 
         fs, path = open_fs(args.config)
         with fs.open(path, "rb") as f:
-            values = {k.replace("-", "_"): v for k, v in (yaml.safe_load(f.read()) or {}).items()}
-    for name in (f.name for f in dataclasses.fields(EditJob)):
+            values = {str(k).replace("-", "_"): v for k, v in (yaml.safe_load(f.read()) or {}).items()}
+    for name in [f.name for f in dataclasses.fields(EditJob)] + list(FLAT_NAMES):  # --lora-steps etc. fold into lora
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value

@@ -2,8 +2,8 @@
 
 An ARM is one (task, mode, settings) combination: `adir reconstruct` runs that agree on task,
 mode and every option that decides that mode's results are one arm (a dataset split over
-several OUT folders is merged); runs that differ in such an option (say `lora_steps`) are
-separate arms, labelled by what differs ("adir lora_steps=100"). Each task also gets the
+several OUT folders is merged); runs that differ in such an option (say `lora.steps`) are
+separate arms, labelled by what differs ("adir lora.steps=100"). Each task also gets the
 PLAIN arm: the operator's plain restoration (bicubic upscale, the blurred input, the gray
 image, the mean-filled hole) of the same degraded inputs.
 

@@ -33,7 +33,8 @@ NOT_SETTINGS = frozenset(
     }
 )
 # Options a mode does not use: two baseline runs that differ only in lora_steps are the same arm.
-_LORA = ("index", "k", "lora_steps", "lora_rank", "lora_alpha", "lora_learning_rate", "lora_batch_size")
+# `lora` is the nested AdaptConfig of today's config.yaml; the lora_* names are older runs' flat keys.
+_LORA = ("index", "k", "lora", "lora_steps", "lora_rank", "lora_alpha", "lora_learning_rate", "lora_batch_size")
 UNUSED_BY_MODE = {
     "baseline": frozenset({*_LORA, "embedder", "mse_thumbnail"}),
     "adir": frozenset({"mse_thumbnail"}),
@@ -105,7 +106,15 @@ def _settings(mode: str, config: Mapping[str, Any], row: Mapping[str, Any]) -> d
     """The options that decide this mode's results; without config.yaml, what the row itself records."""
     source = dict(config) if config else {"seed": row.get("seed"), "k": row.get("k")}
     unused = NOT_SETTINGS | UNUSED_BY_MODE.get(mode, frozenset())
-    return {k: v for k, v in sorted(source.items()) if k not in unused}
+    settings = {}
+    for key, value in sorted(source.items()):
+        if key in unused:
+            continue
+        if key == "lora" and isinstance(value, Mapping):  # nested: one setting per field, labelled lora.steps=50
+            settings.update({f"lora.{k}": v for k, v in sorted(value.items())})
+        else:
+            settings[key] = value
+    return settings
 
 
 def freeze(value: Any) -> Any:

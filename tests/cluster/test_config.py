@@ -63,3 +63,45 @@ def test_pool_size_follows_the_cluster():
     assert actor_plan({"CPU": 16.0, "GPU": 4.0}, work=1) == (1, {"num_gpus": 1.0, "num_cpus": 1.0})
     assert actor_plan({"CPU": 2.0}, work=1)[0] == 1 and actor_plan({"CPU": 2.0}, work=0)[0] == 1
     assert actor_plan({"CPU": 2.0}, work=1, num_actors=2)[0] == 2
+
+
+def test_the_lora_settings_are_one_nested_adapt_config_and_flat_names_still_read():
+
+    from adir_ops.adapt_config import AdaptConfig
+
+    base = {"inputs": "i", "out": "o", "task": "sr4", "mode": "baseline"}
+    nested = ReconstructConfig.from_dict({**base, "lora": {"steps": 50, "learning_rate": 3e-4}})
+    flat = ReconstructConfig.from_dict({**base, "lora_steps": 50, "lora_learning_rate": 3e-4})
+    assert nested == flat and nested.lora == AdaptConfig(steps=50, learning_rate=3e-4)
+    assert nested.to_dict()["lora"]["steps"] == 50 and "lora_steps" not in nested.to_dict()  # config.yaml nests it
+    assert ReconstructConfig.from_dict(nested.to_dict()) == nested  # and reads it back
+    with pytest.raises(ValueError, match="AdaptConfig.steps must be an integer"):
+        ReconstructConfig.from_dict({**base, "lora": {"steps": "many"}})
+    with pytest.raises(ValueError, match="unknown AdaptConfig field"):
+        ReconstructConfig.from_dict({**base, "lora": {"stepz": 3}})
+
+
+def test_a_lora_flag_overrides_the_job_files_nested_value(tmp_path):
+    import yaml
+
+    from pipelines import cli, reconstruct
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"lora": {"steps": 10, "batch_size": 2}}))
+    argv = [
+        "reconstruct",
+        "--inputs",
+        "i",
+        "--out",
+        "o",
+        "--task",
+        "sr4",
+        "--index",
+        "x",
+        "--config",
+        str(job),
+        "--lora-steps",
+        "5",
+    ]
+    config = reconstruct.resolve_config(cli.build_parser().parse_args(argv))
+    assert (config.lora.steps, config.lora.batch_size) == (5, 2)

@@ -33,8 +33,7 @@ def _job(inputs, out, index, mode):
         prior="tiny:16",
         k=3,
         steps=STEPS,
-        lora_steps=LORA.steps,
-        lora_batch_size=LORA.batch_size,
+        lora=LORA,
         seed=SEED,
         num_actors=1,
     )

@@ -19,7 +19,8 @@ from pipelines.photos import (
     split_photos,
     verify_manifest,
 )
-from pipelines.photos.derive import CLASSES, REDISTRIBUTABLE, parse_credit_stanzas
+from pipelines.photos.catalogue import CLASSES, REDISTRIBUTABLE
+from pipelines.photos.credits import parse_credit_stanzas
 from pipelines.photos.rcc import COMPRESSED_ZLIB, DIRECTORY, RccError, RccFile, qt_hash
 from pipelines.photos.split import DATA_DIR, SAME_SCENE, intersects
 

@@ -88,7 +88,7 @@ def test_every_input_gets_exactly_one_row_and_every_good_one_a_png(dataset_run):
     # The resolved config: CLI flags over job.yaml over defaults, and the index's embedder.
     with open(os.path.join(out, "config.yaml")) as f:
         config = yaml.safe_load(f)
-    assert (config["steps"], config["lora_batch_size"], config["embedder"]) == (4, 2, "offline-content")
+    assert (config["steps"], config["lora"]["batch_size"], config["embedder"]) == (4, 2, "offline-content")
 
 
 def test_an_image_alone_gives_the_same_output_as_in_the_dataset_run(dataset_run, tmp_path):
