@@ -1,4 +1,4 @@
-"""The one exception type that the `adir` command line reports as a usage error (exit code 2)."""
+"""The exceptions the `adir` command line reports as one line: UsageError (exit code 2) and JobFailed (exit code 1)."""
 
 
 class UsageError(ValueError):

@@ -20,9 +20,9 @@ from pipelines.photos import (
     verify_manifest,
 )
 from pipelines.photos.catalogue import CLASSES, REDISTRIBUTABLE
-from pipelines.photos.credits import parse_credit_stanzas
 from pipelines.photos.rcc import COMPRESSED_ZLIB, DIRECTORY, RccError, RccFile, qt_hash
 from pipelines.photos.split import DATA_DIR, SAME_SCENE, intersects
+from pipelines.photos.stanzas import parse_credit_stanzas
 
 
 # -- a tiny .rcc writer, following the layout rcc.py's docstring describes ---------------------------
