@@ -95,7 +95,6 @@ def headline_section(ev: Evaluation) -> str:
         if adir is None:
             continue
         for m in metrics:
-            arrow = "↑" if higher_is_better(m) else "↓"
             cells = [summary_cell(summarize(a, m), m) if a is not None else "—" for a in (plain, baseline, adir)]
             diffs = [
                 paired_cell(paired_difference(metric_column(adir, m), metric_column(ref, m), ev.config.confidence), m)
@@ -104,7 +103,7 @@ def headline_section(ev: Evaluation) -> str:
                 for ref in (baseline, plain)
             ]
             parts.append(
-                f"<tr><th>{_e(task)}</th><th>{_e(metric_title(m))} {arrow}</th>"
+                f"<tr><th>{_e(task)}</th><th>{_e(metric_title(m))}</th>"
                 + "".join(f"<td>{_e(c)}</td>" for c in cells + diffs)
                 + "</tr>"
             )
@@ -129,6 +128,7 @@ def _difference_plots(ev: Evaluation) -> str:
                 _dot_plot(
                     f"{task}: {metric_title(m)}, ADIR − no adaptation ({'higher' if higher_is_better(m) else 'lower'} is better)",
                     [(i, a[i] - b[i]) for i in ids],
+                    higher_is_better(m),
                 )
             )
     if not plots:
@@ -136,7 +136,10 @@ def _difference_plots(ev: Evaluation) -> str:
     return '<h3>Per-image paired differences</h3><div class="plots">' + "".join(plots) + "</div>"
 
 
-def _dot_plot(title: str, points: Sequence[tuple[str, float]], width: int = 360, height: int = 150) -> str:
+def _dot_plot(
+    title: str, points: Sequence[tuple[str, float]], higher: bool, width: int = 360, height: int = 150
+) -> str:
+    """Green dots where ADIR did better on that image, red where worse (by the metric's own direction)."""
     left, right, top, bottom = 40, 10, 22, 18
     values = [v for _, v in points]
     span = max(max(abs(v) for v in values), 1e-9) * 1.1
@@ -146,7 +149,7 @@ def _dot_plot(title: str, points: Sequence[tuple[str, float]], width: int = 360,
 
     step = (width - left - right) / max(len(points), 1)
     dots = "".join(
-        f'<circle cx="{left + step * (k + 0.5):.1f}" cy="{y(v):.1f}" r="3" fill="{"#2a7" if v > 0 else "#c33" if v < 0 else "#888"}">'
+        f'<circle cx="{left + step * (k + 0.5):.1f}" cy="{y(v):.1f}" r="3" fill="{"#888" if v == 0 else "#2a7" if (v > 0) == higher else "#c33"}">'
         f"<title>{_e(i)}: {v:+.4g}</title></circle>"
         for k, (i, v) in enumerate(points)
     )
