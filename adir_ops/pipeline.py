@@ -65,12 +65,17 @@ class SamplerConfig:
     name: str = AUTO
     steps: int = 100
     guidance_scale: float | None = None  # eq. 16's s, for the eq16 samplers; None: the sampler's own default
+    # Posterior samples per image (beyond the paper): their mean is the distortion-optimal estimate,
+    # their per-pixel std where the reconstruction is uncertain. Sample 0 is the single-sample result.
+    samples: int = 1
 
     def __post_init__(self):
         if self.name != AUTO and self.name not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.name!r}; choose 'auto' or one of {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise ValueError(f"sampler steps must be >= 1; got {self.steps}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples must be an integer >= 1; got {self.samples!r}")
 
     def resolve(self, task: str) -> str:
         return default_sampler(task) if self.name == AUTO else self.name
@@ -85,6 +90,8 @@ class ADIRResult:
     adapter: Adapter | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     config: dict[str, Any] = field(default_factory=dict)  # what made it
+    mean01: torch.Tensor | None = None  # with samples > 1: the mean of the posterior samples
+    std01: torch.Tensor | None = None  # with samples > 1: per-pixel std over the samples, channel mean, (1, 1, H, W)
 
     @property
     def lora_final_loss(self) -> float | None:
@@ -182,7 +189,16 @@ class ADIRPipeline:
             with stage("adaptation"):
                 adapter = self.adapt(images, streams["adaptation"], on_adapt_step)
         with stage("sampling"):
-            image01 = self.sample(y, operator, streams["sampling"], adapter, callback)
+            # Sample j > 0 draws from its own stream: the first is the single-sample result whatever N is,
+            # and each sample is the same whether the others run or not.
+            draws = [streams["sampling"]] + [
+                generator_for(seed, f"{image_id}#sample{j}") for j in range(1, self.sampler.samples)
+            ]
+            samples = [self.sample(y, operator, g, adapter, callback) for g in draws]
+        image01, mean01, std01 = samples[0], None, None
+        if len(samples) > 1:
+            stack = torch.stack(samples)
+            mean01, std01 = stack.mean(0), stack.std(0).mean(1, keepdim=True)
         sampler = None if self.is_upscaler else self.sampler.resolve(operator.name)
         config = {
             "seed": seed,
@@ -195,7 +211,7 @@ class ADIRPipeline:
             "prior": getattr(self.prior, "config", {"source": type(self.prior).__name__}),
             "tiling": dataclasses.asdict(self.tiling),
         }
-        return ADIRResult(image01, naive01, found, len(images), adapter, timings, config)
+        return ADIRResult(image01, naive01, found, len(images), adapter, timings, config, mean01, std01)
 
     # ------------------------------------------------------------ the stages, callable alone
     def adapt(self, images: list[torch.Tensor], generator: torch.Generator, callback=None) -> Adapter:

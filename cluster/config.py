@@ -61,6 +61,7 @@ class ReconstructConfig:
     guidance_scale: float | None = None  # eq. 16's s for the eq16 samplers; None: the sampler's default (eq16: 1000)
     # adir_ops.sampling.SAMPLERS name, or "auto": the sampler measured best for the task (DEFAULT_SAMPLER_BY_TASK).
     sampler: str = "auto"
+    samples: int = 1  # posterior samples per image: > 1 also writes their mean and a per-pixel std map
     noise_sigma_255: float | None = None
     seed: int = 0
     degraded: bool = False
@@ -112,6 +113,7 @@ class ReconstructConfig:
         for name, minimum in (
             ("k", 1),
             ("steps", 1),
+            ("samples", 1),
             ("tile_batch", 1),
             ("mse_thumbnail", 4),
             ("max_restarts", 0),

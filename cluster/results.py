@@ -32,6 +32,7 @@ IMAGES_DIR = "images"
 RESULTS_DIR = "results"
 RESULTS_NAME = "results.parquet"
 CONFIG_NAME = "config.yaml"
+STD_SCALE = 4.0  # the std map's PNG shows std x 4 (std of [0, 1] pixels rarely exceeds 0.25)
 THUMBNAILS_DIR = "cache"  # the mse-nn arm's corpus thumbnails (cluster.retrieval)
 ERROR_SUFFIX = "~error"  # never part of a safe_name: see the module docstring
 MAX_NAME_CHARS = 120
@@ -57,6 +58,12 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("tiles", pa.int32()),  # UNet tiles per sampling step
         pa.field("sampler", pa.string()),  # the sampler that ran (config "auto" resolved for the task)
+        pa.field("samples", pa.int32()),  # posterior samples drawn; the row's psnr/ssim are sample 0's
+        pa.field("mean_output", pa.string()),  # with samples > 1: images/mean/<name>.png, their mean
+        pa.field("std_output", pa.string()),  # ... and images/std/<name>.png, per-pixel std x STD_SCALE
+        pa.field("mean_psnr", pa.float64()),
+        pa.field("mean_ssim", pa.float64()),
+        pa.field("mean_std", pa.float64()),  # the std map's mean: how uncertain the reconstruction is overall
         *[pa.field(f"{stage}_s", pa.float64()) for stage in STAGES],
         pa.field("total_s", pa.float64()),
         pa.field("lora_final_loss", pa.float64()),

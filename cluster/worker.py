@@ -16,10 +16,10 @@ from typing import Any, Mapping
 import torch
 
 from adir_ops.rng import image_seed
-from adir_storage import commit_bytes, is_local, local_copy, read_bytes, scrub
+from adir_storage import commit_bytes, is_local, join_url, local_copy, read_bytes, scrub
 from cluster.config import ReconstructConfig, prior_kind
 from cluster.images import decode_rgb, encode_png, to_tensor01
-from cluster.results import RESULTS_SCHEMA, image_url, utc_now, write_part
+from cluster.results import IMAGES_DIR, RESULTS_SCHEMA, STD_SCALE, image_url, utc_now, write_part
 
 MAX_ERROR_CHARS = 2000
 
@@ -125,7 +125,7 @@ class ReconstructionWorker:
             self.upscaler if self.upscaler is not None else self.prior,
             self.retriever,
             adaptation=cfg.lora,
-            sampler=SamplerConfig(cfg.sampler, cfg.steps, cfg.guidance_scale),
+            sampler=SamplerConfig(cfg.sampler, cfg.steps, cfg.guidance_scale, cfg.samples),
             fetch=self._fetch,
             tiling=TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images),
         )
@@ -209,13 +209,31 @@ class ReconstructionWorker:
             height=result01.shape[-2],
             width=result01.shape[-1],
             tiles=1 if self.upscaler is not None else self.pipeline.sampling_prior.tile_count(*operator.image_size),
+            samples=cfg.samples,
         )
         if cfg.mode != "baseline":
             out["neighbours_used"] = result.neighbours_used
         if reference is not None:
             with watch.stage("metrics"):
                 out.update(self._metrics(result01, naive01, reference.to(self.device)))
+                if result.mean01 is not None:
+                    mean = self._metrics(result.mean01, naive01, reference.to(self.device))
+                    out.update(mean_psnr=mean.get("psnr"), mean_ssim=mean.get("ssim"))
         with watch.stage("write"):
+            if result.mean01 is not None:  # before the sample's PNG: that one marks the image done
+                name = item["name"]
+                commit_bytes(
+                    join_url(cfg.out, IMAGES_DIR, "mean", name + ".png"),
+                    encode_png(result.mean01[0]),
+                    cfg.storage_options,
+                )
+                std_png = encode_png(result.std01[0].mul(STD_SCALE).clamp(0, 1))
+                commit_bytes(join_url(cfg.out, IMAGES_DIR, "std", name + ".png"), std_png, cfg.storage_options)
+                out.update(
+                    mean_output=f"images/mean/{name}.png",
+                    std_output=f"images/std/{name}.png",
+                    mean_std=float(result.std01.mean()),
+                )
             commit_bytes(image_url(cfg.out, item["name"]), encode_png(result01[0]), cfg.storage_options)
             out["output"] = f"images/{item['name']}.png"
         return out

@@ -162,6 +162,12 @@ def _add_reconstruct(commands) -> None:
         help="guided sampler: auto (default: the one measured best for the task, docs/sampler.md), "
         "eq16 (the paper's), eq16-preconditioned, ddnm, ddnm-neutral-cast",
     )
+    p.add_argument(
+        "--samples",
+        type=int,
+        help="posterior samples per image (default 1); more also write their mean "
+        "(images/mean/) and a per-pixel std map (images/std/), with the mean's metrics in the row",
+    )
     p.add_argument("--embedder", help="encoder (default: the index's own; a different one is refused)")
     p.add_argument("--tile-batch", type=int, help="UNet tiles per call for images larger than the prior (default 4)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")

@@ -52,6 +52,7 @@ CLI_FIELDS = (
     "reference",
     "guidance_scale",
     "sampler",
+    "samples",
     "embedder",
     "tile_batch",
     "tile_overlap",

@@ -15,7 +15,7 @@ from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
 from cluster.config import ReconstructConfig
 from cluster.images import decode_rgb, encode_png, to_tensor01
 from cluster.retrieval import make_retriever
-from pipelines import reconstruct
+from pipelines import cli, reconstruct
 from tests.cluster.helpers import write_pictures
 
 pytestmark = pytest.mark.timeout(300)
@@ -102,3 +102,48 @@ def test_the_example_gives_the_jobs_pixels_for_the_same_image(ray_cluster, tmp_p
     ]
     assert example.main(argv) == 0
     np.testing.assert_array_equal(_pixels((tmp_path / "example" / "no_adaptation.png").read_bytes()), _pixels(job_png))
+
+
+def test_samples_write_the_mean_and_an_uncertainty_map_and_keep_the_single_sample(ray_cluster, tmp_path):
+    inputs = tmp_path / "inputs"
+    write_pictures(str(inputs), [("multi", 6)], height=16, width=20)
+    one_png, _ = _job(inputs, tmp_path / "one", None, "baseline")
+    argv = [
+        "reconstruct",
+        "--inputs",
+        str(inputs),
+        "--out",
+        str(tmp_path / "three"),
+        "--mode",
+        "baseline",
+        "--task",
+        "sr4",
+        "--prior",
+        "tiny:16",
+        "--steps",
+        str(STEPS),
+        "--seed",
+        str(SEED),
+        "--samples",
+        "3",
+        "--num-actors",
+        "1",
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 0
+    [row] = pq.read_table(tmp_path / "three" / "results.parquet").to_pylist()
+    out = tmp_path / "three"
+    assert (
+        row["samples"] == 3 and (out / row["output"]).read_bytes() == one_png
+    )  # sample 0 is the single-sample result
+    mean, std = _pixels((out / row["mean_output"]).read_bytes()), _pixels((out / row["std_output"]).read_bytes())
+    assert mean.shape == std.shape == (16, 20, 3) and std.max() > 0 and row["mean_std"] > 0
+    assert row["mean_psnr"] is not None and row["psnr"] is not None
+    # The mean is the mean of the samples: the in-process pipeline with the same streams agrees.
+    truth = to_tensor01(decode_rgb((inputs / "multi.png").read_bytes())).unsqueeze(0)
+    operator = make_operator("sr4", image_size=(16, 20))
+    y = operator.degrade(truth * 2 - 1, image_streams(SEED, "multi")["degrade"])
+    result = ADIRPipeline.from_spec("tiny:16", sampler=SamplerConfig(steps=STEPS, samples=3))(
+        y, operator, seed=SEED, image_id="multi"
+    )
+    assert encode_png(result.mean01[0]) == (out / row["mean_output"]).read_bytes()
