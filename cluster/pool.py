@@ -8,7 +8,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from cluster.config import ReconstructConfig
-from cluster.results import RESULTS_SCHEMA, utc_now, write_part
+from cluster.results import new_row, utc_now, write_part
 
 Row = dict[str, Any]
 REPROBE_S = 0.5  # how often to ask a restarting actor whether it is back
@@ -200,28 +200,20 @@ class WorkerPool:
 
     def _failed_row(self, item: Mapping[str, Any], attempts: int, exc: BaseException, stage: str = "worker") -> Row:
         cfg = self.config
-        from adir_ops.rng import image_seed
-
-        row = dict.fromkeys(RESULTS_SCHEMA.names)
-        row.update(
-            {
-                "image_id": item["image_id"],
-                "uri": item["uri"],
-                "name": item["name"],
-                "task": cfg.task,
-                "mode": cfg.mode,
-                "seed": cfg.seed,
-                "image_seed": image_seed(cfg.seed, item["image_id"]),
-                "k": cfg.k,
-                "attempt": attempts,
-                "stage": stage,
-                "error": f"the actor died {attempts} time(s) while reconstructing this image; last: {_cause(exc)}"
-                if stage == "worker"
-                else f"failed {attempts} time(s): {_cause(exc)}",
-                "finished_at": utc_now(),
-                "worker_pid": os.getpid(),
-                "worker_device": "driver",
-            }
+        error = (
+            f"the actor died {attempts} time(s) while reconstructing this image; last: {_cause(exc)}"
+            if stage == "worker"
+            else f"failed {attempts} time(s): {_cause(exc)}"
+        )
+        row = new_row(
+            cfg,
+            item,
+            attempts,
+            stage=stage,
+            error=error,
+            finished_at=utc_now(),
+            worker_pid=os.getpid(),
+            worker_device="driver",
         )
         write_part(cfg.out, row, cfg.storage_options)
         return row

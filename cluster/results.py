@@ -140,24 +140,30 @@ def row_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{n: row.get(n) for n in RESULTS_SCHEMA.names} for row in rows], schema=RESULTS_SCHEMA)
 
 
-def error_row(config, item: Mapping[str, Any]) -> dict[str, Any]:
-    """The result row of an item that failed before any actor saw it (item["stage"], item["error"])."""
+def new_row(config, item: Mapping[str, Any], attempt: int, **fields: Any) -> dict[str, Any]:
+    """A result row of RESULTS_SCHEMA for one item: every column None but the item's identity and the job's
+    coordinates (image id, uri, name, task, mode, seeds, k, attempt), then `fields`."""
     from adir_ops.rng import image_seed
 
-    return {
-        "image_id": item["image_id"],
-        "uri": item["uri"],
-        "name": item["name"],
-        "task": config.task,
-        "mode": config.mode,
-        "seed": config.seed,
-        "image_seed": image_seed(config.seed, item["image_id"]),
-        "k": config.k,
-        "attempt": 1,
-        "stage": item["stage"],
-        "error": item["error"],
-        "finished_at": utc_now(),
-    }
+    row: dict[str, Any] = dict.fromkeys(RESULTS_SCHEMA.names)
+    row.update(
+        image_id=item["image_id"],
+        uri=item["uri"],
+        name=item["name"],
+        task=config.task,
+        mode=config.mode,
+        seed=config.seed,
+        image_seed=image_seed(config.seed, item["image_id"]),
+        k=config.k,
+        attempt=attempt,
+    )
+    row.update(fields)
+    return row
+
+
+def error_row(config, item: Mapping[str, Any]) -> dict[str, Any]:
+    """The result row of an item that failed before any actor saw it (item["stage"], item["error"])."""
+    return new_row(config, item, 1, stage=item["stage"], error=item["error"], finished_at=utc_now())
 
 
 def write_part(out: str, row: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:

@@ -15,11 +15,10 @@ from typing import Any, Mapping
 
 import torch
 
-from adir_ops.rng import image_seed
 from adir_storage import commit_bytes, is_local, join_url, local_copy, read_bytes, scrub
 from cluster.config import ReconstructConfig, prior_kind
 from cluster.images import decode_rgb, encode_png, to_tensor01
-from cluster.results import IMAGES_DIR, RESULTS_SCHEMA, STD_SCALE, image_url, utc_now, write_part
+from cluster.results import IMAGES_DIR, STD_SCALE, image_url, new_row, utc_now, write_part
 
 MAX_ERROR_CHARS = 2000
 
@@ -138,22 +137,7 @@ class ReconstructionWorker:
     def process(self, item: Mapping[str, Any], attempt: int = 1) -> dict[str, Any]:
         cfg = self.config
         start = time.perf_counter()
-        row: dict[str, Any] = dict.fromkeys(RESULTS_SCHEMA.names)
-        row.update(
-            {
-                "image_id": item["image_id"],
-                "uri": item["uri"],
-                "name": item["name"],
-                "task": cfg.task,
-                "mode": cfg.mode,
-                "seed": cfg.seed,
-                "image_seed": image_seed(cfg.seed, item["image_id"]),
-                "k": cfg.k,
-                "attempt": attempt,
-                "worker_pid": os.getpid(),
-                "worker_device": str(self.device),
-            }
-        )
+        row = new_row(cfg, item, attempt, worker_pid=os.getpid(), worker_device=str(self.device))
         watch = _Stopwatch()
         try:
             row.update(self._reconstruct(item, watch))

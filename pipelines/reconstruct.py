@@ -336,7 +336,7 @@ def _run_leased(
             pool.shutdown()
     # An actor killed mid-commit leaves a temp file beside its PNG or row; the image itself was
     # retried, so the leftover is garbage. Safe now: every actor of this run has stopped.
-    remove_stale_temporaries(config.out, (IMAGES_DIR, RESULTS_DIR))
+    remove_stale_temporaries(config.out, (IMAGES_DIR, f"{IMAGES_DIR}/mean", f"{IMAGES_DIR}/std", RESULTS_DIR))
     table = merge_results(config.out, [item["name"] for item in items], config.storage_options)
     elapsed = time.perf_counter() - start
     errors = table.num_rows - table.column("error").null_count

@@ -30,6 +30,9 @@ prior = DiffusionPrior.default()
 assert prior.resolution == 64, prior.resolution
 from adir_ops.metric_files import metric_file
 assert os.path.getsize(metric_file("brisque")) > 0
+from pipelines.photos import load_photos, photo_names, verify_manifest
+assert len(photo_names()) == 305 and not verify_manifest(), "the photo set is incomplete in the wheel"
+assert load_photos(photo_names()[:1])
 print("wheel ok")
 """
 
@@ -69,6 +72,8 @@ def test_the_wheel_carries_the_default_prior_and_runtime_files(tmp_path):
         "adir_ops/weights/default/scheduler/scheduler_config.json",
         "adir_ops/metric_data/brisque_svr.npz",
         "adir_ops/configs/adir-tiny.json",
+        "pipelines/photos/data/CREDITS.tsv",
+        "pipelines/photos/data/manifest.json",
     ):
         assert needed in names, needed
     target = tmp_path / "site"
