@@ -13,6 +13,7 @@ __getattr__, __all__ = lazy_exports(
     pipeline: ADIRPipeline ADIRResult SamplerConfig StageError image_streams
     adaptation: AdaptConfig Adapter adapt
     priors: DiffusionPrior PRIORS load_local_prior
+    denoiser_prior: DenoiserPrior FFDNet
     operators: OPERATORS Observation make_operator observe
     sampling: SAMPLERS adir_sample adir_sample_preconditioned ddnm_sample get_sampler default_sampler sample
     embedding: DEFAULT_EMBEDDER EMBEDDERS get_embedder
@@ -21,6 +22,6 @@ __getattr__, __all__ = lazy_exports(
     quality: compute_metrics DEFAULT_REPORT_METRICS
     rng: generator_for
     tasks: TASKS
-    weights: DEFAULT_PRIOR_DIR DEFAULT_PRIOR_NAME
+    weights: DEFAULT_PRIOR_NAME UNET64_DIR
     """,
 )

@@ -189,13 +189,12 @@ def adapt(
     device = next(prior.unet.parameters()).device
     resolution = prior.resolution
     pool = neighbour_pool(images, prior.channels, resolution, device)
-    # The float64 schedule on the CPU: the loss reads the shared timestep's coefficients
-    # as Python floats, with no device sync per step.
-    abar = prior.alphas_cumprod.detach().cpu()
 
     def loss_of_step(step: int) -> torch.Tensor:
-        x0, t, noise = _draw_batch(pool, config, resolution, prior.num_train_timesteps, generator)
-        return eps_mse_loss(prior.eps, x0, t, noise.to(device), abar)
+        # valid_timesteps: all train steps for a diffusion UNet, a denoiser's trained noise range for a DenoiserPrior;
+        # denoising_loss: the eps MSE of eq. 18 for a UNet, the denoiser's own training loss for a denoiser.
+        x0, t, noise = _draw_batch(pool, config, resolution, prior.valid_timesteps, generator)
+        return prior.denoising_loss(x0, t, noise.to(device))
 
     return train_lora(prior.unet, loss_of_step, config, generator, prior_config=prior.config, callback=callback)
 

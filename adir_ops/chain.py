@@ -34,15 +34,23 @@ class RespacedSchedule:
     posterior_mean_coef2: torch.Tensor  # multiplies x_t
 
 
-def respace(alphas_cumprod: torch.Tensor, steps: int) -> RespacedSchedule:
-    """Guided Diffusion's `space_timesteps` + `SpacedDiffusion`: keep `steps` evenly spaced train steps."""
+def respace(alphas_cumprod: torch.Tensor, steps: int, *, valid: int | None = None) -> RespacedSchedule:
+    """Guided Diffusion's `space_timesteps` + `SpacedDiffusion`: keep `steps` evenly spaced train steps.
+
+    `valid`: only train steps 0 .. valid - 1 (default: all) are spaced over, for a prior whose
+    eps holds on part of the chain (`DenoiserPrior.valid_timesteps`); the chain then starts at
+    step valid - 1 from `start_chain`'s noised image rather than from pure noise.
+    """
     num_train = int(alphas_cumprod.numel())
-    if not 1 <= steps <= num_train:
-        raise ValueError(f"steps must be between 1 and the prior's {num_train} train timesteps; got {steps}")
+    valid = num_train if valid is None else int(valid)
+    if not 1 <= valid <= num_train:
+        raise ValueError(f"valid must be between 1 and the prior's {num_train} train timesteps; got {valid}")
+    if not 1 <= steps <= valid:
+        raise ValueError(f"steps must be between 1 and the prior's {valid} usable train timesteps; got {steps}")
     if steps == 1:
-        kept = [num_train - 1]
+        kept = [valid - 1]
     else:
-        kept = sorted({round(i * (num_train - 1) / (steps - 1)) for i in range(steps)})
+        kept = sorted({round(i * (valid - 1) / (steps - 1)) for i in range(steps)})
     timesteps = torch.tensor(kept, dtype=torch.long)
     abar = alphas_cumprod.detach().to("cpu", torch.float64)[timesteps]
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
@@ -56,6 +64,36 @@ def respace(alphas_cumprod: torch.Tensor, steps: int) -> RespacedSchedule:
         posterior_mean_coef1=betas * abar_prev.sqrt() / (1.0 - abar),
         posterior_mean_coef2=(1.0 - abar_prev) * (1.0 - betas).sqrt() / (1.0 - abar),
     )
+
+
+def prior_schedule(prior, steps: int) -> RespacedSchedule:
+    """The respaced chain a sampler walks for `prior`: over every train step, or over its valid ones."""
+    return respace(prior.alphas_cumprod, steps, valid=getattr(prior, "valid_timesteps", None))
+
+
+def start_chain(
+    prior,
+    schedule: RespacedSchedule,
+    shape: tuple[int, ...],
+    generator: Generators,
+    *,
+    dtype: torch.dtype,
+    device,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x at the chain's first step: pure noise when it starts at the prior's last train step (DDPM).
+
+    A chain cut short (a denoiser's valid range) starts from `start` (the plain restoration; 0,
+    mid-gray, if None) noised to that step, x = sqrt(abar) start + sqrt(1 - abar) z, as in
+    "come closer, diffuse faster" (Chung et al. 2022). z is drawn first, from each image's
+    generator, in both cases.
+    """
+    noise = randn_per_image(shape, generator, dtype=dtype, device=device)
+    if int(schedule.timesteps[-1]) == prior.num_train_timesteps - 1:
+        return noise
+    abar = float(schedule.alphas_cumprod[-1])
+    start = torch.zeros_like(noise) if start is None else start.to(dtype=dtype, device=device).expand(shape)
+    return abar**0.5 * start + (1.0 - abar) ** 0.5 * noise
 
 
 def posterior(prior, x: torch.Tensor, i: int, schedule: RespacedSchedule) -> dict[str, torch.Tensor]:
@@ -106,8 +144,8 @@ def sample(
     shape = tuple(shape)
     if len(shape) != 4 or shape[1] != prior.channels:
         raise ValueError(f"sample needs shape (B, {prior.channels}, H, W) for this prior; got {shape}")
-    schedule = respace(prior.alphas_cumprod, steps)
-    x = randn_per_image(shape, generator, dtype=dtype, device=prior.device)
+    schedule = prior_schedule(prior, steps)
+    x = start_chain(prior, schedule, shape, generator, dtype=dtype, device=prior.device)
     for i in reversed(range(len(schedule.timesteps))):
         out = posterior(prior, x, i, schedule)
         x_next = with_noise(out["mu"], i, out["variance"], generator)

@@ -4,7 +4,7 @@
 
 Writes ground_truth / input / naive (bicubic or plain restoration) / no-adaptation / adir
 PNGs and metrics.json (the resolved config beside the PSNR/SSIM of each). With no --prior,
-the embedded trained 64 px prior is used; `--prior tiny` is a random-weight prior for tests.
+the embedded default prior (FFDNet read as a diffusion prior) is used; `--prior tiny` is a random-weight prior for tests.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--prior",
         default="default",
-        help="'default' (the embedded trained prior), a diffusers UNet2DModel folder or hub id, "
-        "or 'tiny' (random weights: mechanics only, for tests)",
+        help="a prior spec of adir_ops.priors.PRIORS: 'default' (the embedded default), 'unet64', a diffusers "
+        "UNet2DModel folder, or 'tiny' (random weights: mechanics only, for tests)",
     )
     p.add_argument("--tiny-resolution", type=int, default=32, help="resolution of the tiny random prior")
     p.add_argument("--steps", type=int, default=50, help="respaced sampling steps")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from adir_ops.adaptation import AdaptConfig
     from adir_ops.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
-    from adir_ops.priors import DiffusionPrior
+    from adir_ops.priors import DiffusionPrior, load_local_prior
     from adir_ops.retrieval import GivenNeighbours, NoNeighbours
 
     args = parse_args(argv)
@@ -105,10 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             "(degrade → adapt → guided sampling → metrics), not image quality."
         )
         prior = DiffusionPrior.tiny(resolution=args.tiny_resolution)
-    elif args.prior == "default":
-        prior = DiffusionPrior.default()
     else:
-        prior = DiffusionPrior.from_diffusers(args.prior)
+        prior = load_local_prior(args.prior)
     size = prior.resolution
 
     truth = center_square(load_image(args.photo), size).unsqueeze(0)  # (1, 3, S, S) in [0, 1]

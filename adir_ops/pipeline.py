@@ -135,20 +135,20 @@ class ADIRPipeline:
         self.adaptation, self.sampler, self.tiling = adaptation, sampler, tiling
         self.fetch = fetch or _read_local
         self.is_upscaler = hasattr(prior, "vae") and hasattr(prior, "low_res_scheduler")
-        self.sampling_prior = None if self.is_upscaler else TiledPrior(prior, tiling)
+        # A fully convolutional prior (a denoiser) takes the whole image; a UNet gets tiles of its size.
+        if self.is_upscaler:
+            self.sampling_prior = None
+        elif getattr(prior, "fully_convolutional", False):
+            self.sampling_prior = prior
+        else:
+            self.sampling_prior = TiledPrior(prior, tiling)
 
     @classmethod
     def from_spec(cls, prior: str = "default", retriever=None, **kw) -> ADIRPipeline:
-        """`prior`: 'default' (the embedded trained prior), 'tiny[:res]' (random: tests), or a local diffusers folder."""
-        from adir_ops.priors import DiffusionPrior
+        """`prior`: a spec of adir_ops.priors.PRIORS: 'default' (the embedded default), 'unet64', 'tiny[:res]' (tests), a folder."""
+        from adir_ops.priors import load_local_prior
 
-        if prior == "default":
-            loaded = DiffusionPrior.default()
-        elif prior.split(":")[0] == "tiny":
-            loaded = DiffusionPrior.tiny(resolution=int(prior.split(":")[1]) if ":" in prior else 16)
-        else:
-            loaded = DiffusionPrior.from_diffusers(prior)
-        return cls(loaded.eval(), retriever, **kw)
+        return cls(load_local_prior(prior).eval(), retriever, **kw)
 
     # ---------------------------------------------------------------- one image
     def __call__(

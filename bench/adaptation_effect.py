@@ -5,10 +5,12 @@
 The claim behind ADIR (paper eq. 18) is that fine-tuning on the K retrieved neighbours makes
 the prior assign more likelihood to the image being reconstructed. This measures exactly
 that, without running the sampler: for each held-out test image x of the embedded default
-(`pipelines.default_assets`) it adapts the committed prior on K neighbours and tracks the
-prior's denoising loss on x itself,
+(`pipelines.default_assets`) it adapts the prior (--prior, default the embedded default) on K neighbours
+and tracks the prior's denoising loss on x itself (`prior.denoising_loss`: for a DDPM UNet),
 
     L(x) = mean over a fixed grid of t and fixed noises of ||eps_theta(sqrt(abar_t) x + sqrt(1-abar_t) n, t) - n||^2,
+
+and for a denoiser prior the x0 MSE of D(x + sigma_t n, sigma_t) on the same grid (t within its valid steps),
 
 at checkpoints during training (the LoRA is live inside the UNet, so no sampling is needed).
 Lower L(x) after adaptation than before = the adaptation helps the prior on this image.
@@ -36,24 +38,24 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from adir_ops.weights import DEFAULT_PRIOR_DIR  # noqa: E402  (torch-free)
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--assets", default="/tmp/adir-default", help="pipelines.default_assets output (built if missing)")
-    p.add_argument("--prior", default=DEFAULT_PRIOR_DIR)
+    p.add_argument("--prior", default="default", help="a prior spec of adir_ops.priors.PRIORS")
     p.add_argument("--task", default="sr4")
     p.add_argument("--images", type=int, default=6, help="held-out test images (picked as the demo picks them)")
     p.add_argument("--k", type=int, default=8)
-    p.add_argument("--embedder", default="offline-content", help="encoder of the adir arm (the index default)")
+    p.add_argument("--embedder", default="efficientnet-lite0", help="encoder of the adir arm (the index default)")
     p.add_argument("--arms", default="adir,random,oracle")
     p.add_argument("--lr", default="1e-4,1e-3", help="comma-separated learning rates")
     p.add_argument("--steps", type=int, default=100, help="LoRA steps")
     p.add_argument("--batch-size", type=int, default=6)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--checkpoints", default="0,25,50,100", help="steps after which L(x) is measured")
-    p.add_argument("--timesteps", default="50,150,250,350,450,550,650,750,850,950", help="t grid of L(x)")
+    p.add_argument(
+        "--timesteps", default=None, help="t grid of L(x) (default: 10 evenly spaced over the prior's valid steps)"
+    )
     p.add_argument("--noises", type=int, default=4, help="noise draws per t in L(x)")
     p.add_argument("--sample", action="store_true", help="also reconstruct with each final adapter (PSNR)")
     p.add_argument("--sample-steps", type=int, default=30)
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     from adir_ops.embedding import get_embedder
     from adir_ops.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
-    from adir_ops.priors import DiffusionPrior
+    from adir_ops.priors import load_local_prior
     from adir_ops.retrieval import GivenNeighbours, NoNeighbours
     from adir_ops.rng import generator_for
     from pipelines import default_assets
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
         if (assets / default_assets.MANIFEST).exists()
         else default_assets.build(assets)
     )
-    prior = DiffusionPrior.from_diffusers(args.prior).eval()
+    prior = load_local_prior(args.prior).eval()
     for p in prior.unet.parameters():
         p.requires_grad_(False)
     embedder = get_embedder(args.embedder)
@@ -100,19 +102,20 @@ def main(argv=None) -> int:
     corpus = torch.stack([read(it["path"]) for it in corpus_items])
     corpus_emb = embedder.embed_images(corpus)
     tests = pick_test_images(manifest, args.images)
-    ts = [int(t) for t in args.timesteps.split(",")]
+    valid = prior.valid_timesteps
+    ts = (
+        [int(t) for t in args.timesteps.split(",")]
+        if args.timesteps
+        else [round((i + 0.5) * valid / 10) for i in range(10)]
+    )
     checkpoints = sorted({int(c) for c in args.checkpoints.split(",") if int(c) <= args.steps})
-    abar = prior.alphas_cumprod.float()
 
     def denoising_loss(x: torch.Tensor, noises: torch.Tensor) -> float:
-        """L(x) on the fixed (t, noise) grid; x (3, H, W) in [-1, 1]."""
+        """L(x) on the fixed (t, noise) grid, the prior's own loss (eps MSE; a denoiser's x0 MSE); x (3, H, W) in [-1, 1]."""
         with torch.no_grad():
             total = 0.0
             for t, n in zip(ts, noises):
-                a = abar[t]
-                x_t = a.sqrt() * x + (1 - a).sqrt() * n
-                eps = prior.eps(x_t, torch.full((len(n),), t, dtype=torch.long))
-                total += float(((eps - n) ** 2).mean())
+                total += float(prior.denoising_loss(x.expand(len(n), *x.shape), t, n))
             return total / len(ts)
 
     records = []

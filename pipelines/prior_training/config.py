@@ -20,6 +20,7 @@ FIXED_ON_RESUME = (
     "seed",
     "num_train_timesteps",
     "validation_size",
+    "init",
 )
 
 
@@ -44,6 +45,12 @@ class TrainConfig:
     num_samples: int = 16
     sample_steps: int = 100
     fp16_weights: bool = False
+    # Where the steps run, and the UNet forward/backward in bfloat16 autocast (CUDA; fp32 masters and Adam).
+    # Neither is fixed on resume: a run may start on a CPU and go on on a lent GPU.
+    device: str = "cpu"
+    bf16: bool = False
+    # A prior folder (`export`'s layout) whose UNet weights start the run instead of a random init.
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.resolution % 2 ** (len(self.block_out_channels) - 1):
@@ -56,6 +63,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA); got {self.ema_decay}")
+        if self.bf16 and not self.device.startswith("cuda"):
+            raise ValueError(f"bf16 is for CUDA devices (--device cuda); got --device {self.device}")
         if any(c % 8 for c in self.block_out_channels):
             raise ValueError(
                 f"block_out_channels must be multiples of 8 (GroupNorm of 8 groups); got {self.block_out_channels}"

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from adir_ops.priors import DiffusionPrior
-from adir_ops.weights import DEFAULT_PRIOR_DIR
+from adir_ops.weights import UNET64_DIR
 from pipelines.prior_training.data import to_model_range
 from pipelines.prior_training.trainer import Trainer
 
-# The committed default prior: inside the adir_ops package (adir_ops/weights), so the wheel carries it.
-DEFAULT_PRIOR = Path(DEFAULT_PRIOR_DIR)
+# The committed UNet prior (`--prior unet64`): inside the adir_ops package (adir_ops/weights), so the wheel carries it.
+UNET64 = Path(UNET64_DIR)
 SUMMARY = "train_summary.json"
 
 
@@ -91,6 +91,16 @@ def _weights_to_fp16(path: Path) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+def data_hash(data: torch.Tensor) -> str:
+    """sha256 of the training patches as loaded (uint8, sorted paths): which data made a prior, checkable later."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(repr(tuple(data.shape)).encode())
+    digest.update(data.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def export(
     trainer: Trainer, out: str | os.PathLike, *, data: torch.Tensor | None = None, command: str | None = None
 ) -> dict[str, Any]:
@@ -126,16 +136,17 @@ def export(
         "weights": "ema" if trainer.ema is not None else "raw",
         "weights_dtype": "float16" if trainer.config.fp16_weights else "float32",
         "patches": None if data is None else len(data),
+        "data_sha256": None if data is None else data_hash(data),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
-def load_default_prior(path: str | os.PathLike = DEFAULT_PRIOR) -> DiffusionPrior:
-    """The committed default prior (adir_ops/weights/default of this checkout), or another folder written by `export`."""
+def load_unet64(path: str | os.PathLike = UNET64) -> DiffusionPrior:
+    """The committed UNet prior (adir_ops/weights/unet64 of this checkout), or another folder written by `export`."""
     if not (Path(path) / "unet" / "config.json").is_file():
         raise FileNotFoundError(
             f"no trained prior in {path}; train one with: python -m pipelines.train_prior DATA/prior-train "
-            f"--work WORK --out {path} (see adir_ops/weights/default/COMMAND.md)"
+            f"--work WORK --out {path} (see adir_ops/weights/unet64/COMMAND.md)"
         )
     return DiffusionPrior.from_diffusers(str(path))

@@ -42,14 +42,18 @@ class Trainer:
     def __init__(self, data: torch.Tensor, config: TrainConfig):
         self.data = data
         self.config = config
+        self.device = torch.device(config.device)
         self.unet = build_unet(config, config.seed).train()
-        self.ema = build_unet(config, config.seed).eval() if config.ema_decay > 0 else None
+        if config.init:
+            self.unet.load_state_dict(initial_weights(config), strict=True)
+        self.unet.to(self.device)
+        self.ema = build_unet(config, config.seed).eval().to(self.device) if config.ema_decay > 0 else None
         if self.ema is not None:
             self.ema.load_state_dict(self.unet.state_dict())
             self.ema.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.alphas_cumprod = torch.cumprod(1.0 - linear_betas(config.num_train_timesteps), 0).float()
+        self.alphas_cumprod = torch.cumprod(1.0 - linear_betas(config.num_train_timesteps), 0).float().to(self.device)
         self.step_count = 0
         self.losses: list[float] = []
         self.validation: list[tuple[int, float, float]] = []  # (step, raw, ema)
@@ -61,8 +65,12 @@ class Trainer:
     def step(self) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
+        # Every draw on the CPU generator, then moved: the same batches on any device.
         x0, t, noise = draw_batch(self.data, self.config.batch_size, self.config.num_train_timesteps, self.generator)
-        loss = diffusion_loss(self.unet, x0, t, noise, self.alphas_cumprod)
+        with self.autocast():
+            loss = diffusion_loss(
+                self.unet, x0.to(self.device), t.to(self.device), noise.to(self.device), self.alphas_cumprod
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
@@ -77,15 +85,20 @@ class Trainer:
         self.losses.append(loss.detach().item())
         return self.losses[-1]
 
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
     def validate(self, batch) -> tuple[float, float]:
+        batch = tuple(part.to(self.device) for part in batch)
         self.unet.eval()
-        raw = validation_loss(self.unet, batch, self.alphas_cumprod, self.config.batch_size)
-        self.unet.train()
-        ema = (
-            validation_loss(self.ema, batch, self.alphas_cumprod, self.config.batch_size)
-            if self.ema is not None
-            else raw
-        )
+        with self.autocast():
+            raw = validation_loss(self.unet, batch, self.alphas_cumprod, self.config.batch_size)
+            self.unet.train()
+            ema = (
+                validation_loss(self.ema, batch, self.alphas_cumprod, self.config.batch_size)
+                if self.ema is not None
+                else raw
+            )
         self.validation.append((self.step_count, raw, ema))
         return raw, ema
 
@@ -103,11 +116,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A checkpoint written on another device loads here: tensors follow the model.
         self.unet.load_state_dict(state["unet"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
         self.step_count = int(state["step"])
         self.losses = state["losses"].tolist()
         self.validation = [tuple(row) for row in state["validation"].tolist()]
@@ -125,14 +139,28 @@ class Trainer:
             linear_betas(self.config.num_train_timesteps),
             resolution=self.config.resolution,
             config={"source": "pipelines.train_prior", "step": self.step_count},
+        ).to(self.device)
+
+
+def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The UNet state dict of the prior folder `config.init`, checked to be of `config`'s architecture."""
+    prior = DiffusionPrior.from_diffusers(str(config.init))
+    built = build_unet(config, config.seed).state_dict()
+    state = {k: v.float() for k, v in prior.unet.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in built.items()}:
+        raise ValueError(
+            f"--init {config.init} holds a UNet of another architecture than this run's "
+            f"(block_out_channels {config.block_out_channels}, layers_per_block {config.layers_per_block}); "
+            "pass the same sizes it was trained with"
         )
+    return state
 
 
 def resume_or_start(data: torch.Tensor, config: TrainConfig, work: Path) -> Trainer:
     trainer = Trainer(data, config)
     path = work / CHECKPOINT
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=trainer.device, weights_only=True)
         saved = TrainConfig.from_dict(json.loads(state["config"]))
         changed = [k for k in FIXED_ON_RESUME if getattr(saved, k) != getattr(config, k)]
         if changed:

@@ -153,6 +153,8 @@ def _gd_checkpoint(tmp_path):
 # What each kind is tested with: tmp_path -> (spec, Guided Diffusion architecture overrides).
 TEST_SPECS = {
     "default": lambda tmp_path: ("default", {}),
+    "unet64": lambda tmp_path: ("unet64", {}),
+    "ffdnet": lambda tmp_path: ("ffdnet", {}),
     "tiny": lambda tmp_path: ("tiny:16", {}),
     "gd256": _gd_checkpoint,
     "auto": _diffusers_folder,
@@ -169,7 +171,8 @@ def test_every_buildable_kind_loads_and_predicts_eps(kind, tmp_path):
     assert isinstance(prior, DiffusionPrior) and prior.num_train_timesteps == 1000
     x = noisy_batch(size=prior.resolution)[:, : prior.channels]
     with torch.no_grad():
-        eps = prior.eps(x, torch.tensor([10, 900]))
+        # A denoiser prior holds on its trained noise range only (valid_timesteps), a UNet on all 1000 steps.
+        eps = prior.eps(x, torch.tensor([10, min(900, prior.valid_timesteps - 1)]))
     assert eps.shape == x.shape and eps.dtype == x.dtype and eps.isfinite().all()
 
 
@@ -179,6 +182,8 @@ def test_the_registry_forms_and_flags():
     forms = {kind: entry.form for kind, entry in PRIORS.items()}
     assert forms == {
         "default": "default",
+        "unet64": "unet64",
+        "ffdnet": "ffdnet[:PATH]",
         "tiny": "tiny[:RES]",
         "gd256": "gd256:PATH",
         "sd-x4": "sd-x4:WHERE",

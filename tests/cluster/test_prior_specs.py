@@ -23,6 +23,8 @@ def test_prior_specs_name_their_family():
         "stabilityai/stable-diffusion-x4-upscaler",
     )
     assert prior_kind("tiny:16") == ("tiny", "tiny:16") and prior_kind("org/name") == ("auto", "org/name")
+    assert prior_kind("default") == ("default", "default") and prior_kind("unet64") == ("unet64", "unet64")
+    assert prior_kind("ffdnet") == ("ffdnet", "") and prior_kind("ffdnet:/w/f.pth") == ("ffdnet", "/w/f.pth")
     with pytest.raises(ValueError, match="x4 upscaler: it does --task sr4 only, not deblur"):
         ReconstructConfig(inputs="in", out="out", task="deblur", mode="baseline", prior="sd-x4:tiny")
     with pytest.raises(ValueError, match="names no weights"):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from adir_ops.embedding import DEFAULT_EMBEDDER
-from adir_ops.weights import DEFAULT_PRIOR_DIR
+from adir_ops.weights import DEFAULT_PRIOR_NAME
 from pipelines import cli
 from pipelines.demo import DemoConfig, pick_test_images
 
@@ -62,11 +62,10 @@ def test_quick_demo_runs_every_stage_and_a_rerun_resumes(ray_cluster, tmp_path, 
     assert index["count"] == len(corpus) and index["embedder"] == DEFAULT_EMBEDDER
 
     modes = ("baseline", "adir", "random-nn", "mse-nn")
-    default_prior = Path(DEFAULT_PRIOR_DIR)
     for mode in modes:
         run = out / "runs" / f"sr4-{mode}"
         config = yaml.safe_load((run / "config.yaml").read_text())
-        assert (config["mode"], config["task"], config["prior"]) == (mode, "sr4", str(default_prior))
+        assert (config["mode"], config["task"], config["prior"]) == (mode, "sr4", DEFAULT_PRIOR_NAME)
         assert (run / "images" / inputs[0]).is_file()
     with open(out / "per_image.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -156,15 +156,15 @@ def test_wrong_patch_size_names_the_file(tmp_path):
         tp.load_patches(tmp_path / "empty", 16)
 
 
-def test_committed_default_prior_loads_and_matches_its_summary():
+def test_committed_unet64_prior_loads_and_matches_its_summary():
     from safetensors import safe_open
 
-    prior = tp.load_default_prior()
-    summary = json.loads((tp.DEFAULT_PRIOR / tp.SUMMARY).read_text())
+    prior = tp.load_unet64()
+    summary = json.loads((tp.UNET64 / tp.SUMMARY).read_text())
     assert (prior.resolution, prior.channels, prior.num_train_timesteps) == (64, 3, 1000)
     assert prior.dtype == torch.float32
     assert sum(p.numel() for p in prior.unet.parameters()) == summary["parameters"]
-    with safe_open(str(tp.DEFAULT_PRIOR / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+    with safe_open(str(tp.UNET64 / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         stored = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     assert stored == {"F16" if summary["weights_dtype"] == "float16" else "F32"}
     torch.testing.assert_close(prior.betas, tp.linear_betas(1000))
@@ -173,3 +173,31 @@ def test_committed_default_prior_loads_and_matches_its_summary():
         eps = prior.eps(x, torch.tensor([999]))
     # At t = T-1, x_t is almost pure noise: a trained prior predicts it back.
     assert torch.nn.functional.mse_loss(eps, x) < 0.05
+
+
+def test_init_starts_from_an_exported_prior_and_the_summary_names_the_data(patches, tmp_path):
+    first = tp.train(patches, tmp_path / "work", TINY, progress=False)
+    summary = tp.export(first, tmp_path / "out", data=first.data, command="test")
+    assert summary["data_sha256"] == tp.export(first, tmp_path / "again", data=first.data)["data_sha256"]
+    # One patch changed: another hash, so a summary tells which data made a prior.
+    changed = first.data.clone()
+    changed[0, 0, 0, 0] ^= 1
+    assert tp.export(first, tmp_path / "other", data=changed)["data_sha256"] != summary["data_sha256"]
+
+    warm = tp.Trainer(first.data, replace(TINY, init=str(tmp_path / "out"), ema_decay=0.0))
+    exported = DiffusionPrior.from_diffusers(str(tmp_path / "out")).unet.state_dict()
+    _same_state(warm.unet.state_dict(), exported)  # the run starts at the exported (EMA) weights, not at random
+    with pytest.raises(ValueError, match="another architecture"):
+        tp.Trainer(first.data, replace(TINY, init=str(tmp_path / "out"), block_out_channels=(8, 8)))
+
+
+def test_bf16_is_refused_off_cuda():
+    with pytest.raises(ValueError, match="bf16 is for CUDA"):
+        replace(TINY, bf16=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_run_resumes_the_cpu_run(patches, tmp_path):
+    tp.train(patches, tmp_path / "work", replace(TINY, max_steps=2), progress=False)
+    trainer = tp.train(patches, tmp_path / "work", replace(TINY, device="cuda", bf16=True), progress=False)
+    assert trainer.step_count == 4 and next(trainer.unet.parameters()).is_cuda
