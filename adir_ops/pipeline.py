@@ -209,7 +209,8 @@ class ADIRPipeline:
             "adaptation": dataclasses.asdict(self.adaptation),
             "sampler": {**dataclasses.asdict(self.sampler), "name": sampler or "sd-x4-upscaler"},
             "prior": getattr(self.prior, "config", {"source": type(self.prior).__name__}),
-            "tiling": dataclasses.asdict(self.tiling),
+            # A fully convolutional prior sees the whole image: no tiles to record.
+            "tiling": None if getattr(self.prior, "fully_convolutional", False) else dataclasses.asdict(self.tiling),
         }
         return ADIRResult(image01, naive01, found, len(images), adapter, timings, config, mean01, std01)
 

@@ -127,8 +127,9 @@ def _add_reconstruct(commands) -> None:
     p.add_argument("--out", help="output folder (fsspec URL): images/<id>.png, results.parquet, config.yaml")
     p.add_argument(
         "--prior",
-        help="'default' (the embedded trained 64 px prior; the default), a diffusers UNet folder "
-        "or hub id, Guided Diffusion .pt (gd256:PATH), sd-x4:ID, or tiny[:res] (random weights: tests only)",
+        help="'default' (the embedded default: FFDNet as a diffusion prior), unet64 (the committed 64 px UNet), "
+        "ffdnet:PATH, a diffusers UNet folder or hub id, Guided Diffusion .pt (gd256:PATH), sd-x4:ID, "
+        "or tiny[:res] (random weights: tests only)",
     )
     p.add_argument("--k", type=int, help="neighbours per image (default 20)")
     p.add_argument(

@@ -44,7 +44,8 @@ class DemoConfig:
 
     out: str = "demo-out"
     # Sized by measurement on 2 CPU cores shared with other jobs (load 3-5): with the 3.9M-parameter
-    # default prior one LoRA step (batch 6) took 0.65-1.1 s, one sampling step 0.07-0.12 s, and
+    # UNet prior one LoRA step (batch 6) took 0.65-1.1 s, one sampling step 0.07-0.12 s (the FFDNet
+    # default: 0.6-0.7 s and 0.06 s on one idle core, 96 px images, measured 2026-12-01), and
     # each of the 12 reconstruct runs 10-15 s to start its actors. 3 images / 50 steps / 40 LoRA
     # steps took 832 s; 2 / 40 / 25 took 545 s; these settings leave a margin under 10 minutes.
     images: int = 2  # held-out test images, spread over the held-out photos (2 actors: one round)

@@ -39,12 +39,12 @@ def validation_loss(unet, batch, alphas_cumprod: torch.Tensor, chunk: int) -> fl
 class Trainer:
     """Model, EMA, optimizer, generator and history of one run; `step()` trains one batch."""
 
-    def __init__(self, data: torch.Tensor, config: TrainConfig):
+    def __init__(self, data: torch.Tensor, config: TrainConfig, *, load_init: bool = True):
         self.data = data
         self.config = config
         self.device = torch.device(config.device)
         self.unet = build_unet(config, config.seed).train()
-        if config.init:
+        if config.init and load_init:  # a resumed run takes its weights from the checkpoint instead
             self.unet.load_state_dict(initial_weights(config), strict=True)
         self.unet.to(self.device)
         self.ema = build_unet(config, config.seed).eval().to(self.device) if config.ema_decay > 0 else None
@@ -157,8 +157,8 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
 
 
 def resume_or_start(data: torch.Tensor, config: TrainConfig, work: Path) -> Trainer:
-    trainer = Trainer(data, config)
     path = work / CHECKPOINT
+    trainer = Trainer(data, config, load_init=not path.is_file())
     if path.is_file():
         state = torch.load(path, map_location=trainer.device, weights_only=True)
         saved = TrainConfig.from_dict(json.loads(state["config"]))

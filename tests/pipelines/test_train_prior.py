@@ -189,6 +189,13 @@ def test_init_starts_from_an_exported_prior_and_the_summary_names_the_data(patch
     _same_state(warm.unet.state_dict(), exported)  # the run starts at the exported (EMA) weights, not at random
     with pytest.raises(ValueError, match="another architecture"):
         tp.Trainer(first.data, replace(TINY, init=str(tmp_path / "out"), block_out_channels=(8, 8)))
+    # A resumed run takes its weights from the checkpoint: the init folder may be gone by then.
+    moved = tmp_path / "moved"
+    config = replace(TINY, init=str(moved), max_steps=2)
+    (tmp_path / "out").rename(moved)
+    tp.train(patches, tmp_path / "warm", config, progress=False)
+    moved.rename(tmp_path / "elsewhere")
+    assert tp.train(patches, tmp_path / "warm", replace(config, max_steps=4), progress=False).step_count == 4
 
 
 def test_bf16_is_refused_off_cuda():
