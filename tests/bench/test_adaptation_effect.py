@@ -26,7 +26,9 @@ def test_probe_records_the_loss_curve_and_psnr_of_every_arm(tmp_path, capsys):
         "--checkpoints",
         "2",
         "--timesteps",
-        "300,700",
+        "20,150",  # inside the default (denoiser) prior's valid steps
+        "--embedder",
+        "offline-content",  # weight-free: the test embeds the whole packaged corpus
         "--noises",
         "1",
         "--sample",
