@@ -21,25 +21,14 @@ ARMS = ("plain", "baseline", "adir", "random-nn", "mse-nn")
 DEFAULT_PAIRS = "baseline:plain,adir:plain,random-nn:plain,mse-nn:plain,adir:baseline,adir:random-nn,adir:mse-nn"
 
 
-def interval(values: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high) of the 95% Student-t interval of the mean."""
-    import numpy as np
-    from scipy import stats
-
-    v = np.asarray(values, dtype=np.float64)
-    mean = float(v.mean())
-    if len(v) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5)
-    return mean, mean - half, mean + half
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", help="an adir demo / adir evaluate output folder (holds per_image.csv)")
     p.add_argument("--pairs", default=DEFAULT_PAIRS, help="comma-separated A:B pairs, A − B per image")
     args = p.parse_args(argv)
     import numpy as np
+
+    from pipelines.evaluation.statistics import paired_difference  # the evaluation's own interval
 
     scores: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)  # (task, arm, metric) -> {image: v}
     with open(f"{args.out}/per_image.csv", newline="") as f:
@@ -72,10 +61,10 @@ def main(argv=None) -> int:
                 if not both:
                     cells.append("—")
                     continue
-                diff = [first[i] - second[i] for i in both]
-                mean, low, high = interval(diff)
-                better = sum((d > 0) if up else (d < 0) for d in diff)
-                cells.append(f"{mean:+.3g} [{low:+.3g}, {high:+.3g}] ({better}/{len(diff)})")
+                pair = paired_difference(first, second)
+                better = sum((first[i] > second[i]) if up else (first[i] < second[i]) for i in both)
+                low, high = (pair.low, pair.high) if pair.low is not None else (float("nan"),) * 2
+                cells.append(f"{pair.mean:+.3g} [{low:+.3g}, {high:+.3g}] ({better}/{pair.n})")
             print(f"| {metric} {'↑' if up else '↓'} | " + " | ".join(cells) + " |")
     return 0
 

@@ -44,17 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def paired(diff):
-    """(mean, half width of the 95% t interval) of paired differences."""
-    import numpy as np
-    from scipy import stats
-
-    diff = np.asarray(diff, dtype=np.float64)
-    if len(diff) < 2:
-        return float(diff.mean()), float("nan")
-    return float(diff.mean()), float(stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / len(diff) ** 0.5)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
@@ -66,6 +55,7 @@ def main(argv=None) -> int:
     from adir_ops.quality import compute_metrics
     from adir_ops.rng import generator_for
     from adir_ops.sampling import default_sampler, get_sampler
+    from pipelines.evaluation.statistics import paired_difference
 
     lines: list[str] = []
 
@@ -124,8 +114,10 @@ def main(argv=None) -> int:
                 if scores is naive:
                     cells.append(f"{mean:.4g}")
                 else:
-                    d, h = paired(scores[name] - naive[name])
-                    cells.append(f"{mean:.4g} ({d:+.3g} ± {h:.2g})")
+                    pair = paired_difference(dict(enumerate(scores[name])), dict(enumerate(naive[name])))
+                    cells.append(
+                        f"{mean:.4g} ({pair.mean:+.3g} ± {(pair.high - pair.mean) if pair.high is not None else float('nan'):.2g})"
+                    )
             emit(f"| {label} | " + " | ".join(cells) + f" | {seconds:.2f} |")
     if args.out:
         with open(args.out, "w") as f:
