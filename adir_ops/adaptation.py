@@ -16,7 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from adir_ops.adapter import WEIGHT_NAME, AdaptConfig, Adapter
-from adir_ops.lora import ADAPTER_NAME, ModuleState, fresh_lora, inject_lora, lora_state, lora_targets, remove_lora
+from adir_ops.lora import (
+    ADAPTER_NAME,
+    ModuleState,
+    PerImageLoRAConv2d,
+    fresh_lora,
+    inject_lora,
+    lora_state,
+    lora_targets,
+    refuse_if_adapted,
+    remove_lora,
+    replace_module,
+)
 from adir_ops.losses import eps_mse_loss
 
 __all__ = [
@@ -25,6 +36,8 @@ __all__ = [
     "Adapter",
     "LoraTraining",
     "adapt",
+    "adapt_many",
+    "check_warm_start",
     "eps_mse_loss",
     "lora_targets",
     "neighbour_pool",
@@ -116,21 +129,45 @@ def _draw_batch(pool, config: AdaptConfig, resolution: int, num_timesteps: int, 
     return crops, t, noise
 
 
+def check_warm_start(initial: Adapter, targets: Sequence[str], config: AdaptConfig) -> None:
+    """Refuse a warm-start adapter that does not fit: other layers or another rank/alpha."""
+    if not isinstance(initial, Adapter):
+        raise TypeError(f"a warm start needs an Adapter; got {type(initial).__name__}")
+    if tuple(initial.targets) != tuple(targets):
+        raise ValueError("the warm-start adapter was trained on other layers of another prior; start cold instead")
+    if (initial.config.lora_rank, initial.config.lora_alpha) != (config.lora_rank, config.lora_alpha):
+        raise ValueError(
+            f"the warm-start adapter has rank {initial.config.lora_rank}, alpha {initial.config.lora_alpha}; "
+            f"this adaptation uses rank {config.lora_rank}, alpha {config.lora_alpha}"
+        )
+
+
 # ------------------------------------------------------------------ a LoRA in training
 class LoraTraining:
     """A fresh LoRA on every Conv2d of `unet`, trainable in fp32 over a frozen base, for one `with` block.
 
-    What every adaptation shares (pixel space here, latent space in `adir_ops.sd_upscale` and
+    What the latent-space adaptations share (`adir_ops.sd_upscale` and
     `adir_ops.sd_editing`): the LoRA init is drawn from `generator` at construction, inside
     the block `parameters` are the LoRA weights to optimise, and `adapter(...)` snapshots them.
     On exit the UNet is bit-identical to before, with its modes and flags restored. The
     LoRA weights stay fp32 even when the UNet or an autocast region runs in 16 bits.
     """
 
-    def __init__(self, unet: nn.Module, config: AdaptConfig, generator: torch.Generator):
+    def __init__(
+        self,
+        unet: nn.Module,
+        config: AdaptConfig,
+        generator: torch.Generator,
+        initial: Adapter | None = None,
+    ):
         self.unet, self.config = unet, config
         self.targets = lora_targets(unet)
-        self._initial = fresh_lora(unet, self.targets, config.lora_rank, generator)
+        if initial is None:
+            self._initial = fresh_lora(unet, self.targets, config.lora_rank, generator)
+        else:
+            # Warm start: the LoRA begins at a trained adapter's weights and nothing is drawn for its init.
+            check_warm_start(initial, self.targets, config)
+            self._initial = {k: v.clone() for k, v in initial.state_dict.items()}
         self._layers: dict[str, nn.Module] | None = None
         self.parameters: list[nn.Parameter] = []
 
@@ -177,26 +214,117 @@ def adapt(
     generator: torch.Generator | None = None,
     *,
     callback: Callable[[int, float], None] | None = None,
+    initial: Adapter | None = None,
 ) -> Adapter:
-    """Train a fresh LoRA on random crops of the neighbours with the eps-MSE loss (paper eq. 18).
+    """Train a fresh LoRA on random crops of the neighbours with the prior's denoising loss (paper eq. 18).
 
     `images`: the K neighbours, (C, H, W) tensors on the [-1, 1] scale, any sizes (or one
     (K, C, H, W) tensor). Every random draw — LoRA init, which images form a batch, crop
     offsets, the timestep shared by the batch, the noise — comes from `generator`, so one
     generator gives one adapter. `callback(step, loss)` is called after each step
     (0-based). The prior's UNet is left bit-identical, with its modes and flags restored.
+    `initial`: warm start from this adapter's weights (same targets and rank) instead of a fresh LoRA.
+    It is `adapt_many` with one image: the same adapter an image gets in a batch of any size.
     """
-    device = next(prior.unet.parameters()).device
-    resolution = prior.resolution
-    pool = neighbour_pool(images, prior.channels, resolution, device)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            "adaptation needs an explicit torch.Generator (e.g. adir_ops.rng.generator_for(seed, image_id))"
+        )
+    each_step = None if callback is None else (lambda step, losses: callback(step, losses[0]))
+    return adapt_many(prior, [images], config, [generator], initial=[initial], callback=each_step)[0]
 
-    def loss_of_step(step: int) -> torch.Tensor:
-        # valid_timesteps: all train steps for a diffusion UNet, a denoiser's trained noise range for a DenoiserPrior;
-        # denoising_loss: the eps MSE of eq. 18 for a UNet, the denoiser's own training loss for a denoiser.
-        x0, t, noise = _draw_batch(pool, config, resolution, prior.valid_timesteps, generator)
-        return prior.denoising_loss(x0, t, noise.to(device))
 
-    return train_lora(prior.unet, loss_of_step, config, generator, prior_config=prior.config, callback=callback)
+def adapt_many(
+    prior,
+    image_sets: Sequence[Sequence[torch.Tensor]],
+    config: AdaptConfig,
+    generators: Sequence[torch.Generator],
+    *,
+    initial: Sequence[Adapter | None] | None = None,
+    callback: Callable[[int, list[float]], None] | None = None,
+) -> list[Adapter]:
+    """One adapter per image set, trained together; adapter g is what `adapt(prior, image_sets[g], config, generators[g])` gives.
+
+    Every draw of image g (LoRA init, crops, timestep, noise) comes from `generators[g]` in the
+    order `adapt` draws them. `initial[g]`: warm start of image g from that adapter.
+    `callback(step, losses)` after each step, one loss per image. The prior's UNet is left
+    bit-identical, with its modes and flags restored.
+
+    Batched (beyond the paper): every Conv2d of the prior runs once over the G images' crop
+    batches, one after another, and each image's low-rank update runs on its own crops with
+    its own weights (`PerImageLoRAConv2d`). The loss is the sum of the G per-image losses, so
+    adapter g's gradient is image g's alone, and Adam, being elementwise, steps the stacked
+    weights as it would each adapter alone: an adapter does not depend on G (bit for bit on
+    the default denoiser; a diffusers UNet's batched kernels round differently, ~1e-5).
+    """
+    if not isinstance(config, AdaptConfig):
+        raise TypeError(f"config must be an AdaptConfig; got {type(config).__name__}")
+    groups = len(image_sets)
+    if groups < 1:
+        raise ValueError("adapt_many needs at least one image set")
+    generators = list(generators)
+    if len(generators) != groups or not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(f"adapt_many needs one torch.Generator per image set: {groups} sets, {len(generators)} given")
+    initial = list(initial) if initial is not None else [None] * groups
+    if len(initial) != groups:
+        raise ValueError(f"initial: {len(initial)} adapters for {groups} image sets")
+    unet = prior.unet
+    refuse_if_adapted(unet)
+    device = next(unet.parameters()).device
+    pools = [neighbour_pool(images, prior.channels, prior.resolution, device) for images in image_sets]
+    targets = lora_targets(unet)
+    states = []
+    for start, generator in zip(initial, generators):
+        if start is None:
+            states.append(fresh_lora(unet, targets, config.lora_rank, generator))
+        else:
+            check_warm_start(start, targets, config)
+            states.append(start.state_dict)
+    snapshot = ModuleState.capture(unet)
+    layers: dict[str, PerImageLoRAConv2d] = {}
+    losses: list[torch.Tensor] = []
+    try:
+        for p in unet.parameters():
+            p.requires_grad_(False)
+        scale = config.lora_alpha / config.lora_rank
+        for name in targets:
+            a = torch.stack([s[f"{name}.lora_A.weight"] for s in states]).to(device, torch.float32)
+            b = torch.stack([s[f"{name}.lora_B.weight"] for s in states]).to(device, torch.float32)
+            layers[name] = PerImageLoRAConv2d(unet.get_submodule(name), a.clone(), b.clone(), scale)
+            replace_module(unet, name, layers[name])
+        unet.train()
+        parameters = [p for layer in layers.values() for p in (layer.lora_A["weight"], layer.lora_B["weight"])]
+        optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+        with torch.enable_grad():
+            for _ in range(config.steps):
+                draws = [
+                    _draw_batch(pool, config, prior.resolution, prior.valid_timesteps, g)
+                    for pool, g in zip(pools, generators)
+                ]
+                x0 = torch.cat([crops for crops, _, _ in draws]).to(device)
+                noise = torch.cat([n for _, _, n in draws]).to(device)
+                t = torch.tensor([t for _, t, _ in draws], device=device).repeat_interleave(config.batch_size)
+                per_group = prior.denoising_loss(x0, t, noise, per_image=True).view(groups, -1).mean(1)
+                optimizer.zero_grad(set_to_none=True)
+                # The sum: adapter g's gradient is image g's own loss gradient, whatever G is.
+                per_group.sum().backward()
+                optimizer.step()
+                losses.append(per_group.detach())
+                if callback is not None:
+                    callback(len(losses) - 1, per_group.detach().cpu().tolist())
+    finally:
+        for name, layer in layers.items():
+            replace_module(unet, name, layer.base)
+        snapshot.restore(unet)
+    curves = torch.stack(losses).T.float().cpu().tolist() if losses else [[] for _ in range(groups)]
+    adapters = []
+    for g in range(groups):
+        state = {}
+        for name, layer in layers.items():
+            state[f"{name}.lora_A.weight"] = layer.lora_A["weight"][g].detach().to("cpu", torch.float32).clone()
+            state[f"{name}.lora_B.weight"] = layer.lora_B["weight"][g].detach().to("cpu", torch.float32).clone()
+        adapters.append(Adapter(state, tuple(targets), config, dict(prior.config), [float(x) for x in curves[g]]))
+    return adapters
 
 
 def train_lora(
@@ -208,6 +336,7 @@ def train_lora(
     prior_config: dict[str, Any],
     callback: Callable[[int, float], None] | None = None,
     step_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    initial: Adapter | None = None,
 ) -> Adapter:
     """Adam on a fresh LoRA of every Conv2d of `unet`, `config.steps` times: the loop every adaptation shares.
 
@@ -222,7 +351,7 @@ def train_lora(
             "adaptation needs an explicit torch.Generator (e.g. adir_ops.rng.generator_for(seed, image_id))"
         )
     losses: list[torch.Tensor] = []
-    with LoraTraining(unet, config, generator) as lora:
+    with LoraTraining(unet, config, generator, initial) as lora:
         optimizer = torch.optim.Adam(lora.parameters, lr=config.learning_rate)
         # enable_grad: callers often run workers under no_grad; training needs autograd back.
         with torch.enable_grad():

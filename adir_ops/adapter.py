@@ -44,6 +44,8 @@ class Adapter:
     config: AdaptConfig
     prior_config: dict[str, Any]
     losses: list[float] = field(default_factory=list)
+    # Where it came from, for a cached adapter: its key, its neighbours, the adapter it started from.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_parameters(self) -> int:
@@ -105,6 +107,7 @@ class Adapter:
                     "adapt_config": self.config.to_dict(),
                     "prior_config": self.prior_config,
                     "losses": list(self.losses),
+                    "provenance": self.provenance,
                 },
                 default=str,
             ),
@@ -149,7 +152,10 @@ class Adapter:
             raise ValueError(
                 f"{source}: weights do not match target_modules (missing {sorted(expected - set(state))[:3]})"
             )
-        return cls(state, targets, config, ours["prior_config"], [float(x) for x in ours["losses"]])
+        provenance = ours.get("provenance") or {}
+        if not isinstance(provenance, dict):
+            raise ValueError(f"{source}: its provenance metadata is not a mapping")
+        return cls(state, targets, config, ours["prior_config"], [float(x) for x in ours["losses"]], provenance)
 
     def save(self, path: str) -> None:
         """Write a local .safetensors file (remote storage: write `to_bytes()` through fsspec)."""

@@ -160,16 +160,21 @@ class DenoiserPrior(DiffusionPrior):
         x0 = self._denoised(x / abar.sqrt(), abar) * 2.0 - 1.0
         return (x - abar.sqrt() * x0) / (1.0 - abar).sqrt()
 
-    def denoising_loss(self, x0: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def denoising_loss(
+        self, x0: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor, *, per_image: bool = False
+    ) -> torch.Tensor:
         """The denoiser's own training loss: MSE of D(x0 + sigma_t n, sigma_t) to x0, on the [0, 1] scale.
 
         The same noised x_t as eq. 18's, the x0 error instead of the eps error: eq. 18 reweighted by
         abar_t / (4 (1 - abar_t)) per step. The eps MSE would be ruled by the lowest noise levels,
         where a denoiser is nearly the identity and its x0 error of one grey level is divided by
         sigma_t ~ 0.01; the x0 MSE is what FFDNet was trained with, so its LoRA moves it where it denoises.
+        `per_image`: the (B,) per-image means instead of one mean.
         """
         abar = self._abar(t, x0)
         denoised = self._denoised(x0 + ((1.0 - abar) / abar).sqrt() * noise, abar)
+        if per_image:
+            return (denoised.float() - ((x0 + 1.0) / 2.0).float()).square().flatten(1).mean(1)
         return F.mse_loss(denoised.float(), ((x0 + 1.0) / 2.0).float())
 
     @classmethod

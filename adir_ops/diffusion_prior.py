@@ -109,12 +109,17 @@ class DiffusionPrior(nn.Module):
         # fixed posterior variance (paper: the variance head brought no benefit).
         return out[:, : self.channels].to(x.dtype)
 
-    def denoising_loss(self, x0: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The loss this prior is trained and LoRA-adapted with (paper eqs. 17-18): DDPM's eps MSE."""
+    def denoising_loss(
+        self, x0: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor, *, per_image: bool = False
+    ) -> torch.Tensor:
+        """The loss this prior is trained and LoRA-adapted with (paper eqs. 17-18): DDPM's eps MSE.
+
+        `per_image`: the (B,) per-image means instead of one mean.
+        """
         from adir_ops.losses import eps_mse_loss
 
         # The float64 schedule on the CPU: a shared timestep's coefficients are read as Python floats.
-        return eps_mse_loss(self.eps, x0, t, noise, self.alphas_cumprod.detach().cpu())
+        return eps_mse_loss(self.eps, x0, t, noise, self.alphas_cumprod.detach().cpu(), per_image=per_image)
 
     # ---------------------------------------------------------------- builders
     @classmethod

@@ -7,17 +7,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
     "ADAPTER_NAME",
     "ModuleState",
+    "PerImageLoRAConv2d",
     "fresh_lora",
     "inject_lora",
     "lora_state",
     "lora_targets",
     "refuse_if_adapted",
     "remove_lora",
+    "replace_module",
 ]
 
 # The adapter name peft files it under inside the UNet while it is applied.
@@ -142,3 +145,46 @@ def lora_state(layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
         state[f"{name}.lora_A.weight"] = layer.lora_A[ADAPTER_NAME].weight.detach().to("cpu", torch.float32).clone()
         state[f"{name}.lora_B.weight"] = layer.lora_B[ADAPTER_NAME].weight.detach().to("cpu", torch.float32).clone()
     return state
+
+
+# ------------------------------------------------------------------ one LoRA per image of a batch
+class PerImageLoRAConv2d(nn.Module):
+    """A frozen Conv2d plus G LoRAs (peft's conv LoRA: A a conv of the base's kernel, B a 1x1), one per batch group.
+
+    The input is G equal groups of images, group-major; group g gets `base(x) + alpha/r B_g(A_g(x))`.
+    The frozen base convolution runs once over all G groups: that is the batching.
+    """
+
+    def __init__(self, base: nn.Conv2d, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float):
+        super().__init__()
+        if base.groups != 1 or base.padding_mode != "zeros":
+            raise ValueError(
+                f"batched LoRA supports plain convolutions; got groups={base.groups}, {base.padding_mode}"
+            )
+        self.base = base
+        # In child containers, registered after `base`: the UNet's first parameter stays a base weight
+        # (priors read their dtype from it), and the names are those of the adapter file's keys.
+        self.lora_A = nn.ParameterDict({"weight": nn.Parameter(lora_a)})  # (G, r, C_in, kh, kw)
+        self.lora_B = nn.ParameterDict({"weight": nn.Parameter(lora_b)})  # (G, C_out, r, 1, 1)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        # One low-rank pair per group, in a loop: on the CPU this beat a single grouped
+        # convolution (groups=G) by 1.4x at G = 4 (96 channels, 32 px) with the same bits, and
+        # each group's update is then computed exactly as it is for G = 1.
+        lora_a, lora_b = self.lora_A["weight"], self.lora_B["weight"]
+        chunks = x.to(lora_a.dtype).chunk(lora_a.shape[0])
+        delta = torch.cat(
+            [
+                F.conv2d(F.conv2d(chunk, a, None, self.base.stride, self.base.padding, self.base.dilation), b)
+                for chunk, a, b in zip(chunks, lora_a, lora_b)
+            ]
+        )
+        return out + (self.scale * delta).to(out.dtype)
+
+
+def replace_module(unet: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where the submodule `name` of `unet` is."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(unet.get_submodule(parent_name) if parent_name else unet, child, module)

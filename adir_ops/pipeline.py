@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from adir_ops.adaptation import AdaptConfig, Adapter, adapt
+from adir_ops.adapter_cache import AdapterCache, WarmStart, adaptation_stream, adapter_key, closest
 from adir_ops.retrieval import Neighbours, NoNeighbours
 from adir_ops.rng import generator_for
 from adir_ops.sampling import SAMPLERS, default_sampler, get_sampler
@@ -92,6 +93,8 @@ class ADIRResult:
     config: dict[str, Any] = field(default_factory=dict)  # what made it
     mean01: torch.Tensor | None = None  # with samples > 1: the mean of the posterior samples
     std01: torch.Tensor | None = None  # with samples > 1: per-pixel std over the samples, channel mean, (1, 1, H, W)
+    # Where the adapter came from: source ('trained' | 'cache'), key, init (warm start's key), overlap, steps.
+    adaptation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def lora_final_loss(self) -> float | None:
@@ -117,7 +120,10 @@ class ADIRPipeline:
     `tiling`: how the sampler covers an image of any size with prior-resolution tiles (a
     TiledPrior over `prior`, blended inside eps(): no seams; an image of the prior's size is one
     tile). `fetch(uris)`: the neighbours as (C, H, W) tensors in [-1, 1], skipping unreadable
-    ones (default: local image files).
+    ones (default: local image files). `adapters`: a cache of adapters by key (`adir_ops.adapter_cache`):
+    an image whose neighbours were adapted on before reads that adapter; with it the adaptation
+    draws from the neighbours' stream, not the image's. `warm_start` (needs `adapters`): start
+    from the cached adapter of an overlapping neighbour set and train fewer steps.
     """
 
     def __init__(
@@ -129,12 +135,20 @@ class ADIRPipeline:
         sampler: SamplerConfig = SamplerConfig(),
         fetch: Fetch | None = None,
         tiling: TilingConfig = TilingConfig(),
+        adapters: AdapterCache | None = None,
+        warm_start: WarmStart | None = None,
     ):
         self.prior = prior
+        self.adapters, self.warm_start = adapters, warm_start
         self.retriever = retriever if retriever is not None else NoNeighbours()
         self.adaptation, self.sampler, self.tiling = adaptation, sampler, tiling
         self.fetch = fetch or _read_local
         self.is_upscaler = hasattr(prior, "vae") and hasattr(prior, "low_res_scheduler")
+        if warm_start is not None and (adapters is None or self.is_upscaler):
+            raise ValueError(
+                "a warm start needs an adapter cache and a pixel-space prior (not the SD x4 upscaler); "
+                "turn on the adapter cache, or leave the warm start off"
+            )
         # A fully convolutional prior (a denoiser) takes the whole image; a UNet gets tiles of its size.
         if self.is_upscaler:
             self.sampling_prior = None
@@ -184,10 +198,10 @@ class ADIRPipeline:
                 images = self.fetch(found.uris)
                 if not images:
                     raise ValueError(f"none of the {len(found)} neighbours could be read")
-        adapter = None
+        adapter, adaptation = None, {}
         if images:
             with stage("adaptation"):
-                adapter = self.adapt(images, streams["adaptation"], on_adapt_step)
+                adapter, adaptation = self._adapter(found, images, seed, streams["adaptation"], on_adapt_step)
         with stage("sampling"):
             # Sample j > 0 draws from its own stream: the first is the single-sample result whatever N is,
             # and each sample is the same whether the others run or not.
@@ -208,20 +222,62 @@ class ADIRPipeline:
             "k": getattr(self.retriever, "k", 0),
             "adaptation": dataclasses.asdict(self.adaptation),
             "sampler": {**dataclasses.asdict(self.sampler), "name": sampler or "sd-x4-upscaler"},
-            "prior": getattr(self.prior, "config", {"source": type(self.prior).__name__}),
+            "prior": self._prior_config(),
+            "adapter_cache": self.adapters is not None,
+            "warm_start": None if self.warm_start is None else dataclasses.asdict(self.warm_start),
             # A fully convolutional prior sees the whole image: no tiles to record.
             "tiling": None if getattr(self.prior, "fully_convolutional", False) else dataclasses.asdict(self.tiling),
         }
-        return ADIRResult(image01, naive01, found, len(images), adapter, timings, config, mean01, std01)
+        return ADIRResult(image01, naive01, found, len(images), adapter, timings, config, mean01, std01, adaptation)
+
+    def _prior_config(self) -> dict[str, Any]:
+        return getattr(self.prior, "config", {"source": type(self.prior).__name__})
+
+    def _adapter(self, found: Neighbours, images, seed: int, image_stream, callback) -> tuple[Adapter, dict[str, Any]]:
+        """The image's adapter and where it came from: trained cold, read from the cache, or warm-started."""
+        trained = {"source": "trained", "key": None, "init": None, "overlap": None, "steps": self.adaptation.steps}
+        # An unreadable neighbour was skipped: the images are not the ones the ids name, so no key fits them.
+        if self.adapters is None or len(images) != len(found):
+            return self.adapt(images, image_stream, callback), trained
+        pairs = list(zip(found.ids, found.uris))
+        prior_config = self._prior_config()
+        key = adapter_key(prior_config, pairs, self.adaptation, seed)
+        cached = self.adapters.get(key)
+        if cached is not None:
+            return cached, {**trained, "source": "cache", "key": key, "steps": 0}
+        config, initial, init, overlap = self.adaptation, None, None, None
+        if self.warm_start is not None:
+            match = closest(self.adapters.entries(), found.ids, self.warm_start.min_overlap)
+            if match is not None:
+                initial = self.adapters.get(match[0].key)
+            if initial is not None:
+                init, overlap = match[0].key, match[1]
+                config = dataclasses.replace(self.adaptation, steps=self.warm_start.steps)
+                key = adapter_key(prior_config, pairs, config, seed, init=init)
+                cached = self.adapters.get(key)
+                if cached is not None:
+                    return cached, {"source": "cache", "key": key, "init": init, "overlap": overlap, "steps": 0}
+        adapter = self.adapt(images, adaptation_stream(seed, pairs), callback, initial=initial, config=config)
+        adapter.provenance = {"key": key, "ids": list(found.ids), "uris": list(found.uris), "init": init}
+        self.adapters.put(key, adapter, adapter.provenance)
+        return adapter, {"source": "trained", "key": key, "init": init, "overlap": overlap, "steps": config.steps}
 
     # ------------------------------------------------------------ the stages, callable alone
-    def adapt(self, images: list[torch.Tensor], generator: torch.Generator, callback=None) -> Adapter:
-        """A fresh LoRA on `images` ((C, H, W) in [-1, 1]) from the image's adaptation stream (paper eq. 18)."""
+    def adapt(
+        self,
+        images: list[torch.Tensor],
+        generator: torch.Generator,
+        callback=None,
+        *,
+        initial: Adapter | None = None,
+        config: AdaptConfig | None = None,
+    ) -> Adapter:
+        """A LoRA on `images` ((C, H, W) in [-1, 1]) from `generator` (paper eq. 18); fresh, or from `initial`."""
         if self.is_upscaler:
             from adir_ops.sd_upscale import adapt_upscaler
 
             return adapt_upscaler(self.prior, images, self._upscale_config(), generator, callback=callback)
-        return adapt(self.prior, images, self.adaptation, generator, callback=callback)
+        return adapt(self.prior, images, config or self.adaptation, generator, callback=callback, initial=initial)
 
     def sample(
         self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None = None, callback=None

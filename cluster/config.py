@@ -63,6 +63,13 @@ class ReconstructConfig:
     # adir_ops.sampling.SAMPLERS name, or "auto": the sampler measured best for the task (DEFAULT_SAMPLER_BY_TASK).
     sampler: str = "auto"
     samples: int = 1  # posterior samples per image: > 1 also writes their mean and a per-pixel std map
+    # Amortized adaptation (cluster.adapters, adir_ops.adapter_cache): adapters kept in OUT/adapters by key,
+    # drawn from the neighbours' stream, reused by any image that retrieves the same neighbours.
+    adapter_cache: bool = False
+    # With the cache: start from the cached adapter whose neighbour ids overlap by >= this Jaccard, train
+    # warm_start_steps steps. None: off (every adapter trains from a fresh LoRA).
+    warm_start: float | None = None
+    warm_start_steps: int = 10
     noise_sigma_255: float | None = None
     seed: int = 0
     degraded: bool = False
@@ -119,6 +126,7 @@ class ReconstructConfig:
             ("mse_thumbnail", 4),
             ("max_restarts", 0),
             ("max_attempts", 1),
+            ("warm_start_steps", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -129,6 +137,14 @@ class ReconstructConfig:
             raise ValueError(
                 f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all"
             )
+        if self.warm_start is not None:
+            from adir_ops.adapter_cache import WarmStart
+
+            WarmStart(self.warm_start, self.warm_start_steps)  # the range checks, with the fix
+            if not self.adapter_cache:
+                raise ValueError("--warm-start starts from cached adapters: add --adapter-cache")
+            if prior_kind(self.prior)[0] == "sd-x4":
+                raise ValueError("--warm-start needs a pixel-space prior; the SD x4 upscaler adapts in latent space")
         if self.guidance_scale is not None and self.guidance_scale < 0:
             raise ValueError(f"--guidance-scale must be >= 0; got {self.guidance_scale}")
         unknown_metrics = sorted(set(self.metrics) - {"psnr", "ssim"})

@@ -33,6 +33,7 @@ RESULTS_DIR = "results"
 RESULTS_NAME = "results.parquet"
 CONFIG_NAME = "config.yaml"
 STD_SCALE = 4.0  # the std map's PNG shows std x 4 (std of [0, 1] pixels rarely exceeds 0.25)
+ADAPTERS_DIR = "adapters"  # the adapter cache (cluster.adapters)
 THUMBNAILS_DIR = "cache"  # the mse-nn arm's corpus thumbnails (cluster.retrieval)
 ERROR_SUFFIX = "~error"  # never part of a safe_name: see the module docstring
 MAX_NAME_CHARS = 120
@@ -67,6 +68,13 @@ RESULTS_SCHEMA = pa.schema(
         *[pa.field(f"{stage}_s", pa.float64()) for stage in STAGES],
         pa.field("total_s", pa.float64()),
         pa.field("lora_final_loss", pa.float64()),
+        # The adapter: 'trained' here or read from the run's cache ('cache'); its key (with --adapter-cache),
+        # the key of the adapter a warm start began from and the Jaccard overlap of their neighbours, LoRA steps run.
+        pa.field("adapter_source", pa.string()),
+        pa.field("adapter_key", pa.string()),
+        pa.field("adapter_init", pa.string()),
+        pa.field("adapter_overlap", pa.float64()),
+        pa.field("lora_steps_run", pa.int32()),
         pa.field("psnr", pa.float64()),  # vs ground truth, when known
         pa.field("ssim", pa.float64()),
         pa.field("naive_psnr", pa.float64()),  # the plain restoration (bicubic, ...) for comparison

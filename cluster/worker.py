@@ -120,6 +120,14 @@ class ReconstructionWorker:
             gray=cfg.task == "colorize",
             storage_options=cfg.storage_options,
         )
+        adapters = warm_start = None
+        if cfg.adapter_cache:
+            from adir_ops.adapter_cache import WarmStart
+            from cluster.adapters import adapter_store
+
+            adapters = adapter_store(cfg.out, cfg.storage_options)
+            if cfg.warm_start is not None:
+                warm_start = WarmStart(cfg.warm_start, cfg.warm_start_steps)
         self.pipeline = ADIRPipeline(
             self.upscaler if self.upscaler is not None else self.prior,
             self.retriever,
@@ -127,6 +135,8 @@ class ReconstructionWorker:
             sampler=SamplerConfig(cfg.sampler, cfg.steps, cfg.guidance_scale, cfg.samples),
             fetch=self._fetch,
             tiling=TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images),
+            adapters=adapters,
+            warm_start=warm_start,
         )
 
     def ready(self) -> dict[str, Any]:
@@ -190,6 +200,11 @@ class ReconstructionWorker:
             neighbour_ids=result.neighbours.ids,
             neighbour_scores=result.neighbours.scores,
             lora_final_loss=result.lora_final_loss,
+            adapter_source=result.adaptation.get("source"),
+            adapter_key=result.adaptation.get("key"),
+            adapter_init=result.adaptation.get("init"),
+            adapter_overlap=result.adaptation.get("overlap"),
+            lora_steps_run=result.adaptation.get("steps"),
             height=result01.shape[-2],
             width=result01.shape[-1],
             tiles=1 if self.upscaler is not None else self.pipeline.sampling_prior.tile_count(*operator.image_size),

@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         "offline-lowpass (no weights, fast), openclip:<model>[:<weights>]",
     )
     build.add_argument(
-        "--index-factory", default="Flat", help="FAISS factory string (Flat, HNSW32, IVF1024,PQ64, ...)"
+        "--index-factory",
+        default="auto",
+        help="auto (default: exact Flat for small corpora, an approximate index above; docs/retrieval.md), or a "
+        "FAISS factory string with optional '|search settings': Flat, HNSW32|efSearch=128, IVF4096,Flat|nprobe=16",
     )
     build.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard")
     build.add_argument("--limit", type=int, default=None, help="index only the first N images (sorted ids)")
@@ -169,6 +172,21 @@ def _add_reconstruct(commands) -> None:
         help="posterior samples per image (default 1); more also write their mean "
         "(images/mean/) and a per-pixel std map (images/std/), with the mean's metrics in the row",
     )
+    p.add_argument(
+        "--adapter-cache",
+        action="store_const",
+        const=True,
+        help="keep each adapter in OUT/adapters under a key of what decides it (prior, neighbours, LoRA "
+        "settings, seed); an image whose neighbours were adapted on already reads that adapter",
+    )
+    p.add_argument(
+        "--warm-start",
+        type=float,
+        metavar="OVERLAP",
+        help="with --adapter-cache: start from the cached adapter whose neighbour ids overlap this image's "
+        "by at least OVERLAP (Jaccard, 0..1) and train --warm-start-steps steps (default: off)",
+    )
+    p.add_argument("--warm-start-steps", type=int, help="LoRA steps after a warm start (default 10)")
     p.add_argument("--embedder", help="encoder (default: the index's own; a different one is refused)")
     p.add_argument("--tile-batch", type=int, help="UNet tiles per call for images larger than the prior (default 4)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")

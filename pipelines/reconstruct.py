@@ -24,6 +24,7 @@ from adir_storage import (
 from cluster.config import PRIOR_KINDS, ReconstructConfig, prior_kind
 from cluster.lease import LEASE_NAME, Lease
 from cluster.results import (
+    ADAPTERS_DIR,
     CONFIG_NAME,
     IMAGES_DIR,
     RESULTS_DIR,
@@ -53,6 +54,9 @@ CLI_FIELDS = (
     "guidance_scale",
     "sampler",
     "samples",
+    "adapter_cache",
+    "warm_start",
+    "warm_start_steps",
     "embedder",
     "tile_batch",
     "tile_overlap",
@@ -341,7 +345,9 @@ def _run_leased(
             pool.shutdown()
     # An actor killed mid-commit leaves a temp file beside its PNG or row; the image itself was
     # retried, so the leftover is garbage. Safe now: every actor of this run has stopped.
-    remove_stale_temporaries(config.out, (IMAGES_DIR, f"{IMAGES_DIR}/mean", f"{IMAGES_DIR}/std", RESULTS_DIR))
+    remove_stale_temporaries(
+        config.out, (IMAGES_DIR, f"{IMAGES_DIR}/mean", f"{IMAGES_DIR}/std", RESULTS_DIR, ADAPTERS_DIR)
+    )
     table = merge_results(config.out, [item["name"] for item in items], config.storage_options)
     elapsed = time.perf_counter() - start
     errors = table.num_rows - table.column("error").null_count

@@ -129,9 +129,9 @@ def test_adapt_trains_on_the_eps_mse_loss_of_its_batch(monkeypatch):
     batches = []
     real = losses.eps_mse_loss
 
-    def recording(eps, x0, t, noise, alphas_cumprod):
-        loss = real(eps, x0, t, noise, alphas_cumprod)
-        batches.append((x0.clone(), t, noise.clone(), alphas_cumprod, loss.item()))
+    def recording(eps, x0, t, noise, alphas_cumprod, **options):
+        loss = real(eps, x0, t, noise, alphas_cumprod, **options)
+        batches.append((x0.clone(), t, noise.clone(), alphas_cumprod, loss.mean().item()))
         return loss
 
     # DiffusionPrior.denoising_loss, which adapt calls, reads it from adir_ops.losses at call time.
@@ -139,11 +139,13 @@ def test_adapt_trains_on_the_eps_mse_loss_of_its_batch(monkeypatch):
     prior = DiffusionPrior.tiny(resolution=16)
     config = AdaptConfig(steps=2, batch_size=3)
     adapter = adapt(prior, smooth_images(3, 16, 20, seed=2), config, torch.Generator().manual_seed(3))
-    assert adapter.losses == [batch[-1] for batch in batches]
-    x0, t, noise, abar, first = batches[0]
-    assert isinstance(t, int) and abar.dtype == torch.float64
+    assert adapter.losses == pytest.approx([batch[-1] for batch in batches], rel=1e-6)
+    x0, timesteps, noise, abar, first = batches[0]
+    # One timestep shared by the batch (given per image: adapt is adapt_many of one image).
+    assert timesteps.shape == (config.batch_size,) and len(set(timesteps.tolist())) == 1
+    assert abar.dtype == torch.float64
+    t = int(timesteps[0])
     a = float(abar[t])
-    timesteps = torch.full((config.batch_size,), t)
     # At step 0 the LoRA (B = 0) leaves the UNet as it is again after adapt.
     with torch.no_grad():
         again = losses.eps_mse_loss(prior.eps, x0, t, noise, abar).item()
