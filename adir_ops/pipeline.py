@@ -306,6 +306,32 @@ class ADIRPipeline:
             )
         return image01.clamp(0, 1)
 
+    def sample_many(self, y: torch.Tensor, operator, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Baseline mode for a batch: G measurements y (G, C, h, w) of one operator in one sampler call, unadapted.
+
+        Image g draws from `generators[g]` alone (its own sampling stream), so it is the image that
+        `sample` gives it alone, to float rounding of the batched convolutions.
+        """
+        if self.is_upscaler:
+            raise ValueError("sample_many runs the pixel-space samplers; the SD x4 upscaler samples one image a call")
+        generators = list(generators)
+        if y.ndim != 4 or y.shape[0] != len(generators):
+            raise ValueError(
+                f"sample_many needs y of shape (G, C, h, w) and G generators; got {tuple(y.shape)}, {len(generators)}"
+            )
+        name = self.sampler.resolve(operator.name)
+        guided = name in _GUIDED and self.sampler.guidance_scale is not None
+        options = {"guidance_scale": self.sampler.guidance_scale} if guided else {}
+        x0 = get_sampler(name)(
+            self.sampling_prior, y, operator, steps=self.sampler.steps, generator=generators, **options
+        )
+        image01 = x0.add(1).div(2)
+        if not torch.isfinite(image01).all():
+            raise ValueError(
+                "the sampler produced non-finite pixels (NaN/inf); check the guidance scale and the prior"
+            )
+        return image01.clamp(0, 1)
+
     def _upscale_config(self):
         from adir_ops.sd_upscale import UpscaleConfig, default_crop_size
 

@@ -28,8 +28,10 @@ RUNTIME_FIELDS = (
     "max_restarts",
     "max_attempts",
     "limit",
+    "order",
     "storage_options",
 )
+ORDERS = ("input", "embedding")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class ReconstructConfig:
     # warm_start_steps steps. None: off (every adapter trains from a fresh LoRA).
     warm_start: float | None = None
     warm_start_steps: int = 10
+    # "embedding": the driver sorts the images by their embedding (cluster.ordering) so an actor meets
+    # similar images in sequence, which a warm start needs; "input": as listed.
+    order: str = "input"
     noise_sigma_255: float | None = None
     seed: int = 0
     degraded: bool = False
@@ -150,6 +155,8 @@ class ReconstructConfig:
         unknown_metrics = sorted(set(self.metrics) - {"psnr", "ssim"})
         if unknown_metrics:
             raise ValueError(f"metrics {unknown_metrics} are not results columns; choose from psnr, ssim")
+        if self.order not in ORDERS:
+            raise ValueError(f"--order must be one of {', '.join(ORDERS)}; got {self.order!r}")
         if self.small_images not in ("pad", "native"):
             raise ValueError(f"small_images must be 'pad' or 'native'; got {self.small_images!r}")
         kind, target = prior_kind(self.prior)

@@ -187,6 +187,12 @@ def _add_reconstruct(commands) -> None:
         "by at least OVERLAP (Jaccard, 0..1) and train --warm-start-steps steps (default: off)",
     )
     p.add_argument("--warm-start-steps", type=int, help="LoRA steps after a warm start (default 10)")
+    p.add_argument(
+        "--order",
+        choices=("input", "embedding"),
+        help="'embedding': sort the images by their embedding so each actor meets similar ones in turn "
+        "(what --warm-start feeds on); default 'input', as listed",
+    )
     p.add_argument("--embedder", help="encoder (default: the index's own; a different one is refused)")
     p.add_argument("--tile-batch", type=int, help="UNet tiles per call for images larger than the prior (default 4)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")

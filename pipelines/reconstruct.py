@@ -57,6 +57,7 @@ CLI_FIELDS = (
     "adapter_cache",
     "warm_start",
     "warm_start_steps",
+    "order",
     "embedder",
     "tile_batch",
     "tile_overlap",
@@ -301,6 +302,19 @@ def run(
         return _run_leased(config, items, start, progress, on_row)
 
 
+def _in_embedding_order(config: ReconstructConfig, items: list[dict[str, Any]], actors: int) -> list[dict[str, Any]]:
+    """The items sorted by their embedding, one run per actor (cluster.ordering), with the index's encoder."""
+    from adir_ops.embedding import DEFAULT_EMBEDDER
+    from cluster.ordering import order_items
+
+    name = config.embedder
+    if name is None and config.index:
+        from index_builder.manifest import Manifest
+
+        name = Manifest.read(config.index, config.storage_options).embedder
+    return order_items(items, name or DEFAULT_EMBEDDER, actors, config.storage_options, seed=config.seed)
+
+
 def _run_leased(
     config: ReconstructConfig, items: list[dict[str, Any]], start: float, progress: bool, on_row
 ) -> dict[str, Any]:
@@ -327,6 +341,8 @@ def _run_leased(
     try:
         if todo:
             pool = WorkerPool(config, work=len(todo))
+            if config.order == "embedding":
+                todo = _in_embedding_order(config, todo, pool.count)
             if progress:
                 print(
                     f"{len(pool.ready)} of {pool.count} actor(s) ready ({pool.options}); {len(todo)} image(s) to do",

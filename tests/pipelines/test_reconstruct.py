@@ -218,3 +218,29 @@ def test_a_rerun_with_other_result_options_is_refused(dataset_run, capsys):
     inputs, out, index = dataset_run
     assert cli.main(_args(inputs, out, index, "--seed", "8", "--config", str(inputs.parent / "job.yaml"))) == 2
     assert re.search(r"holds results of another job \(seed: 7 -> 8\)", capsys.readouterr().err)
+
+
+def test_a_warm_started_job_in_embedding_order_records_where_each_adapter_began(corpus_and_index, tmp_path):
+    _, index = corpus_and_index
+    inputs = tmp_path / "in"
+    write_pictures(str(inputs), [("w0", 30), ("w1", 31), ("w2", 30), ("w3", 32)])
+    out = tmp_path / "out"
+    extra = ["--adapter-cache", "--warm-start", "0.2", "--warm-start-steps", "1", "--order", "embedding"]
+    assert cli.main(_args(inputs, out, index, "--num-actors", "1", *extra)) == 0
+    rows = {r["image_id"]: r for r in _results(str(out))}
+    assert all(r["error"] is None for r in rows.values())
+    cold = {r["adapter_key"] for r in rows.values() if r["adapter_init"] is None and r["adapter_source"] == "trained"}
+    assert cold, "the first image of the order trains cold"
+    for r in rows.values():
+        if r["adapter_init"] is not None:  # a warm start: from a cold adapter of this run, 1 step, overlap recorded
+            assert r["adapter_init"] in cold and r["adapter_overlap"] >= 0.2
+            assert r["lora_steps_run"] in (0, 1)
+        else:
+            assert r["lora_steps_run"] in (0, 2) and r["adapter_overlap"] is None
+    # w0 and w2 are one picture: the same neighbours, so one of them reads the other's adapter.
+    assert rows["w0"]["adapter_key"] == rows["w2"]["adapter_key"]
+    assert sorted([rows["w0"]["adapter_source"], rows["w2"]["adapter_source"]]) == ["cache", "trained"]
+    adapters = os.listdir(os.path.join(out, "adapters"))
+    assert {f"{r['adapter_key']}.safetensors" for r in rows.values()} <= set(adapters)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["adapter_cache"] is True and config["warm_start"] == 0.2 and config["order"] == "embedding"
