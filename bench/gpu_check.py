@@ -1,4 +1,4 @@
-"""GPU figures for the real-model setups (issue 6), random weights only: sampler steps/s, LoRA it/s, FAISS flat search, OpenCLIP images/s.
+"""GPU figures for the real-model setups (issue 6), random weights only: sampler steps/s, LoRA it/s, batched LoRA (G vs 1), FAISS flat search, OpenCLIP images/s.
 
     bench/gpu_check.sh              # one GPU, full sizes, under 8 minutes
     bench/gpu_check.sh --dry-run    # tiny sizes on the CPU: checks the script itself in seconds
@@ -28,6 +28,7 @@ FULL = {
     "sampler_steps": (20, 8),
     "lora_steps": 8,
     "lora_batch": 6,
+    "groups": (1, 4),
     "faiss_n": 1_700_000,
     "faiss_dim": 512,
     "queries": 100,
@@ -50,6 +51,7 @@ DRY = {
     "sampler_steps": (3, 2),
     "lora_steps": 2,
     "lora_batch": 2,
+    "groups": (1, 2),
     "faiss_n": 20_000,
     "faiss_dim": 512,
     "queries": 100,
@@ -72,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="autocast dtype (default bf16 on CUDA, fp32 on CPU)",
     )
-    p.add_argument("--only", default="sampler,lora,faiss,embed", help="comma-separated parts to run")
+    p.add_argument("--only", default="sampler,lora,batched,faiss,embed", help="comma-separated parts to run")
     return p.parse_args(argv)
 
 
@@ -171,6 +173,36 @@ def bench_lora(prior, sizes, device, precision, log):
     )
 
 
+def bench_batched(prior, sizes, device, precision, log):
+    """Batched adaptation (adapt_many): G images' LoRAs in one forward, images/s against G = 1 (issue 14)."""
+    import torch
+
+    from adir_ops.adaptation import AdaptConfig, adapt_many
+
+    size, steps = sizes["size"], sizes["lora_steps"]
+    config = AdaptConfig(steps=steps, batch_size=sizes["lora_batch"])
+    clock = Clock(device)
+    base = None
+    for groups in sizes["groups"]:
+        sets = [
+            torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(g)).to(device) * 2 - 1
+            for g in range(groups)
+        ]
+        generators = [torch.Generator().manual_seed(10 + g) for g in range(groups)]
+        with autocast(device, precision):
+            adapt_many(prior, sets, AdaptConfig(steps=1, batch_size=config.batch_size), generators)  # warm-up
+            clock.sync()
+            start = time.perf_counter()
+            adapt_many(prior, sets, config, generators)
+            clock.sync()
+        rate = groups / (time.perf_counter() - start)
+        base = base or rate
+        log(
+            f"batched  LoRA G={groups}, {steps} steps of batch {config.batch_size} per image: "
+            f"{rate:.3f} images/s ({rate / base:.2f}x G=1)"
+        )
+
+
 def bench_faiss(sizes, device, log):
     import faiss
     import numpy as np
@@ -248,9 +280,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"sampler", "lora", "faiss", "embed"}
+    unknown = parts - {"sampler", "lora", "batched", "faiss", "embed"}
     if unknown:
-        raise SystemExit(f"unknown --only part(s) {sorted(unknown)}; choose from sampler, lora, faiss, embed")
+        raise SystemExit(f"unknown --only part(s) {sorted(unknown)}; choose from sampler, lora, batched, faiss, embed")
 
     def log(line):
         print(line, flush=True)
@@ -262,12 +294,14 @@ def main(argv=None) -> int:
     )
     if not args.dry_run and device.type != "cuda":
         log("warning: no CUDA device; full sizes on the CPU take far longer than 8 minutes (use --dry-run)")
-    if parts & {"sampler", "lora"}:
+    if parts & {"sampler", "lora", "batched"}:
         prior, params = build_gd_prior(sizes, device)
         if "sampler" in parts:
             bench_sampler(prior, params, sizes, device, precision, log)
         if "lora" in parts:
             bench_lora(prior, sizes, device, precision, log)
+        if "batched" in parts:
+            bench_batched(prior, sizes, device, precision, log)
         del prior
         if device.type == "cuda":
             torch.cuda.empty_cache()

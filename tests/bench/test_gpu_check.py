@@ -12,6 +12,7 @@ pytestmark = pytest.mark.timeout(240)
 FIGURES = {
     "sampler": [r"sampler .* batch 1: ([\d.]+) steps/s", r"sampler .* batch 2: ([\d.]+) steps/s"],
     "lora": [r"LoRA .*: ([\d.]+) it/s \(LoRA weights torch\.float32"],
+    "batched": [r"batched  LoRA G=1,.*: ([\d.]+) images/s \(1\.00x", r"batched  LoRA G=2,.*: ([\d.]+) images/s"],
     "faiss": [r"FAISS .*20,000 x 512.*100 queries, k=50: ([\d.]+) ms per query batch"],
     "embed": [r"embed .*: ([\d.]+) images/s"],
 }
