@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from typing import Any, Mapping
 
 from adir_ops.adapter_cache import CachedEntry
@@ -22,13 +23,17 @@ from adir_storage import commit_bytes, join_url, open_fs, read_bytes
 from cluster.results import ADAPTERS_DIR
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+# How often `entries` lists the store for other writers' adapters: a listing is O(adapters), and a
+# dataset job asks once per image; this process's own adapters are known at once.
+RELIST_S = 10.0
 
 
 class AdapterStore:
     """adir_ops.adapter_cache.AdapterCache over a folder or bucket prefix (fsspec URL)."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, relist_s: float = RELIST_S):
         self.url = url.rstrip("/")
+        self.relist_s, self._listed_at = relist_s, None
         self.storage_options = dict(storage_options or {})
         self._entries: dict[str, CachedEntry] = {}
         self._seen: set[str] = set()  # record names read (or refused) already
@@ -64,6 +69,9 @@ class AdapterStore:
 
     def entries(self) -> list[CachedEntry]:
         """Cold-trained adapters of this store: those this process wrote, and any other writer's found by listing."""
+        if self._listed_at is not None and time.monotonic() - self._listed_at < self.relist_s:
+            return list(self._entries.values())
+        self._listed_at = time.monotonic()
         fs, path = open_fs(self.url, self.storage_options)
         fs.invalidate_cache()
         try:

@@ -209,3 +209,15 @@ def test_the_job_reads_a_cached_adapter_and_its_rows_say_which(tmp_path, corpus_
     assert set(os.listdir(os.path.join(out, "adapters"))) == {f"{key}.json", f"{key}.safetensors"}
     with pytest.raises(ValueError, match="add --adapter-cache"):
         ReconstructConfig(inputs="in", out="out", index=index, **job_options(warm_start=0.5))
+
+
+def test_other_writers_adapters_appear_when_the_store_lists_again(tmp_path, prior):
+    folder = str(tmp_path / "adapters")
+    mine, theirs = AdapterStore(folder, relist_s=3600), AdapterStore(folder)
+    assert mine.entries() == []
+    key = "12" * 32
+    theirs.put(key, _adapter(prior, 3, key), {"ids": ["p", "q"], "uris": ["u", "v"], "init": None})
+    assert mine.entries() == []  # listed a moment ago: not again before relist_s
+    assert [e.key for e in AdapterStore(folder, relist_s=0).entries()] == [key]
+    mine.relist_s = 0
+    assert [e.key for e in mine.entries()] == [key]
