@@ -11,7 +11,9 @@ the benches all call this, so the same seed and image give the same bytes everyw
 
 Randomness: every draw comes from the image's own streams (`image_streams`), one per stage,
 seeded from (run seed, image id): every arm sees the same degradation and the same sampler
-noise, and differs from the others by its neighbours alone.
+noise, and differs from the others by its neighbours alone. With an adapter cache
+(`adapters=`, `adir_ops.adapter_cache`) the adaptation draws from its neighbours' stream
+instead, so images that retrieve the same neighbours share one adapter, trained once.
 A failure is raised as StageError naming the stage it happened in (the worker's error row).
 """
 
