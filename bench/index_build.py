@@ -1,10 +1,11 @@
 """Benchmark: images/s of the whole Ray Data index build vs the encoder's bare forward, and peak RSS by corpus size.
 
-    python bench/index_build.py                      # 2k and 20k synthetic JPEGs
+    python bench/index_build.py                      # 2k and 20k synthetic JPEGs, the default encoder
     python bench/index_build.py --sizes 500 --cpus 2 # a quick look
 
-The bare forward embeds the same decoded batches (same batch size, same encoder) with no
-I/O, decode or Ray, so job/bare shows what reading, decoding and orchestration cost.
+The bare forward embeds the same decoded batches (same batch size, same encoder, the
+job's thread count) with no I/O, decode or Ray, so job/bare shows what reading, decoding
+and orchestration cost; it is timed just before and just after each job.
 Each size runs in its own process (peak RSS is per process); RSS is sampled over that
 process and every Ray process it started. Prints figures; asserts nothing.
 """
@@ -37,6 +38,16 @@ def make_corpus(folder: str, n: int, width: int, height: int, seed: int = 0) -> 
             Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR).save(path, quality=90)
 
 
+def vm_hwm_mib() -> float:
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that across fork+exec,
+    so a child started by a parent holding the bare forward's model reported the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class RssSampler:
     """Peak of (this process + all its descendants) RSS, sampled every `interval` seconds."""
 
@@ -67,7 +78,7 @@ class RssSampler:
         self._thread.join()
 
 
-def bare_forward(corpus: str, n: int, embedder_name: str, batch_size: int, threads: int) -> float:
+def bare_forward(corpus: str, n: int, embedder_name: str, batch_size: int, threads: int, repeats: int = 2) -> float:
     """images/s of embed_images alone on the first n corpus images, decoded exactly as the reader does."""
     import torch
 
@@ -79,18 +90,16 @@ def bare_forward(corpus: str, n: int, embedder_name: str, batch_size: int, threa
     pixels = np.stack(
         [decode_image(open(os.path.join(corpus, f), "rb").read(), embedder.image_size)[0] for f in names]
     )
-    batches = [
-        torch.from_numpy(pixels[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255 for i in range(0, n, batch_size)
-    ]
+    batches = [torch.from_numpy(pixels[i : i + batch_size]) for i in range(0, n, batch_size)]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        embedder.embed_images(batches[0])  # warm-up
+        embedder.embed_images(batches[0].permute(0, 3, 1, 2).float() / 255)  # warm-up
         best = float("inf")
-        for _ in range(3):  # best of 3: the machine may be shared
+        for _ in range(repeats):  # best of `repeats`: the machine may be shared
             start = time.perf_counter()
-            for batch in batches:
-                embedder.embed_images(batch)
+            for batch in batches:  # the same uint8 -> float conversion the embed actor does
+                embedder.embed_images(batch.permute(0, 3, 1, 2).float().div_(255.0))
             best = min(best, time.perf_counter() - start)
         return n / best
     finally:
@@ -102,6 +111,7 @@ def one_size(args) -> dict:
     import ray
 
     from index_builder import BuildConfig, run_build
+    from index_builder.job import actor_resources
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="warning")
     out = tempfile.mkdtemp(prefix=f"adir-bench-index-{args.one}-")
@@ -114,32 +124,49 @@ def one_size(args) -> dict:
         batch_size=args.batch_size,
         progress=False,
     )
+    actors = actor_resources(config)["compute"].max_size
+    try:
+        from index_builder.job import actor_threads
+
+        threads = actor_threads(config, actor_resources(config))
+    except ImportError:  # the job before per-stage figures (to bench an older checkout): threads = its reservation
+        threads = max(1, int(actor_resources(config)["num_cpus"]))
     with RssSampler() as sampler:
         start = time.perf_counter()
         report = run_build(config)
         seconds = time.perf_counter() - start
     ray.shutdown()
     subprocess.run(["rm", "-rf", out], check=False)
+    stages = getattr(report, "stages", {})
     return {
         "images": args.one,
         "job_s": seconds,
         "job_img_s": args.one / seconds,
+        "startup_s": getattr(report, "startup_seconds", None) or float("nan"),
+        "steady_img_s": getattr(report, "steady_rate", None) or float("nan"),
+        "embed_busy_s": stages["embed"].busy_seconds if stages else float("nan"),
+        "actors": actors,
+        "actor_threads": threads,
+        "stage_table": report.stage_table() if stages else "(no per-stage figures in this checkout)",
         "count": report.count,
-        "driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "driver_peak_mib": vm_hwm_mib(),
         "tree_peak_mib": sampler.peak / 2**20,
     }
 
 
 def main(argv=None) -> int:
+    from adir_ops.embedding import DEFAULT_EMBEDDER
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="2000,20000", help="comma-separated corpus sizes")
-    p.add_argument("--embedder", default="offline-content")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--cpus", type=int, default=os.cpu_count())
     p.add_argument("--image-px", default="320x240", help="synthetic JPEG size WxH")
     p.add_argument("--corpus", default=os.path.join(tempfile.gettempdir(), "adir-bench-corpus"))
-    p.add_argument("--bare-images", type=int, default=2000, help="images for the bare-forward timing")
+    p.add_argument("--bare-images", type=int, default=256, help="images for each bare-forward timing")
+    p.add_argument("--one-thread", action="store_true", help="also time the bare forward on 1 thread")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one size
     args = p.parse_args(argv)
     if args.one is not None:
@@ -153,17 +180,14 @@ def main(argv=None) -> int:
     make_corpus(corpus, max(sizes), width, height)
     print(f"corpus: {max(sizes)} JPEGs {width}x{height} in {corpus} ({time.perf_counter() - start:.0f} s to prepare)")
     bare_n = min(args.bare_images, max(sizes))
-    bare_1 = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=1)
-    bare_all = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=args.cpus)
-    print(
-        f"bare forward ({args.embedder}, batch {args.batch_size}, {bare_n} images): "
-        f"{bare_1:.0f} img/s on 1 thread, {bare_all:.0f} img/s on {args.cpus} threads"
-    )
-    print(
-        f"{'images':>7} {'job s':>7} {'job img/s':>9} {'job/bare(1t)':>12} {'job/bare(all)':>13} {'driver peak MiB':>15} {'all procs peak MiB':>18}"
-    )
-    results = []
+    if args.one_thread:
+        bare_1 = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=1)
+        print(f"bare forward on 1 thread ({bare_n} images, best of 2): {bare_1:.1f} img/s")
+    print(f"bare forward: {args.embedder}, batch {args.batch_size}, {bare_n} images, best of 2")
+    rows = []
     for n in sizes:
+        # Bare forward on the job's thread count just before and just after the job: the machine is shared.
+        before = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=args.cpus)
         cmd = [
             sys.executable,
             os.path.abspath(__file__),
@@ -185,20 +209,30 @@ def main(argv=None) -> int:
             print(done.stderr[-3000:], file=sys.stderr)
             return done.returncode
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        results.append((n, r["job_s"]))
+        after = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=args.cpus)
+        bare = (before + after) / 2
         print(
-            f"{n:>7} {r['job_s']:>7.1f} {r['job_img_s']:>9.0f} {r['job_img_s'] / bare_1:>12.2f} {r['job_img_s'] / bare_all:>13.2f} "
-            f"{r['driver_peak_mib']:>15.0f} {r['tree_peak_mib']:>18.0f}"
+            f"\n{n} images, actor threads {r['actor_threads']}; bare forward on {args.cpus} threads: "
+            f"{before:.1f} img/s before the job, {after:.1f} after"
         )
-    if len(results) >= 2:
-        (n0, t0), (n1, t1) = results[0], results[-1]
-        if t1 > t0:
-            print(
-                f"marginal job rate {n0}->{n1} images: {(n1 - n0) / (t1 - t0):.0f} img/s "
-                f"(fixed start-up cost, mostly the embed actor importing torch, cancels out)"
-            )
+        print(r["stage_table"])
+        rows.append((n, r, bare))
     print(
-        "job s: listing + Ray Data read/decode/embed + Parquet shards + Flat index, after ray.init. "
+        f"\n{'images':>7} {'job s':>7} {'start s':>7} {'job img/s':>9} {'steady img/s':>12} {'bare img/s':>10} "
+        f"{'job/bare':>8} {'steady/bare':>11} {'fwd share':>9} {'driver peak MiB':>15} {'all procs peak MiB':>18}"
+    )
+    for n, r, bare in rows:
+        print(
+            f"{n:>7} {r['job_s']:>7.1f} {r['startup_s']:>7.1f} {r['job_img_s']:>9.2f} {r['steady_img_s']:>12.2f} "
+            f"{bare:>10.2f} {r['job_img_s'] / bare:>8.2f} {r['steady_img_s'] / bare:>11.2f} "
+            f"{r['embed_busy_s'] / r['actors'] / r['job_s']:>9.2f} {r['driver_peak_mib']:>15.0f} {r['tree_peak_mib']:>18.0f}"
+        )
+    print(
+        "job s: run_build after ray.init (listing, Ray Data read/decode/embed, Parquet shards, FAISS index). "
+        "start s: run start to the first forward; steady: images/s from the first forward to the end. "
+        "bare: mean of the bare forward just before and just after that job, on the job's thread count. "
+        "fwd share: the embed actors' busy seconds per actor / job s, i.e. job img/s over the job's own forward "
+        "img/s (immune to the load changing between the bare timing and the job). "
         "'all procs' sums RSS over the driver and its Ray processes (object-store pages mapped by several may count twice)."
     )
     return 0

@@ -1,11 +1,16 @@
 """Retrieval benchmark: build and query time, recall@k and memory of k-NN indexes over unit embeddings.
 
 Run: .venv/bin/python bench/retrieval.py [--n 200000] [--skip hnsw,kdtree] [--datasets clustered]
+     [--specs "IVF4096,PQ64,RFlat|nprobe=16,k_factor_rf=4;HNSW32|efSearch=128"]
 
 It compares the indexes a user can choose for the retrieval step (Section 3.2: the K
 nearest neighbours of the degraded image's embedding): FAISS Flat (exact inner product),
 HNSW, IVF-PQ with and without exact re-ranking, and scipy's cKDTree (the paper's KD-tree).
-Recall is measured against Flat. Figures are printed, never asserted.
+The "builder" rows build each --specs factory spec exactly as index_builder does
+(faiss_index.new_index, its training-size rule, shard-sized adds, the stored search settings,
+the BLAS threshold NeighborIndex sets), so they measure what `adir index build` produces.
+Recall is measured against Flat. Each row is printed as soon as its method finishes, with its
+speed ratio against the KD-tree. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -17,14 +22,13 @@ import ctypes.util
 import dataclasses
 import gc
 import os
-import pickle
 import sys
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-METHODS = ("flat", "hnsw", "ivfpq", "kdtree")
+METHODS = ("flat", "hnsw", "ivfpq", "kdtree", "builder")
 DATASETS = ("iid", "clustered")
 MIB = 1024 * 1024
 
@@ -53,6 +57,23 @@ class BenchConfig:
     forced_blas_threshold: int = 1000
     omp_wait_policy: str = "passive"
     extrapolate_to: int = 1_700_000
+    kdtree_queries: int = 10  # cKDTree is queried with the first few queries only; its time is scaled up
+    specs: tuple[str, ...] = (
+        "IVF4096,PQ64,RFlat|nprobe=8,k_factor_rf=4",
+        "IVF4096,PQ64,RFlat|nprobe=16,k_factor_rf=4",
+        "IVF4096,PQ64,RFlat|nprobe=16,k_factor_rf=8",
+        "IVF4096,PQ64,RFlat|nprobe=32,k_factor_rf=8",
+        "IVF4096,PQ64,RFlat|nprobe=16,k_factor_rf=16",
+        "IVF4096,Flat|nprobe=8",
+        "IVF4096,Flat|nprobe=16",
+        "IVF4096,Flat|nprobe=32",
+        "HNSW32|efSearch=64",
+        "HNSW32|efSearch=128",
+        "HNSW32|efSearch=256",
+        "HNSW32|efSearch=512",
+    )
+    builder_train_size: int = 100_000  # BuildConfig's default train_size; raised to 39 per IVF list
+    builder_add_rows: int = 1000  # BuildConfig's default shard_size: the builder adds one shard at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +84,13 @@ class Row:
     method: str
     build_s: float
     build_cpu_s: float  # all threads; less sensitive than wall time to other processes on the CPUs
-    query_s: float
+    query_s: float  # for a batch of config.queries queries (cKDTree: scaled up from measured_queries)
     query_runs: int
     recall: float
     index_bytes: int
     peak_rss_bytes: int | None
     exact: bool  # exact scans cost O(N) per query, so their query time extrapolates linearly
+    measured_queries: int = 0  # queries actually timed, when fewer than the batch (cKDTree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +244,19 @@ def blas_threshold(faiss, value: int | None) -> Iterator[None]:
         faiss.cvar.distance_compute_blas_threshold = previous
 
 
+def index_bytes(faiss, index) -> int:
+    """Length of the index file FAISS would write, counted as it streams (serialize_index would copy it)."""
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    return total
+
+
 def _timed_build(build: Callable[[], object]) -> tuple[object, float, float]:
     """The built object, its wall seconds and its process CPU seconds."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -254,7 +289,7 @@ def bench_flat(faiss, data, queries, config: BenchConfig, dataset: str) -> tuple
 
     default, forced = interleaved_best_times([search_with(None), search_with(config.forced_blas_threshold)])
     peak = memory.growth()
-    size = faiss.serialize_index(index).size
+    size = index_bytes(faiss, index)
     truth = default.ids
     labels = (f"blas_threshold={default_value} (default)", f"blas_threshold={config.forced_blas_threshold}")
     rows = [
@@ -291,7 +326,7 @@ def bench_hnsw(faiss, data, queries, truth, config: BenchConfig, dataset: str) -
         params = faiss.SearchParametersHNSW(efSearch=ef)
         results.append((ef, best_time(lambda p=params: index.search(queries, config.k, params=p)[1])))
     peak = memory.growth()
-    size = faiss.serialize_index(index).size
+    size = index_bytes(faiss, index)
     return [
         Row(
             dataset,
@@ -334,7 +369,7 @@ def bench_ivfpq(faiss, data, queries, truth, config: BenchConfig, dataset: str) 
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         plain.append((nprobe, best_time(lambda p=params: index.search(queries, config.k, params=p)[1])))
     plain_peak = memory.growth()
-    plain_size = faiss.serialize_index(index).size
+    plain_size = index_bytes(faiss, index)
     rows = [
         Row(
             dataset,
@@ -362,7 +397,7 @@ def bench_ivfpq(faiss, data, queries, truth, config: BenchConfig, dataset: str) 
         )
         reranked.append((nprobe, best_time(lambda p=params: refined.search(queries, config.k, params=p)[1])))
     refined_peak = memory.growth()
-    refined_size = faiss.serialize_index(refined).size
+    refined_size = index_bytes(faiss, refined)
     rows += [
         Row(
             dataset,
@@ -388,13 +423,65 @@ def bench_kdtree(data, queries, truth, config: BenchConfig, dataset: str) -> lis
     memory = PeakRss()
     memory.start()
     tree, build_s, build_cpu = _timed_build(lambda: cKDTree(data))
-    timed = best_time(lambda: tree.query(queries, k=config.k, workers=config.threads)[1])
+    # cKDTree in 512-d visits nearly every leaf, so its cost is the same for every query:
+    # timing the first few and scaling to the batch keeps its figure comparable with the rest.
+    measured = min(config.kdtree_queries, len(queries))
+    timed = best_time(lambda: tree.query(queries[:measured], k=config.k, workers=config.threads)[1])
     peak = memory.growth()
-    size = len(pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL))
+    # Its float64 copy of the data plus the permutation; pickling it would copy 7 GB at 1.7M.
+    size = tree.data.nbytes + tree.indices.nbytes
     return [
         Row(
             dataset,
-            "scipy cKDTree (float64 copy)",
+            f"scipy cKDTree (float64 copy), {measured} queries x{len(queries) / measured:g}",
+            build_s,
+            build_cpu,
+            timed.seconds * len(queries) / measured,
+            timed.runs,
+            recall_at_k(timed.ids, truth[:measured]),
+            size,
+            peak,
+            exact=True,
+            measured_queries=measured,
+        )
+    ]
+
+
+def bench_builder(faiss, data, queries, truth, config: BenchConfig, dataset: str, specs: list[str]) -> list[Row]:
+    """One FAISS factory built as index_builder builds it, searched with each spec's stored settings."""
+    from index_builder.faiss_index import (
+        CPU_BLAS_THRESHOLD,
+        new_index,
+        set_search_params,
+        split_factory,
+        training_size,
+    )
+
+    memory = PeakRss()
+    memory.start()
+
+    def build():
+        index = new_index(config.dim, specs[0])
+        if not index.is_trained:
+            # The builder's sample: evenly spread rows (it spreads them shard by shard).
+            rows = min(training_size(index, config.builder_train_size), len(data))
+            index.train(np.ascontiguousarray(data[np.linspace(0, len(data) - 1, rows).round().astype(np.int64)]))
+        for start in range(0, len(data), config.builder_add_rows):
+            index.add(data[start : start + config.builder_add_rows])
+        return index
+
+    index, build_s, build_cpu = _timed_build(build)
+    results = []
+    for spec in specs:
+        set_search_params(index, split_factory(spec)[1], spec)
+        with blas_threshold(faiss, CPU_BLAS_THRESHOLD):  # NeighborIndex.open sets it on CPU
+            results.append((spec, best_time(lambda: index.search(queries, config.k)[1])))
+    peak = memory.growth()
+    size = index_bytes(faiss, index)
+    return [
+        Row(
+            dataset,
+            spec,
             build_s,
             build_cpu,
             timed.seconds,
@@ -402,26 +489,63 @@ def bench_kdtree(data, queries, truth, config: BenchConfig, dataset: str) -> lis
             recall_at_k(timed.ids, truth),
             size,
             peak,
-            exact=True,
+            exact=False,
         )
+        for spec, timed in results
     ]
 
 
-def bench_dataset(faiss, name: str, config: BenchConfig, log: Callable[[str], None]) -> list[Row]:
-    """Every method that is not skipped, on one dataset; Flat always runs (it is the truth)."""
+def spec_groups(specs: tuple[str, ...]) -> list[list[str]]:
+    """Specs grouped by factory (one build each), in first-seen order."""
+    from index_builder.faiss_index import split_factory
+
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        groups.setdefault(split_factory(spec)[0], []).append(spec)
+    return list(groups.values())
+
+
+def bench_dataset(
+    faiss, name: str, config: BenchConfig, log: Callable[[str], None], emit: Callable[[list[Row]], None]
+) -> list[Row]:
+    """Every method that is not skipped, on one dataset, one at a time (each index freed before the next).
+
+    Flat always runs (it is the truth) and the KD-tree runs next, so every later row can be
+    printed with its ratio as soon as it is measured.
+    """
     log(f"[{name}] generating {config.n} x {config.dim} vectors + {config.queries} queries")
     data, queries = make_dataset(name, config)
     log(f"[{name}] Flat")
     rows, truth = bench_flat(faiss, data, queries, config, name)
-    if "hnsw" not in config.skip:
-        log(f"[{name}] HNSW{config.hnsw_m} (slow build)")
-        rows += bench_hnsw(faiss, data, queries, truth, config, name)
-    if "ivfpq" not in config.skip:
-        log(f"[{name}] IVF{config.ivf_lists},PQ{config.pq_m}")
-        rows += bench_ivfpq(faiss, data, queries, truth, config, name)
+    emit(rows)
+    steps: list[tuple[str, Callable[[], list[Row]]]] = []
     if "kdtree" not in config.skip:
-        log(f"[{name}] cKDTree")
-        rows += bench_kdtree(data, queries, truth, config, name)
+        steps.append(("cKDTree", lambda: bench_kdtree(data, queries, truth, config, name)))
+    if "ivfpq" not in config.skip:
+        steps.append(
+            (
+                f"IVF{config.ivf_lists},PQ{config.pq_m}",
+                lambda: bench_ivfpq(faiss, data, queries, truth, config, name),
+            )
+        )
+    if "builder" not in config.skip:
+        for group in spec_groups(config.specs):
+            steps.append(
+                (
+                    f"builder {group[0]} (+{len(group) - 1} settings)",
+                    lambda g=group: bench_builder(faiss, data, queries, truth, config, name, g),
+                )
+            )
+    if "hnsw" not in config.skip:
+        steps.append(
+            (f"HNSW{config.hnsw_m} (slow build)", lambda: bench_hnsw(faiss, data, queries, truth, config, name))
+        )
+    for label, step in steps:
+        log(f"[{name}] {label}")
+        new = step()
+        emit(new)
+        rows += new
+        _release_freed_memory()
     return rows
 
 
@@ -434,23 +558,34 @@ def _fmt_peak(peak: int | None) -> str:
 
 def format_table(rows: list[Row], config: BenchConfig) -> str:
     """The results as fixed-width text, extrapolated columns marked as such."""
-    scale = config.extrapolate_to / config.n
     header = (
         f"{'dataset':<10} {'method':<44} {'build s':>8} {'cpu s':>7} {'query ms':>9} {'runs':>4} "
         f"{'recall@' + str(config.k):>9} {'index MiB':>9} {'peak RSS+':>9} "
         f"{'~q ms @' + _short(config.extrapolate_to):>11} {'~MiB @' + _short(config.extrapolate_to):>10}"
+        f" {'vs KD-tree':>10}"
     )
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        query_ms = row.query_s * 1000
-        extrapolated_query = f"{query_ms * scale:.0f}" if row.exact else "-"
-        lines.append(
-            f"{row.dataset:<10} {row.method:<44} {row.build_s:>8.2f} {row.build_cpu_s:>7.1f} "
-            f"{query_ms:>9.1f} {row.query_runs:>4} "
-            f"{row.recall:>9.3f} {row.index_bytes / MIB:>9.1f} {_fmt_peak(row.peak_rss_bytes):>9} "
-            f"{extrapolated_query:>11} {row.index_bytes / MIB * scale:>10.0f}"
-        )
-    return "\n".join(lines)
+    return "\n".join([header, "-" * len(header)] + [format_row(row, rows, config) for row in rows])
+
+
+def speed_ratio(row: Row, rows: list[Row]) -> float | None:
+    """cKDTree batch query time over this row's, on the same dataset (None without a KD-tree row)."""
+    kdtree = [r for r in rows if r.dataset == row.dataset and r.method.startswith("scipy cKDTree")]
+    return kdtree[0].query_s / row.query_s if kdtree and row.query_s > 0 else None
+
+
+def format_row(row: Row, rows: list[Row], config: BenchConfig) -> str:
+    """One table line; `rows` supplies the KD-tree row its ratio is taken against."""
+    scale = config.extrapolate_to / config.n
+    query_ms = row.query_s * 1000
+    extrapolated_query = f"{query_ms * scale:.0f}" if row.exact else "-"
+    ratio = speed_ratio(row, rows)
+    return (
+        f"{row.dataset:<10} {row.method:<44} {row.build_s:>8.2f} {row.build_cpu_s:>7.1f} "
+        f"{query_ms:>9.1f} {row.query_runs:>4} "
+        f"{row.recall:>9.3f} {row.index_bytes / MIB:>9.1f} {_fmt_peak(row.peak_rss_bytes):>9} "
+        f"{extrapolated_query:>11} {row.index_bytes / MIB * scale:>10.0f}"
+        f" {'-' if ratio is None else f'{ratio:.1f}x':>10}"
+    )
 
 
 def _short(count: int) -> str:
@@ -458,14 +593,12 @@ def _short(count: int) -> str:
 
 
 def format_ratios(rows: list[Row]) -> str:
-    """cKDTree query time over each Flat setting's, per dataset."""
+    """cKDTree batch query time over every other row's, per dataset."""
     lines = []
-    for dataset in dict.fromkeys(row.dataset for row in rows):
-        kdtree = [r for r in rows if r.dataset == dataset and r.method.startswith("scipy cKDTree")]
-        if not kdtree:
-            continue
-        for flat in (r for r in rows if r.dataset == dataset and r.method.startswith("Flat")):
-            lines.append(f"  {dataset}: cKDTree query / {flat.method} query = {kdtree[0].query_s / flat.query_s:.1f}x")
+    for row in rows:
+        ratio = speed_ratio(row, rows)
+        if ratio is not None and not row.method.startswith("scipy cKDTree"):
+            lines.append(f"  {row.dataset}: cKDTree / {row.method} = {ratio:.1f}x (recall@k {row.recall:.3f})")
     return "\n".join(lines)
 
 
@@ -480,7 +613,18 @@ def format_notes(config: BenchConfig) -> str:
         ),
         ("build s: wall time of the build (IVF-PQ: sample + train + add); cpu s: its process CPU time, all threads."),
         "recall@k: overlap with the top-k of Flat at faiss's default setting (exact, the ground truth).",
-        "index MiB: faiss.serialize_index length; cKDTree: its pickle (it keeps a float64 copy of the data).",
+        (
+            "index MiB: length of the file faiss.write_index writes; cKDTree: its float64 copy of the data"
+            " plus its index permutation (tree nodes not counted)."
+        ),
+        (
+            f"cKDTree: timed on the first {config.kdtree_queries} queries only (it costs the same per query),"
+            f" scaled to the batch of {config.queries}; its recall is over those queries."
+        ),
+        (
+            "vs KD-tree: cKDTree's batch query time over the row's (speed ratio). Rows named by a factory spec"
+            " ('FACTORY|settings') are built and searched as index_builder builds them."
+        ),
         (
             "peak RSS+: process peak resident memory above its level before that index was built, over build"
             " and queries; the IVF-PQ re-rank rows include the IVF-PQ index they wrap."
@@ -557,6 +701,17 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
     )
     parser.add_argument("--extrapolate-to", type=int, default=defaults.extrapolate_to)
     parser.add_argument(
+        "--kdtree-queries", type=int, default=defaults.kdtree_queries, help="queries cKDTree is timed on"
+    )
+    parser.add_argument(
+        "--specs",
+        type=lambda text: tuple(part.strip() for part in text.split(";") if part.strip()),
+        default=defaults.specs,
+        help="';'-separated index_builder factory specs 'FACTORY|search settings' for the builder rows",
+    )
+    parser.add_argument("--builder-train-size", type=int, default=defaults.builder_train_size)
+    parser.add_argument("--builder-add-rows", type=int, default=defaults.builder_add_rows)
+    parser.add_argument(
         "--omp-wait-policy",
         choices=("passive", "active", "inherit"),
         default=defaults.omp_wait_policy,
@@ -574,6 +729,8 @@ def validate(config: BenchConfig, parser: argparse.ArgumentParser) -> None:
             "--skip flat: Flat is the exact ground truth every recall is measured against; "
             "skip only hnsw, ivfpq or kdtree"
         )
+    if config.kdtree_queries < 1:
+        parser.error(f"--kdtree-queries {config.kdtree_queries}: time cKDTree on at least 1 query")
     if config.k > config.n:
         parser.error(f"--k {config.k} exceeds --n {config.n}; ask for at most n neighbours")
     if config.rerank and config.rerank < config.k:
@@ -621,9 +778,16 @@ def main(argv: list[str] | None = None) -> int:
         f"faiss {faiss.__version__}, scipy {scipy.__version__}, numpy {np.__version__}; "
         f"start: {_machine_state()}; {policy_note}"
     )
-    rows = []
+    rows: list[Row] = []
+
+    def emit(new: list[Row]) -> None:
+        # Printed as each method finishes: a run killed later still leaves these figures.
+        rows.extend(new)
+        for row in new:
+            print(f"row: {format_row(row, rows, config)}", flush=True)
+
     for dataset in config.datasets:
-        rows += bench_dataset(faiss, dataset, config, log)
+        bench_dataset(faiss, dataset, config, log, emit)
     print()
     print(format_table(rows, config))
     ratios = format_ratios(rows)

@@ -51,16 +51,50 @@ def _to_gpu(index):
         return index, False
 
 
-def new_index(dim: int, factory: str):
+# A factory spec is a FAISS factory string, optionally followed by "|" and the ParameterSpace
+# search settings to store in the index file, e.g. "IVF4096,PQ64,RFlat|nprobe=16,k_factor_rf=4":
+# a factory-built IVF searches 1 list (nprobe=1) and a refine index re-ranks only k candidates
+# (k_factor=1) unless told otherwise, and FAISS writes both settings (and HNSW's efSearch) into
+# the index file, so every reader of the index gets the setting the build chose.
+SEARCH_SEPARATOR = "|"
+
+
+def split_factory(spec: str) -> tuple[str, str]:
+    """(FAISS factory string, ParameterSpace settings or "") of a factory spec."""
+    factory, _, params = spec.partition(SEARCH_SEPARATOR)
+    return factory.strip(), params.strip()
+
+
+def set_search_params(index, params: str, spec: str = "") -> None:
+    """Apply ParameterSpace settings such as "nprobe=16,k_factor_rf=4" to `index`; ValueError naming a bad one."""
+    if not params:
+        return
     faiss = _faiss()
-    if factory == "Flat":
-        return faiss.IndexFlatIP(dim)
     try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except Exception as exc:
+        faiss.ParameterSpace().set_index_parameters(index, params)
+    except RuntimeError as exc:
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ValueError(
-            f"FAISS cannot build index factory {factory!r} for dim {dim}: {exc}; try 'Flat', 'HNSW32' or 'IVF1024,PQ64'"
-        ) from exc
+            f"index factory {spec or params!r}: FAISS cannot apply search setting(s) {params!r} ({last}); "
+            "IVF takes nprobe, a refine index (…,RFlat) k_factor_rf, HNSW efSearch"
+        ) from None
+
+
+def new_index(dim: int, factory: str):
+    """An empty index of a factory spec (see SEARCH_SEPARATOR), its search settings applied."""
+    faiss = _faiss()
+    spec = factory
+    factory, params = split_factory(spec)
+    if factory == "Flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        try:
+            index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except Exception as exc:
+            raise ValueError(
+                f"FAISS cannot build index factory {spec!r} for dim {dim}: {exc}; "
+                "try 'Flat', 'HNSW32' or 'IVF1024,PQ64'"
+            ) from exc
     # index_factory turns on polysemous training for PQ: 99 of 103 CPU s of an IVF-PQ
     # training in bench/retrieval.py, for a code ordering that exact re-ranking never uses.
     ivf = faiss.try_extract_index_ivf(index)
@@ -68,12 +102,47 @@ def new_index(dim: int, factory: str):
         ivf = faiss.downcast_index(ivf)
         if hasattr(ivf, "do_polysemous_training"):
             ivf.do_polysemous_training = False
+    set_search_params(index, params, spec)
     return index
 
 
 def check_factory(dim: int, factory: str) -> None:
     """Raise ValueError now if FAISS cannot build `factory` (new_index does the check; nothing is trained)."""
+    if factory == AUTO_FACTORY:
+        return  # resolved by default_factory once the vector count is known
     new_index(dim, factory)
+
+
+def training_size(index, requested: int) -> int:
+    """Vectors to train `index` on: `requested`, raised to FAISS's minimum of 39 per IVF list."""
+    ivf = _faiss().try_extract_index_ivf(index)
+    return max(requested, 39 * int(ivf.nlist)) if ivf is not None else requested
+
+
+AUTO_FACTORY = "auto"
+# bench/retrieval.py at 1.7M clustered 512-d vectors, 2 CPU threads, 100 queries, k=50
+# (docs/retrieval.md): Flat took 7.3 s per batch (exact; linear in N: ~0.9 s at 200k, extrapolated) and
+# cKDTree 444 s; IVF4096,Flat|nprobe=8 took 132 ms at recall@50 1.000, the fastest setting
+# with recall >= 0.99 (IVF4096,PQ64,RFlat needed k_factor_rf=16 for 0.999, at 133 ms;
+# HNSW32 reached 0.892 at efSearch=512 after a 28-min build).
+# Up to 200k vectors Flat stays under ~1 s per batch and needs no training; IVF4096 wants
+# >= 160k training vectors (39 per list) anyway.
+EXACT_UP_TO = 200_000
+APPROXIMATE_LISTS = 4096
+APPROXIMATE_SETTINGS = "nprobe=8"
+
+
+def default_factory(count: int, dim: int, exact_up_to: int | None = None) -> str:
+    """The factory spec `index_factory="auto"` builds for `count` vectors of `dim`.
+
+    Exact Flat up to `exact_up_to` vectors (default EXACT_UP_TO), above it the fastest index
+    that kept recall@50 >= 0.99 at 1.7M in docs/retrieval.md. A corpus too small to train
+    APPROXIMATE_LISTS lists (39 vectors each) gets the largest power of two it can train.
+    """
+    if count <= (EXACT_UP_TO if exact_up_to is None else exact_up_to):
+        return "Flat"
+    lists = min(APPROXIMATE_LISTS, 1 << max(0, (count // 39).bit_length() - 1))
+    return f"IVF{lists},Flat{SEARCH_SEPARATOR}{APPROXIMATE_SETTINGS}"
 
 
 # Every FAISS float index file starts with a 4-byte type code, then the common header: d as int32
@@ -194,11 +263,12 @@ def build_faiss_index(
     """
     faiss = _faiss()
     index = new_index(dim, factory)
+    train_rows = training_size(index, train_size)  # on the CPU index: a GPU copy hides its IVF
     on_gpu = False
     if use_gpu(gpu):
         index, on_gpu = _to_gpu(index)
     if not index.is_trained:
-        sample = _training_sample(out, shards, train_size, storage_options)
+        sample = _training_sample(out, shards, train_rows, storage_options)
         try:
             index.train(np.ascontiguousarray(sample, dtype=np.float32))
         except Exception as exc:
@@ -221,6 +291,7 @@ def build_faiss_index(
             count += table.num_rows
     if on_gpu:
         index = faiss.index_gpu_to_cpu(index)
+        set_search_params(index, split_factory(factory)[1], factory)  # what the file stores, whatever the copy kept
     if index.ntotal != count:
         raise RuntimeError(f"FAISS holds {index.ntotal} vectors but {count} rows were read")
     index_fs, index_path = open_fs(join_url(out, INDEX_NAME), storage_options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from index_builder.faiss_index import DEFAULT_TRAIN_SIZE, METRIC, build_faiss_in
 from index_builder.manifest import MANIFEST_NAME, Manifest, ShardEntry, utc_now
 from index_builder.reader import DEFAULT_MAX_IMAGE_PIXELS, ReadConfig, read_batch
 from index_builder.sources import Shard, list_source, plan_shards
+from index_builder.throughput import StageFigure, StageTimes, stage_table
 from index_builder.writer import (
     EMBEDDINGS_DIR,
     ERRORS_DIR,
@@ -41,7 +43,9 @@ class BuildConfig:
     source: str
     out: str
     embedder: str = DEFAULT_EMBEDDER
-    index_factory: str = "Flat"
+    # "auto": faiss_index.default_factory picks by the vector count once it is known; any other
+    # value is a factory spec, "FACTORY[|search settings]", e.g. "IVF4096,PQ64,RFlat|nprobe=16,k_factor_rf=8".
+    index_factory: str = "auto"
     shard_size: int = 1000
     limit: int | None = None
     ids_file: str | None = None
@@ -51,6 +55,7 @@ class BuildConfig:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     num_actors: int | None = None  # None: one per GPU, else from the cluster's CPUs
     cpus_per_actor: float | None = None
+    torch_threads: int | None = None  # per embed actor; None: $OMP_NUM_THREADS if set, else the CPUs per actor
     max_shards: int | None = None  # commit at most this many shards in this run (time-boxed jobs), then stop
     train_size: int = DEFAULT_TRAIN_SIZE
     gpu_index: bool | None = None  # None: GPU FAISS when faiss sees a GPU
@@ -73,6 +78,8 @@ class BuildConfig:
             raise ValueError(f"max_shards must be >= 1 (or None for all); got {self.max_shards}")
         if self.num_actors is not None and self.num_actors < 1:
             raise ValueError(f"num_actors must be >= 1; got {self.num_actors}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 (or None for the CPUs per actor); got {self.torch_threads}")
 
     def record(self) -> dict:
         data = dataclasses.asdict(self)
@@ -92,6 +99,10 @@ class BuildReport:
     seconds: float
     index_built: bool
     count: int | None  # vectors in the index, when finished
+    # read/decode, embed, write: images and busy seconds this run (empty when nothing was embedded)
+    stages: dict[str, StageFigure] = field(default_factory=dict)
+    startup_seconds: float | None = None  # run start → first forward (workers up, encoder built, a block read)
+    steady_rate: float | None = None  # images_embedded / seconds from the first forward to the end of the run
 
     @property
     def rate(self) -> float:
@@ -109,6 +120,17 @@ class BuildReport:
             f"in {self.seconds:.1f} s ({self.rate:.1f} img/s); {state}"
         )
 
+    def stage_table(self) -> str:
+        """Per-stage images, busy seconds and images/s; '' when this run embedded nothing."""
+        if not self.stages:
+            return ""
+        table = stage_table(self.stages, self.seconds)
+        if self.startup_seconds is None:  # every row failed before the forward
+            return table
+        return (
+            table + f"\nstart-up {self.startup_seconds:.1f} s to the first forward, then {self.steady_rate:.1f} img/s"
+        )
+
 
 def embedder_spec(name: str) -> tuple[str, int, int]:
     """(canonical name, dim, image_size) of an encoder, built once on the driver to ask."""
@@ -123,6 +145,8 @@ def actor_resources(config: BuildConfig) -> dict[str, Any]:
 
     CPU actors take fractional CPUs: on a small node, whole-CPU actors can take every CPU
     and starve the read stage forever (measured: 2 actors x 1 CPU on 2 CPUs deadlocks).
+    The reservation only schedules; how many threads an actor's forward uses is
+    `actor_threads`.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -139,6 +163,28 @@ def actor_resources(config: BuildConfig) -> dict[str, Any]:
     actors = config.num_actors or max(1, int(cpus // 4))
     per_actor = config.cpus_per_actor or (0.5 if cpus <= 4 else min(4.0, cpus / (2 * actors)))
     return {"compute": ActorPoolStrategy(size=actors), "num_cpus": per_actor}
+
+
+def actor_threads(config: BuildConfig, resources: dict[str, Any]) -> int:
+    """torch threads of one embed actor: on CPU, the cluster's CPUs shared among the actors.
+
+    The forward is the job's bottleneck by far (efficientnet-lite0 on this 2-core box: ~75 ms
+    per image per core against ~4 ms to fetch, decode and resize it), so the actors' threads
+    take every CPU and the read tasks overlap them, instead of the forward running on its
+    fractional reservation (0.5 CPU → 1 thread, half the machine). An explicit
+    `torch_threads`, or OMP_NUM_THREADS in the driver's environment, wins (Ray sets
+    OMP_NUM_THREADS inside its workers itself, so it is read here, not there).
+    """
+    import ray
+
+    if config.torch_threads:
+        return config.torch_threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    if resources.get("num_gpus"):
+        return max(1, int(resources.get("num_cpus", 1)))
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    return max(1, int(cpus // resources["compute"].max_size))
 
 
 def committed_records(config: BuildConfig, shards: list[Shard]) -> dict[int, dict | None]:
@@ -168,8 +214,8 @@ def _input_tables(shards: list[Shard]) -> list[pa.Table]:
 
 def embed_shards(
     config: BuildConfig, shards: list[Shard], embedder_name: str, dim: int, image_size: int
-) -> ShardWriter:
-    """Run the Ray Data pipeline over `shards`, committing each as it completes."""
+) -> tuple[ShardWriter, StageTimes]:
+    """Run the Ray Data pipeline over `shards`, committing each as it completes; also return the stage timings."""
     import ray
     from ray.data import DataContext
 
@@ -195,21 +241,24 @@ def embed_shards(
             EmbedBatch,
             fn_constructor_kwargs={
                 "embedder_name": config.embedder,
-                "torch_threads": max(1, int(resources.get("num_cpus", 1))),
+                "torch_threads": actor_threads(config, resources),
             },
             batch_size=config.batch_size,
             batch_format="numpy",
             **resources,
         )
+        times = StageTimes()
         with _Progress(total, len(shards), enabled=config.progress) as progress:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                arrived = time.perf_counter()
                 done = writer.add(batch)
+                times.add_batch(batch, write_seconds=time.perf_counter() - arrived)
                 progress.update(len(batch["image_id"]), len(done))
     finally:
         context.enable_progress_bars = previous_bars
     if writer.open_shards:
         raise RuntimeError(f"the pipeline ended with shards {writer.open_shards[:5]} incomplete; rerun to resume")
-    return writer
+    return writer, times
 
 
 class _Progress:
@@ -241,7 +290,7 @@ class _Progress:
 
 def run_build(config: BuildConfig) -> BuildReport:
     """Build (or resume building) the index at config.out; safe to rerun, and to kill and rerun."""
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     embedder_name, dim, image_size = embedder_spec(config.embedder)
     check_factory(dim, config.index_factory)  # before any image is embedded, not after
     listing = list_source(
@@ -264,8 +313,11 @@ def run_build(config: BuildConfig) -> BuildReport:
     this_run = pending[: config.max_shards] if config.max_shards else pending
     written: list[int] = []
     errors = len(listing.rejected)
+    stages: dict[str, StageFigure] = {}
+    first_forward = None
     if this_run:
-        writer = embed_shards(config, this_run, embedder_name, dim, image_size)
+        writer, times = embed_shards(config, this_run, embedder_name, dim, image_size)
+        stages, first_forward = times.stages, times.first_forward
         written, errors = sorted(writer.committed), errors + writer.errors
         records.update(committed_records(config, [s for s in shards if s.index in set(written)]))
     left = len(pending) - len(this_run)
@@ -280,6 +332,7 @@ def run_build(config: BuildConfig) -> BuildReport:
         seconds=0.0,
         index_built=False,
         count=None,
+        stages=stages,
     )
     if left == 0:
         unreadable = [s.name for s in shards if records[s.index] is None]
@@ -294,6 +347,10 @@ def run_build(config: BuildConfig) -> BuildReport:
             config, entries, embedder_name, dim, errors=len(listing.rejected)
         )
     report.seconds = time.perf_counter() - started
+    if first_forward is not None:
+        report.startup_seconds = max(0.0, first_forward - started_wall)
+        after = report.seconds - report.startup_seconds
+        report.steady_rate = report.images_embedded / after if after > 0 else 0.0
     return report
 
 
@@ -301,7 +358,14 @@ def write_index(
     config: BuildConfig, entries: tuple[ShardEntry, ...], embedder_name: str, dim: int, errors: int
 ) -> tuple[int, bool]:
     """FAISS index + ids + manifest over all shards; skipped when the manifest already describes them."""
+    from index_builder.faiss_index import AUTO_FACTORY, default_factory
+
     count = sum(e.rows for e in entries)
+    factory, record = config.index_factory, config.record()
+    if factory == AUTO_FACTORY:
+        # The requested "auto" stays in the recorded config; the manifest's factory is what was built.
+        factory = default_factory(count, dim)
+        record["factory_choice"] = f"auto: count {count} -> {factory}"
     try:
         existing = Manifest.read(config.out, config.storage_options)
     except (FileNotFoundError, ValueError):
@@ -309,7 +373,7 @@ def write_index(
     if (
         existing is not None
         and existing.shards == entries
-        and existing.factory == config.index_factory
+        and existing.factory == factory
         and existing.embedder == embedder_name
         and existing.dim == dim
         and _index_intact(config, existing)
@@ -326,7 +390,7 @@ def write_index(
         config.out,
         entries,
         dim,
-        config.index_factory,
+        factory,
         storage_options=config.storage_options,
         train_size=config.train_size,
         gpu=config.gpu_index,
@@ -335,13 +399,13 @@ def write_index(
         embedder=embedder_name,
         dim=dim,
         metric=METRIC,
-        factory=config.index_factory,
+        factory=factory,
         count=built,
         shards=entries,
         created=utc_now(),
         source=config.source,
         errors=errors + sum(e.errors for e in entries),
-        config=config.record(),
+        config=record,
     ).write(config.out, config.storage_options)
     return built, True
 

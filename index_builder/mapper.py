@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from index_builder.throughput import EMBED_SECONDS, EMBED_STARTED
 
 
 class EmbedBatch:
@@ -15,7 +18,8 @@ class EmbedBatch:
     pickled through the object store, and each actor (one per GPU) loads it once.
     Rows that failed an earlier stage pass through with a zero embedding; a row whose
     embedding is not finite becomes an `embed` error row. `pixels` is dropped, so only
-    small rows travel on to the writer.
+    small rows travel on to the writer. Each forwarded row also carries its share of the
+    forward's seconds and when that forward began (throughput.EMBED_SECONDS/EMBED_STARTED).
     """
 
     def __init__(
@@ -32,10 +36,12 @@ class EmbedBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        started, started_at = time.perf_counter(), time.time()
         stage = np.asarray(batch["stage"], dtype=object).copy()
         error = np.asarray(batch["error"], dtype=object).copy()
         n, dim = len(stage), self.embedder.dim
         embedding = np.zeros((n, dim), dtype=np.float16)
+        seconds, started_column = np.zeros(n), np.full(n, np.nan)
         ok = np.flatnonzero(stage == "")
         if ok.size:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
@@ -48,13 +54,10 @@ class EmbedBatch:
             for j in np.flatnonzero(~finite):
                 stage[ok[j]], error[ok[j]] = "embed", f"{self.embedder.name} produced a non-finite embedding"
             embedding[ok[finite]] = vectors[finite].astype(np.float16)
-        return {
-            "image_id": batch["image_id"],
-            "uri": batch["uri"],
-            "shard": batch["shard"],
-            "width": batch["width"],
-            "height": batch["height"],
-            "stage": stage,
-            "error": error,
-            "embedding": embedding,
-        }
+            seconds[ok] = (time.perf_counter() - started) / ok.size
+            started_column[ok] = started_at
+        # Every other column (ids, sizes, the read stage's timings) passes through unchanged.
+        out = {key: value for key, value in batch.items() if key != "pixels"}
+        out.update(stage=stage, error=error, embedding=embedding)
+        out[EMBED_SECONDS], out[EMBED_STARTED] = seconds, started_column
+        return out

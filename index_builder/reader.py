@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from adir_storage import fetch_many
+from index_builder.throughput import READ_SECONDS
 
 # 2**26 pixels (e.g. 8192 x 8192) is far above any real photo corpus (Open Images is at
 # most 1024 px a side) yet stops a tiny file that declares a 100000 x 100000 canvas.
@@ -129,11 +131,13 @@ def decode_image(
 
 
 def read_batch(batch: dict[str, np.ndarray], config: ReadConfig) -> dict[str, np.ndarray]:
-    """Ray Data map_batches fn: {image_id, uri, shard} → + pixels, width, height, stage, error.
+    """Ray Data map_batches fn: {image_id, uri, shard} → + pixels, width, height, stage, error, read_seconds.
 
     A failed image keeps its row with `stage` ("read" or "decode") and `error` set and
-    zero pixels, so the writer can account for every input of a shard.
+    zero pixels, so the writer can account for every input of a shard. `read_seconds` is
+    each row's share of this call's wall time (fetch + decode + resize).
     """
+    started = time.perf_counter()
     uris = [str(u) for u in batch["uri"]]
     n, size = len(uris), config.image_size
     pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
@@ -158,4 +162,5 @@ def read_batch(batch: dict[str, np.ndarray], config: ReadConfig) -> dict[str, np
         "height": height,
         "stage": stage,
         "error": error,
+        READ_SECONDS: np.full(n, (time.perf_counter() - started) / max(n, 1)),
     }

@@ -66,6 +66,8 @@ def build(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:  # the source, the factory, the listing: fix and rerun
         return _fail("build", scrub(str(exc), config.storage_options))
     print(report.summary())
+    if report.stages:
+        print(report.stage_table())
     return 0
 
 
@@ -81,7 +83,7 @@ def info(args: argparse.Namespace) -> int:
         ("index", args.out),
         ("embedder", f"{m.embedder} (dim {m.dim})"),
         ("metric", m.metric),
-        ("factory", m.factory),
+        ("factory", m.factory + (f"  ({m.config['factory_choice']})" if m.config.get("factory_choice") else "")),
         ("images", f"{m.count} indexed, {m.errors} error rows (see {args.out.rstrip('/')}/errors/)"),
         ("shards", f"{len(m.shards)} of size {m.config.get('shard_size', '?')}"),
         ("source", m.source),

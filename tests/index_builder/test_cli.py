@@ -38,6 +38,10 @@ def test_build_info_query_on_a_local_folder(ray_cluster, tmp_path, capsys):
     printed = capsys.readouterr()
     assert "8 images in 3 shards" in printed.out and "index of 7 vectors written" in printed.out
     assert "img/s" in printed.out
+    # The per-stage table: 8 rows read and written, the 7 decodable ones embedded.
+    table = {line.split()[0]: line.split()[1:] for line in printed.out.splitlines() if line.split()}
+    assert table["read/decode"][0] == "8" and table["embed"][0] == "7" and table["write"][0] == "8"
+    assert "start-up" in printed.out
 
     assert main(["index", "info", out]) == 0
     info = capsys.readouterr().out

@@ -9,16 +9,34 @@ import pytest
 import torch
 
 from adir_ops.embedding import get_embedder
-from index_builder.faiss_index import NeighborIndex
+from index_builder import faiss_index
+from index_builder.faiss_index import EXACT_UP_TO, NeighborIndex, check_factory, default_factory
 from index_builder.job import BuildConfig, write_index
 from index_builder.manifest import Manifest, ShardEntry
 from index_builder.sources import Listing, plan_shards
 from index_builder.writer import ShardWriter, embeddings_url, read_shard_footer
 from tests.index_builder.corpus import smooth_image
 
+APPROXIMATE_AT_1P7M = "IVF4096,Flat|nprobe=8"
+
 
 def _write_corpus(out: str, vectors: np.ndarray, name: str, shard_size: int, factory: str = "Flat") -> list[str]:
     """Commit `vectors` as shards under out and build the index; return the ids in index order."""
+    ids, entries = _commit_shards(out, vectors, name, shard_size)
+    _build(out, entries, name, vectors.shape[1], shard_size, factory)
+    return ids
+
+
+def _build(out: str, entries, name: str, dim: int, shard_size: int, factory: str) -> tuple[int, bool]:
+    """write_index over committed shards: (vectors, whether the index was (re)built)."""
+    config = BuildConfig(
+        source="mem://", out=out, embedder=name, index_factory=factory, shard_size=shard_size, train_size=2000
+    )
+    return write_index(config, tuple(entries), name, dim, errors=0)
+
+
+def _commit_shards(out: str, vectors: np.ndarray, name: str, shard_size: int) -> tuple[list[str], list[ShardEntry]]:
+    """Write `vectors` as committed shards under out; (ids in index order, their manifest entries)."""
     ids = tuple(f"im{i:04d}" for i in range(len(vectors)))
     shards = plan_shards(Listing(ids, tuple(f"mem://{i}.png" for i in ids)), shard_size)
     writer = ShardWriter(out, shards, name, vectors.shape[1])
@@ -41,11 +59,7 @@ def _write_corpus(out: str, vectors: np.ndarray, name: str, shard_size: int, fac
     for s in shards:
         record = read_shard_footer(embeddings_url(out, s.name))
         entries.append(ShardEntry(s.name, record["rows"], record["errors"], s.fingerprint))
-    config = BuildConfig(
-        source="mem://", out=out, embedder=name, index_factory=factory, shard_size=shard_size, train_size=2000
-    )
-    write_index(config, tuple(entries), name, vectors.shape[1], errors=0)
-    return list(ids)
+    return list(ids), entries
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +139,55 @@ def test_untrainable_factory_names_the_problem(tmp_path):
         _write_corpus(
             str(tmp_path / "index"), _clustered(20, 16, seed=4), "test-vectors", shard_size=10, factory="IVF64,Flat"
         )
+
+
+def test_default_factory_is_exact_up_to_the_threshold_and_approximate_above():
+    assert default_factory(1, 512) == default_factory(EXACT_UP_TO, 512) == "Flat"
+    for count, dim in ((EXACT_UP_TO + 1, 512), (1_700_000, 512), (EXACT_UP_TO + 1, 192), (500, 32)):
+        approx = default_factory(count, dim, exact_up_to=min(count - 1, EXACT_UP_TO))
+        assert approx != "Flat"
+        check_factory(dim, approx)  # FAISS can build it, search settings included
+    assert default_factory(1_700_000, 512) == APPROXIMATE_AT_1P7M  # the configuration docs/retrieval.md measured
+
+
+def test_auto_builds_flat_for_a_small_corpus_records_the_choice_and_a_rerun_keeps_it(tmp_path):
+    vectors = _clustered(60, 32, seed=6)
+    out = str(tmp_path / "index")
+    ids, entries = _commit_shards(out, vectors, "test-vectors", shard_size=25)
+    assert _build(out, entries, "test-vectors", 32, 25, "auto") == (60, True)
+    manifest = Manifest.read(out)
+    assert manifest.factory == "Flat" and manifest.config["index_factory"] == "auto"
+    assert manifest.config["factory_choice"] == "auto: count 60 -> Flat"
+    assert _build(out, entries, "test-vectors", 32, 25, "auto") == (60, False)  # up to date: not rebuilt
+    got, _, _ = NeighborIndex.open(out).search(vectors, k=1)
+    assert got[:, 0].tolist() == ids
+
+
+def test_auto_above_the_threshold_builds_an_approximate_index_that_finds_exact_neighbours(tmp_path, monkeypatch):
+    monkeypatch.setattr(faiss_index, "EXACT_UP_TO", 300)
+    vectors = _clustered(600, 32, seed=7)
+    out = str(tmp_path / "index")
+    ids, entries = _commit_shards(out, vectors, "test-vectors", shard_size=200)
+    assert _build(out, entries, "test-vectors", 32, 200, "auto") == (600, True)
+    manifest = Manifest.read(out)
+    expected = default_factory(600, 32, exact_up_to=300)
+    assert manifest.factory == expected != "Flat" and manifest.config["index_factory"] == "auto"
+    assert manifest.config["factory_choice"] == f"auto: count 600 -> {expected}"
+    index = NeighborIndex.open(out)  # no search_params: the settings the build stored in the file
+    stored = vectors.astype(np.float16).astype(np.float32)
+    got, _, _ = index.search(stored[:50], k=10)
+    assert got[:, 0].tolist() == ids[:50]  # each corpus vector finds itself first
+    exact = np.argsort(-(stored[:50] @ stored.T), axis=1)[:, :10]
+    recall = np.mean([len(set(g) & {ids[j] for j in e}) / 10 for g, e in zip(got.tolist(), exact)])
+    assert recall >= 0.95
+    assert _build(out, entries, "test-vectors", 32, 200, "auto") == (600, False)  # resolved factory matches
+
+
+def test_search_settings_in_the_factory_spec_are_stored_in_the_index_file(tmp_path):
+    vectors = _clustered(400, 32, seed=8)
+    out = str(tmp_path / "index")
+    _write_corpus(out, vectors, "test-vectors", shard_size=100, factory="IVF8,PQ4,RFlat|nprobe=5,k_factor_rf=3")
+    index = NeighborIndex.open(out).index
+    assert index.k_factor == 3 and faiss_index._faiss().extract_index_ivf(index).nprobe == 5
+    with pytest.raises(ValueError, match="cannot apply search setting"):
+        check_factory(32, "HNSW16|nprobe=4")

@@ -91,6 +91,13 @@ def test_local_build_from_a_list_indexes_unusual_images_and_records_bad_ones(ray
     ids, vectors, sizes = _check_every_image_once(out, {stem(n) for n in files}, bad)
     assert sizes["exif rotated"] == (40, 56) and sizes["one pixel"] == (1, 1) and sizes["img_000"] == (56, 40)
     _check_search(out, ids, vectors)
+    # Per-stage figures add up to the rows: every row is read and written, only readable ones reach the forward.
+    stages = report.stages
+    assert stages["read/decode"].images == stages["write"].images == report.images_embedded == len(uris)
+    assert stages["embed"].images == len(files)
+    assert all(fig.busy_seconds > 0 for fig in stages.values())
+    assert 0 <= report.startup_seconds <= report.seconds and report.steady_rate > 0
+    assert all(name in report.stage_table() for name in ("read/decode", "embed", "write", "start-up"))
 
 
 def test_s3_build_reads_and_writes_through_the_object_store(ray_cluster, s3fs_fs, s3_bucket, s3_storage_options):
@@ -112,6 +119,32 @@ def test_s3_build_reads_and_writes_through_the_object_store(ray_cluster, s3fs_fs
     _check_search(out, ids, vectors, s3_storage_options)
     again = run_build(BuildConfig(f"s3://{s3_bucket}/corpus", out, storage_options=s3_storage_options, **SMALL))
     assert again.shards_written == [] and again.shards_skipped == list(range(report.shards)) and not again.index_built
+    assert again.stages == {} and again.stage_table() == ""  # nothing embedded, nothing to time
+
+
+def test_stage_times_count_every_row_and_only_forwarded_ones_as_embedded(tmp_path):
+    """read_batch → EmbedBatch → StageTimes on a hand-made batch, without Ray: the figures follow the rows."""
+    from index_builder.mapper import EmbedBatch
+    from index_builder.reader import ReadConfig, read_batch
+    from index_builder.throughput import StageTimes
+
+    files = {**normal_images(3, seed=3), **{n: d for n, (d, _) in invalid_images().items()}}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    uris = sorted(str(tmp_path / n) for n in files)
+    embed = EmbedBatch("offline-content", torch_threads=1)
+    batch = read_batch(
+        {"image_id": np.array(uris, dtype=object), "uri": np.array(uris, dtype=object), "shard": np.zeros(len(uris))},
+        ReadConfig(image_size=embed.embedder.image_size),
+    )
+    out = embed(batch)
+    times = StageTimes()
+    times.add_batch(out, write_seconds=0.01)
+    good = int(np.sum(out["stage"] == ""))
+    assert good == 3 and len(uris) > good
+    assert times.stages["read/decode"].images == times.stages["write"].images == len(uris)
+    assert times.stages["embed"].images == good and times.stages["embed"].busy_seconds > 0
+    assert times.first_forward is not None and "pixels" not in out
 
 
 def test_resume_skips_committed_shards_and_recomputes_only_missing_torn_or_changed_ones(ray_cluster, tmp_path):
