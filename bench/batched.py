@@ -104,6 +104,54 @@ def main(argv=None) -> int:
         diff = max(float((adapters[0].state_dict[k] - first.state_dict[k]).abs().max()) for k in first.state_dict)
         print(f"| {g} | {seconds:.2f} | {rate:.3f} | {rate / base_rate:.2f}x | {diff:.1e} |", flush=True)
 
+    # The same single-image adaptation through peft's LoRA layers (adaptation.train_lora, which the
+    # latent-space adaptations use): what `adapt` cost before it became adapt_many of one image.
+    from adir_ops.adaptation import _draw_batch, neighbour_pool, train_lora
+
+    def peft_adapt():
+        pool = neighbour_pool(sets[0], prior.channels, prior.resolution, device)
+        generator = generator_for(0, "bench0")
+
+        def loss_of_step(step):
+            x0, t, noise = _draw_batch(pool, config, prior.resolution, prior.valid_timesteps, generator)
+            return prior.denoising_loss(x0, t, noise.to(device))
+
+        return train_lora(prior.unet, loss_of_step, config, generator, prior_config=prior.config)
+
+    seconds, adapter = best_of(peft_adapt)
+    diff = max(float((adapter.state_dict[k] - first.state_dict[k]).abs().max()) for k in first.state_dict)
+    print(
+        f"| 1, peft LoRA layers | {seconds:.2f} | {1 / seconds:.3f} | {(1 / seconds) / base_rate:.2f}x | {diff:.1e} |"
+    )
+
+    # ------------------------------------------------------------ the adapter cache
+    # A cache hit (cluster.adapters.AdapterStore in a temporary folder) against training the adapter.
+    import tempfile
+
+    from adir_ops.retrieval import GivenNeighbours
+    from cluster.adapters import AdapterStore
+
+    with tempfile.TemporaryDirectory() as folder:
+        ids = [str(i) for i in range(args.k)]
+        cached = ADIRPipeline(
+            prior,
+            GivenNeighbours(ids),
+            adaptation=config,
+            fetch=lambda rows: [corpus[int(r)] for r in rows],
+            adapters=AdapterStore(folder),
+        )
+        stream = generator_for(0, "cache")
+        start = time.perf_counter()
+        _, first_source = cached._adapter(cached.retriever.neighbours(None, None, stream), sets[0], 0, stream, None)
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        _, second_source = cached._adapter(cached.retriever.neighbours(None, None, stream), sets[0], 0, stream, None)
+        hit_s = time.perf_counter() - start
+    print(
+        f"\nadapter cache: {first_source['source']} {train_s:.2f} s ({args.lora_steps} steps), then {second_source['source']} "
+        f"{hit_s * 1000:.0f} ms: {train_s / hit_s:.0f}x"
+    )
+
     # ------------------------------------------------------------ sampling
     op = make_operator("sr4", image_size=tuple(tests[0].shape[-2:]))
     op = op.to(device) if hasattr(op, "to") else op
