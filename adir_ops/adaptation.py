@@ -153,21 +153,10 @@ class LoraTraining:
     LoRA weights stay fp32 even when the UNet or an autocast region runs in 16 bits.
     """
 
-    def __init__(
-        self,
-        unet: nn.Module,
-        config: AdaptConfig,
-        generator: torch.Generator,
-        initial: Adapter | None = None,
-    ):
+    def __init__(self, unet: nn.Module, config: AdaptConfig, generator: torch.Generator):
         self.unet, self.config = unet, config
         self.targets = lora_targets(unet)
-        if initial is None:
-            self._initial = fresh_lora(unet, self.targets, config.lora_rank, generator)
-        else:
-            # Warm start: the LoRA begins at a trained adapter's weights and nothing is drawn for its init.
-            check_warm_start(initial, self.targets, config)
-            self._initial = {k: v.clone() for k, v in initial.state_dict.items()}
+        self._initial = fresh_lora(unet, self.targets, config.lora_rank, generator)
         self._layers: dict[str, nn.Module] | None = None
         self.parameters: list[nn.Parameter] = []
 
@@ -336,7 +325,6 @@ def train_lora(
     prior_config: dict[str, Any],
     callback: Callable[[int, float], None] | None = None,
     step_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    initial: Adapter | None = None,
 ) -> Adapter:
     """Adam on a fresh LoRA of every Conv2d of `unet`, `config.steps` times: the loop every adaptation shares.
 
@@ -351,7 +339,7 @@ def train_lora(
             "adaptation needs an explicit torch.Generator (e.g. adir_ops.rng.generator_for(seed, image_id))"
         )
     losses: list[torch.Tensor] = []
-    with LoraTraining(unet, config, generator, initial) as lora:
+    with LoraTraining(unet, config, generator) as lora:
         optimizer = torch.optim.Adam(lora.parameters, lr=config.learning_rate)
         # enable_grad: callers often run workers under no_grad; training needs autograd back.
         with torch.enable_grad():

@@ -83,11 +83,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     assets = Path(args.assets)
-    manifest = (
-        default_assets.load_manifest(assets)
-        if (assets / default_assets.MANIFEST).exists()
-        else default_assets.build(assets)
-    )
+    manifest = default_assets.load_or_build(assets)
     prior = load_local_prior(args.prior).eval()
     for p in prior.unet.parameters():
         p.requires_grad_(False)

@@ -57,11 +57,7 @@ def main(argv=None) -> int:
     print("command: python bench/batched.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"device {device}, torch threads {torch.get_num_threads()}", flush=True)
     assets = Path(args.assets)
-    manifest = (
-        default_assets.load_manifest(assets)
-        if (assets / default_assets.MANIFEST).exists()
-        else default_assets.build(assets)
-    )
+    manifest = default_assets.load_or_build(assets)
     prior = load_local_prior(args.prior).eval().to(device)
     groups = [int(g) for g in args.groups.split(",")]
 

@@ -71,11 +71,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     print("command: python bench/warm_start.py " + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
     assets = Path(args.assets)
-    manifest = (
-        default_assets.load_manifest(assets)
-        if (assets / default_assets.MANIFEST).exists()
-        else default_assets.build(assets)
-    )
+    manifest = default_assets.load_or_build(assets)
     prior = load_local_prior(args.prior).eval()
     embedder = get_embedder(args.embedder)
 

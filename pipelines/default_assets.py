@@ -176,6 +176,11 @@ def load_manifest(out: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def load_or_build(out: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the assets at `out`, built there first if they are not (what the benches start from)."""
+    return load_manifest(out) if (Path(out) / MANIFEST).exists() else build(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.default_assets", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="output folder (gets prior-train/, corpus/, test/ and split.json)")
