@@ -49,18 +49,23 @@ def vm_hwm_mib() -> float:
 
 
 class RssSampler:
-    """Peak of (this process + all its descendants) RSS, sampled every `interval` seconds."""
+    """Peak of (this process + all its descendants) RSS, and this process's own RSS over time, every `interval` s."""
 
     def __init__(self, interval: float = 0.25):
         import psutil
 
         self.root, self.interval, self.peak = psutil.Process(), interval, 0
+        self.driver: list[tuple[float, int]] = []  # (perf_counter, this process's RSS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
             total = 0
+            try:
+                self.driver.append((time.perf_counter(), self.root.memory_info().rss))
+            except Exception:
+                pass
             for p in [self.root, *self.root.children(recursive=True)]:
                 try:
                     total += p.memory_info().rss
@@ -78,7 +83,7 @@ class RssSampler:
         self._thread.join()
 
 
-def bare_forward(corpus: str, n: int, embedder_name: str, batch_size: int, threads: int, repeats: int = 2) -> float:
+def bare_forward(corpus: str, n: int, embedder_name: str, batch_size: int, threads: int, repeats: int = 3) -> float:
     """images/s of embed_images alone on the first n corpus images, decoded exactly as the reader does."""
     import torch
 
@@ -110,6 +115,7 @@ def one_size(args) -> dict:
     """Run the job for one corpus size in this process; return its figures."""
     import ray
 
+    from adir_ops.embedding import get_embedder
     from index_builder import BuildConfig, run_build
     from index_builder.job import actor_resources
 
@@ -138,6 +144,10 @@ def one_size(args) -> dict:
     ray.shutdown()
     subprocess.run(["rm", "-rf", out], check=False)
     stages = getattr(report, "stages", {})
+    # The driver's peak before the FAISS build: what streaming the shards costs. The build then holds
+    # the index itself (for Flat and IVF-Flat, count x dim x 4 bytes), which grows with N by design.
+    embedding_ends = start + seconds - getattr(report, "index_seconds", 0.0)
+    embed_phase = [rss for t, rss in sampler.driver if t <= embedding_ends]
     return {
         "images": args.one,
         "job_s": seconds,
@@ -150,6 +160,9 @@ def one_size(args) -> dict:
         "stage_table": report.stage_table() if stages else "(no per-stage figures in this checkout)",
         "count": report.count,
         "driver_peak_mib": vm_hwm_mib(),
+        "driver_embed_peak_mib": max(embed_phase, default=0) / 2**20,
+        "index_mib": (report.count or 0) * get_embedder(args.embedder).dim * 4 / 2**20,
+        "index_s": getattr(report, "index_seconds", float("nan")),
         "tree_peak_mib": sampler.peak / 2**20,
     }
 
@@ -182,8 +195,8 @@ def main(argv=None) -> int:
     bare_n = min(args.bare_images, max(sizes))
     if args.one_thread:
         bare_1 = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=1)
-        print(f"bare forward on 1 thread ({bare_n} images, best of 2): {bare_1:.1f} img/s")
-    print(f"bare forward: {args.embedder}, batch {args.batch_size}, {bare_n} images, best of 2")
+        print(f"bare forward on 1 thread ({bare_n} images, best of 3): {bare_1:.1f} img/s")
+    print(f"bare forward: {args.embedder}, batch {args.batch_size}, {bare_n} images, best of 3")
     rows = []
     for n in sizes:
         # Bare forward on the job's thread count just before and just after the job: the machine is shared.
@@ -219,20 +232,25 @@ def main(argv=None) -> int:
         rows.append((n, r, bare))
     print(
         f"\n{'images':>7} {'job s':>7} {'start s':>7} {'job img/s':>9} {'steady img/s':>12} {'bare img/s':>10} "
-        f"{'job/bare':>8} {'steady/bare':>11} {'fwd share':>9} {'driver peak MiB':>15} {'all procs peak MiB':>18}"
+        f"{'job/bare':>8} {'steady/bare':>11} {'fwd img/s':>9} {'fwd/bare':>8} {'fwd share':>9} "
+        f"{'driver embed MiB':>16} {'driver peak MiB':>15} {'index MiB':>9} {'index s':>7} {'all procs MiB':>13}"
     )
     for n, r, bare in rows:
+        forward = n / (r["embed_busy_s"] / r["actors"])  # the actors' own forward, in the job
         print(
             f"{n:>7} {r['job_s']:>7.1f} {r['startup_s']:>7.1f} {r['job_img_s']:>9.2f} {r['steady_img_s']:>12.2f} "
-            f"{bare:>10.2f} {r['job_img_s'] / bare:>8.2f} {r['steady_img_s'] / bare:>11.2f} "
-            f"{r['embed_busy_s'] / r['actors'] / r['job_s']:>9.2f} {r['driver_peak_mib']:>15.0f} {r['tree_peak_mib']:>18.0f}"
+            f"{bare:>10.2f} {r['job_img_s'] / bare:>8.2f} {r['steady_img_s'] / bare:>11.2f} {forward:>9.2f} "
+            f"{forward / bare:>8.2f} {r['job_img_s'] / forward:>9.2f} {r['driver_embed_peak_mib']:>16.0f} "
+            f"{r['driver_peak_mib']:>15.0f} {r['index_mib']:>9.0f} {r['index_s']:>7.1f} {r['tree_peak_mib']:>13.0f}"
         )
     print(
         "job s: run_build after ray.init (listing, Ray Data read/decode/embed, Parquet shards, FAISS index). "
         "start s: run start to the first forward; steady: images/s from the first forward to the end. "
-        "bare: mean of the bare forward just before and just after that job, on the job's thread count. "
-        "fwd share: the embed actors' busy seconds per actor / job s, i.e. job img/s over the job's own forward "
-        "img/s (immune to the load changing between the bare timing and the job). "
+        "bare: mean of the bare forward (best of 3) just before and just after that job, on the job's thread count. "
+        "fwd: the embed actors' own forward rate in the job (images per busy second per actor); fwd share = job img/s "
+        "over it (what reading, orchestration and start-up cost, immune to the load changing between the bare timing "
+        "and the job). driver embed: the driver's peak RSS until the FAISS build; driver peak: its VmHWM over the whole "
+        "run, which includes the index (index MiB = vectors x dim x 4 bytes, the size of a Flat or IVF-Flat index). "
         "'all procs' sums RSS over the driver and its Ray processes (object-store pages mapped by several may count twice)."
     )
     return 0

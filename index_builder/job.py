@@ -103,6 +103,7 @@ class BuildReport:
     stages: dict[str, StageFigure] = field(default_factory=dict)
     startup_seconds: float | None = None  # run start → first forward (workers up, encoder built, a block read)
     steady_rate: float | None = None  # images_embedded / seconds from the first forward to the end of the run
+    index_seconds: float = 0.0  # the FAISS build (or its up-to-date check) at the end of the run, in the driver
 
     @property
     def rate(self) -> float:
@@ -111,6 +112,7 @@ class BuildReport:
     def summary(self) -> str:
         state = (
             f"index of {self.count} vectors {'written' if self.index_built else 'already up to date'}"
+            + (f" ({self.index_seconds:.1f} s)" if self.index_built else "")
             if self.count is not None
             else f"{self.shards_left} shards left: rerun to continue"
         )
@@ -343,9 +345,11 @@ def run_build(config: BuildConfig) -> BuildReport:
         entries = tuple(
             ShardEntry(s.name, records[s.index]["rows"], records[s.index]["errors"], s.fingerprint) for s in shards
         )
+        index_started = time.perf_counter()
         report.count, report.index_built = write_index(
             config, entries, embedder_name, dim, errors=len(listing.rejected)
         )
+        report.index_seconds = time.perf_counter() - index_started
     report.seconds = time.perf_counter() - started
     if first_forward is not None:
         report.startup_seconds = max(0.0, first_forward - started_wall)
