@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from adir_ops.adaptation import AdaptConfig, adapt_many
+    from adir_ops.allocator import keep_freed_memory
     from adir_ops.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
     from adir_ops.priors import load_local_prior
@@ -54,8 +55,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    kept = keep_freed_memory()  # as the CLI and the job's actors run (adir_ops/allocator.py)
     print("command: python bench/batched.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(f"device {device}, torch threads {torch.get_num_threads()}", flush=True)
+    print(f"device {device}, torch threads {torch.get_num_threads()}, keep freed memory {kept}", flush=True)
     assets = Path(args.assets)
     manifest = default_assets.load_or_build(assets)
     prior = load_local_prior(args.prior).eval().to(device)

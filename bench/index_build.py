@@ -186,6 +186,10 @@ def main(argv=None) -> int:
         print(json.dumps(one_size(args)))
         return 0
 
+    from adir_ops.allocator import keep_freed_memory
+
+    # As the embed actors do: with ADIR_KEEP_FREED_MEMORY=0 both the actors and this bare forward run without it.
+    print(f"keep freed memory (adir_ops/allocator.py): {keep_freed_memory()}")
     sizes = [int(s) for s in args.sizes.split(",")]
     width, height = (int(v) for v in args.image_px.split("x"))
     corpus = os.path.join(args.corpus, f"{width}x{height}")

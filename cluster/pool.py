@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any, Callable, Iterable, Mapping
 
+from adir_ops.allocator import worker_env
 from cluster.config import ReconstructConfig
 from cluster.results import new_row, utc_now, write_part
 
@@ -83,8 +84,10 @@ class WorkerPool:
             gpus_per_actor=config.gpus_per_actor,
             work=work,
         )
+        # Reused, not re-faulted, tensor memory in the actors' forwards (adir_ops/allocator.py).
+        env = {"runtime_env": {"env_vars": worker_env()}} if worker_env() else {}
         remote = ray.remote(worker_cls or ReconstructionWorker).options(
-            max_restarts=config.max_restarts, max_task_retries=0, **self.options
+            max_restarts=config.max_restarts, max_task_retries=0, **self.options, **env
         )
         payload = config.to_dict()
         self.actors = [remote.remote(payload) for _ in range(self.count)]

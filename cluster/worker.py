@@ -80,11 +80,13 @@ class ReconstructionWorker:
     """
 
     def __init__(self, config: Mapping[str, Any] | ReconstructConfig):
+        from adir_ops.allocator import keep_freed_memory
         from adir_ops.embedding import get_embedder
         from adir_ops.pipeline import ADIRPipeline, SamplerConfig
         from adir_ops.tiling import TilingConfig
         from cluster.retrieval import make_retriever, thumbnails_url
 
+        keep_freed_memory()  # this actor's process runs forwards all day: reuse freed tensor memory
         self.config = config if isinstance(config, ReconstructConfig) else ReconstructConfig.from_dict(config)
         cfg = self.config
         # Ray pins a GPU actor to its device through CUDA_VISIBLE_DEVICES: it sees cuda:0.

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from adir_ops.allocator import worker_env
 from adir_ops.embedding import DEFAULT_EMBEDDER
 from adir_ops.validation import check_fields
 from adir_storage import join_url, remove_if_exists, remove_stale_temporaries
@@ -30,6 +31,10 @@ from index_builder.writer import (
     read_shard_footer,
     write_listing_errors,
 )
+
+# The read tasks' nice value when the embed actors run on the CPU (reader.lower_priority says why).
+# With GPUs the forward is not on the cores, and decode must keep the GPUs fed: normal priority.
+READ_NICE = 19
 
 # Rows per input block: enough blocks for the read stage to run in parallel, few enough
 # that 1.7M images stay a few thousand blocks of driver-side metadata.
@@ -56,6 +61,7 @@ class BuildConfig:
     num_actors: int | None = None  # None: one per GPU, else from the cluster's CPUs
     cpus_per_actor: float | None = None
     torch_threads: int | None = None  # per embed actor; None: $OMP_NUM_THREADS if set, else the CPUs per actor
+    read_nice: int | None = None  # read tasks' nice value (0-19); None: READ_NICE with CPU actors, 0 with GPUs
     max_shards: int | None = None  # commit at most this many shards in this run (time-boxed jobs), then stop
     train_size: int = DEFAULT_TRAIN_SIZE
     gpu_index: bool | None = None  # None: GPU FAISS when faiss sees a GPU
@@ -78,6 +84,8 @@ class BuildConfig:
             raise ValueError(f"max_shards must be >= 1 (or None for all); got {self.max_shards}")
         if self.num_actors is not None and self.num_actors < 1:
             raise ValueError(f"num_actors must be >= 1; got {self.num_actors}")
+        if self.read_nice is not None and not 0 <= self.read_nice <= 19:
+            raise ValueError(f"read_nice must be a nice value from 0 to 19 (or None for automatic); got {self.read_nice}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 (or None for the CPUs per actor); got {self.torch_threads}")
 
@@ -189,6 +197,13 @@ def actor_threads(config: BuildConfig, resources: dict[str, Any]) -> int:
     return max(1, int(cpus // resources["compute"].max_size))
 
 
+def read_nice(config: BuildConfig, resources: dict[str, Any]) -> int:
+    """The read tasks' nice value: the config's, else READ_NICE when the embed actors are CPU actors."""
+    if config.read_nice is not None:
+        return config.read_nice
+    return 0 if resources.get("num_gpus") else READ_NICE
+
+
 def committed_records(config: BuildConfig, shards: list[Shard]) -> dict[int, dict | None]:
     """Each shard's commit record (None if missing or torn); footers are read concurrently."""
     urls = [embeddings_url(config.out, s.name) for s in shards]
@@ -225,10 +240,18 @@ def embed_shards(
 
     writer = ShardWriter(config.out, shards, embedder_name, dim, config.storage_options)
     total = sum(len(s) for s in shards)
-    read_config = ReadConfig(
-        image_size=image_size, max_image_pixels=config.max_image_pixels, storage_options=dict(config.storage_options)
-    )
     resources = actor_resources(config)
+    read_config = ReadConfig(
+        image_size=image_size,
+        max_image_pixels=config.max_image_pixels,
+        nice=read_nice(config, resources),
+        storage_options=dict(config.storage_options),
+    )
+    # Ray Data calls the actor from a thread of its own, where glibc would map and unmap every
+    # activation tensor: the forward ran 4x slower, mostly in the kernel (adir_ops/allocator.py).
+    # The settings must be in the environment when the actor's process starts.
+    if worker_env():
+        resources["runtime_env"] = {"env_vars": worker_env()}
     context = DataContext.get_current()
     previous_bars = context.enable_progress_bars
     context.enable_progress_bars = False  # our own bar below counts images and shards, not Ray blocks

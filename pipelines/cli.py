@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         (parser if args.command is None else parser._subparsers._group_actions[0].choices[args.command]).print_help()
         return 2
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    from adir_ops.allocator import keep_freed_memory
+
+    keep_freed_memory()  # in-process forwards (demo, evaluate, train-prior) fault every big tensor in otherwise
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:

@@ -18,6 +18,10 @@ def pytest_configure(config):
     # 22 ms with 1 thread vs 850 ms with 2 under load). Set before torch is imported, and
     # inherited by Ray workers. A caller's own setting wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # As `adir` itself runs (pipelines/cli.py): freed tensor memory is reused, not faulted in again.
+    from adir_ops.allocator import keep_freed_memory
+
+    keep_freed_memory()
 
 
 S3_KEY = "adir-test-key"

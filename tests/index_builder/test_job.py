@@ -122,6 +122,17 @@ def test_s3_build_reads_and_writes_through_the_object_store(ray_cluster, s3fs_fs
     assert again.stages == {} and again.stage_table() == ""  # nothing embedded, nothing to time
 
 
+def test_read_tasks_yield_the_cores_to_cpu_actors_but_not_to_gpu_ones():
+    from index_builder.job import READ_NICE, read_nice
+
+    cpu, gpu = {"num_cpus": 0.5}, {"num_gpus": 1, "num_cpus": 1}
+    assert read_nice(BuildConfig("src", "out"), cpu) == READ_NICE > 0
+    assert read_nice(BuildConfig("src", "out"), gpu) == 0
+    assert read_nice(BuildConfig("src", "out", read_nice=5), gpu) == 5
+    with pytest.raises(ValueError, match="read_nice must be a nice value from 0 to 19"):
+        BuildConfig("src", "out", read_nice=20)
+
+
 def test_stage_times_count_every_row_and_only_forwarded_ones_as_embedded(tmp_path):
     """read_batch → EmbedBatch → StageTimes on a hand-made batch, without Ray: the figures follow the rows."""
     from index_builder.mapper import EmbedBatch

@@ -104,3 +104,26 @@ def test_read_batch_marks_each_failure_with_its_stage(tmp_path):
     assert out["pixels"].shape == (3, SIZE, SIZE, 3) and np.all(out["pixels"][0] == [1, 2, 3])
     assert list(out["width"]) == [20, 0, 0] and list(out["height"]) == [10, 0, 0]
     assert list(out["shard"]) == [0, 0, 1]
+
+
+def test_read_batch_runs_at_the_configured_lower_priority_and_never_raises_it(tmp_path):
+    # In a thread of its own: Linux keeps nice values per thread, and pytest's must stay at 0.
+    import os
+    import threading
+
+    good = tmp_path / "good.png"
+    good.write_bytes(encode(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG"))
+    batch = {"image_id": np.array(["a"], dtype=object), "uri": np.array([str(good)], dtype=object), "shard": np.array([0])}
+    seen = []
+
+    def read(*nices):
+        for nice in nices:
+            out = read_batch(batch, ReadConfig(image_size=SIZE, fetch_threads=1, nice=nice))
+            seen.append((os.getpriority(os.PRIO_PROCESS, 0), out["stage"][0]))
+
+    thread = threading.Thread(target=read, args=(0, 7, 3))
+    thread.start()
+    thread.join()
+    start = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen == [(start, ""), (max(start, 7), ""), (max(start, 7), "")]  # 3 after 7: not raised back
+    assert os.getpriority(os.PRIO_PROCESS, 0) == start
