@@ -129,6 +129,7 @@ def one_size(args) -> dict:
         limit=args.one,
         batch_size=args.batch_size,
         progress=False,
+        **({"read_nice": args.read_nice} if args.read_nice is not None else {}),
     )
     actors = actor_resources(config)["compute"].max_size
     try:
@@ -180,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", default=os.path.join(tempfile.gettempdir(), "adir-bench-corpus"))
     p.add_argument("--bare-images", type=int, default=256, help="images for each bare-forward timing")
     p.add_argument("--one-thread", action="store_true", help="also time the bare forward on 1 thread")
+    p.add_argument("--read-nice", type=int, default=None, help="BuildConfig.read_nice (default: the job's own rule)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one size
     args = p.parse_args(argv)
     if args.one is not None:
@@ -220,6 +222,7 @@ def main(argv=None) -> int:
             str(args.shard_size),
             "--cpus",
             str(args.cpus),
+            *(["--read-nice", str(args.read_nice)] if args.read_nice is not None else []),
         ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:

@@ -53,10 +53,16 @@ def test_a_diffusers_unet_batch_matches_alone_to_float_rounding():
     sets = neighbour_sets(2, seed=1)
     batched = adapt_many(prior, sets, CONFIG, streams("xy"))
     alone = [adapt(prior, s, CONFIG, g) for s, g in zip(sets, streams("xy"))]
+    # The UNet's batched kernels (attention, GroupNorm) round differently for 2 images than for 1,
+    # and Adam divides each gradient by its own running size, so a rounding difference in a
+    # near-zero gradient moves that weight by a fraction of the learning rate per step (measured
+    # up to 1.2e-4 on this project's AMD EPYC CI host, ~1e-5 on an earlier one). One image's gradient reaching another's
+    # adapter would move weights by the order of the learning rate itself.
+    tolerance = 0.01 * CONFIG.learning_rate * CONFIG.steps
     for x, y in zip(batched, alone):
-        # The UNet's batched kernels (attention, GroupNorm) round differently for 2 images than for 1.
-        assert max_difference(x, y) < 1e-4
+        assert max_difference(x, y) < tolerance
         assert x.losses == pytest.approx(y.losses, rel=1e-5)
+    assert max_difference(batched[0], batched[1]) > 10 * tolerance  # the tolerance tells images apart
 
 
 def test_warm_start_begins_at_the_given_adapter_and_trains_on():
