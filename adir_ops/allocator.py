@@ -83,6 +83,10 @@ def keep_freed_memory() -> bool:
     # mallopt returns 1 on success; all must hold, or big blocks would still go back to the kernel.
     _applied = all(
         mallopt(param, value) == 1
-        for param, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, ARENA_MAX))
+        for param, value in (
+            (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (M_ARENA_MAX, ARENA_MAX),
+        )
     )
     return _applied

@@ -85,7 +85,9 @@ class BuildConfig:
         if self.num_actors is not None and self.num_actors < 1:
             raise ValueError(f"num_actors must be >= 1; got {self.num_actors}")
         if self.read_nice is not None and not 0 <= self.read_nice <= 19:
-            raise ValueError(f"read_nice must be a nice value from 0 to 19 (or None for automatic); got {self.read_nice}")
+            raise ValueError(
+                f"read_nice must be a nice value from 0 to 19 (or None for automatic); got {self.read_nice}"
+            )
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 (or None for the CPUs per actor); got {self.torch_threads}")
 

@@ -50,8 +50,12 @@ def probe(how: str, env: dict[str, str]) -> tuple[str, int, int]:
         text=True,
         cwd=ROOT,
         # One OpenMP thread: fill_'s pages are then faulted in by the thread that counts them.
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, "PYTHONPATH": ROOT,
-             "OMP_NUM_THREADS": "1", **env},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
+            "PYTHONPATH": ROOT,
+            "OMP_NUM_THREADS": "1",
+            **env,
+        },
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]

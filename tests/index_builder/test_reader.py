@@ -113,7 +113,11 @@ def test_read_batch_runs_at_the_configured_lower_priority_and_never_raises_it(tm
 
     good = tmp_path / "good.png"
     good.write_bytes(encode(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG"))
-    batch = {"image_id": np.array(["a"], dtype=object), "uri": np.array([str(good)], dtype=object), "shard": np.array([0])}
+    batch = {
+        "image_id": np.array(["a"], dtype=object),
+        "uri": np.array([str(good)], dtype=object),
+        "shard": np.array([0]),
+    }
     seen = []
 
     def read(*nices):
