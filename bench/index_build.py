@@ -48,16 +48,38 @@ def vm_hwm_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def process_group(cmdline: str, is_driver: bool) -> str:
+    """Which part of the job a process is, from its title (Ray renames a worker by what it runs)."""
+    if is_driver:
+        return "driver"
+    if "EmbedBatch" in cmdline:
+        return "embed actor"
+    if "read_batch" in cmdline or cmdline.startswith("ray::IDLE"):  # a read worker between two tasks is IDLE
+        return "read tasks"
+    return "Ray's own processes"
+
+
 class RssSampler:
-    """Peak of (this process + all its descendants) RSS, and this process's own RSS over time, every `interval` s."""
+    """Every `interval` s: the peak RSS of this process + its descendants, this process's own RSS over
+    time, and each process's CPU seconds by part of the job (driver, embed actor, read tasks, Ray's own)."""
 
     def __init__(self, interval: float = 0.25):
         import psutil
 
         self.root, self.interval, self.peak = psutil.Process(), interval, 0
         self.driver: list[tuple[float, int]] = []  # (perf_counter, this process's RSS)
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (group, CPU seconds at its last sample)
+        self._driver_cpu_at_start = sum(self.root.cpu_times()[:2])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds per group since the sampler started (a process counts up to its last sample)."""
+        groups: dict[str, float] = {}
+        for pid, (group, seconds) in self._cpu.items():
+            start = self._driver_cpu_at_start if pid == self.root.pid else 0.0
+            groups[group] = groups.get(group, 0.0) + seconds - start
+        return groups
 
     def _run(self):
         while not self._stop.is_set():
@@ -69,6 +91,10 @@ class RssSampler:
             for p in [self.root, *self.root.children(recursive=True)]:
                 try:
                     total += p.memory_info().rss
+                    group = self._cpu.get(p.pid, (None, 0.0))[0]
+                    if group in (None, "Ray's own processes"):  # an idle worker may later run a read task
+                        group = process_group(" ".join(p.cmdline()), p.pid == self.root.pid)
+                    self._cpu[p.pid] = (group, sum(p.cpu_times()[:2]))
                 except Exception:  # a worker that exited between listing and reading
                     pass
             self.peak = max(self.peak, total)
@@ -83,8 +109,10 @@ class RssSampler:
         self._thread.join()
 
 
-def bare_forward(corpus: str, n: int, embedder_name: str, batch_size: int, threads: int, repeats: int = 3) -> float:
-    """images/s of embed_images alone on the first n corpus images, decoded exactly as the reader does."""
+def bare_forward(
+    corpus: str, n: int, embedder_name: str, batch_size: int, threads: int, repeats: int = 3
+) -> tuple[float, float]:
+    """(images/s, CPU cores busy) of embed_images alone on the first n corpus images, decoded as the reader does."""
     import torch
 
     from adir_ops.embedding import get_embedder
@@ -100,13 +128,15 @@ def bare_forward(corpus: str, n: int, embedder_name: str, batch_size: int, threa
     torch.set_num_threads(threads)
     try:
         embedder.embed_images(batches[0].permute(0, 3, 1, 2).float() / 255)  # warm-up
-        best = float("inf")
+        best, cores = float("inf"), 0.0
         for _ in range(repeats):  # best of `repeats`: the machine may be shared
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for batch in batches:  # the same uint8 -> float conversion the embed actor does
                 embedder.embed_images(batch.permute(0, 3, 1, 2).float().div_(255.0))
-            best = min(best, time.perf_counter() - start)
-        return n / best
+            seconds = time.perf_counter() - start
+            if seconds < best:
+                best, cores = seconds, (time.process_time() - cpu) / seconds
+        return n / best, cores
     finally:
         torch.set_num_threads(previous)
 
@@ -165,6 +195,7 @@ def one_size(args) -> dict:
         "index_mib": (report.count or 0) * get_embedder(args.embedder).dim * 4 / 2**20,
         "index_s": getattr(report, "index_seconds", float("nan")),
         "tree_peak_mib": sampler.peak / 2**20,
+        "cpu_seconds": sampler.cpu_seconds(),
     }
 
 
@@ -200,13 +231,13 @@ def main(argv=None) -> int:
     print(f"corpus: {max(sizes)} JPEGs {width}x{height} in {corpus} ({time.perf_counter() - start:.0f} s to prepare)")
     bare_n = min(args.bare_images, max(sizes))
     if args.one_thread:
-        bare_1 = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=1)
+        bare_1, _ = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=1)
         print(f"bare forward on 1 thread ({bare_n} images, best of 3): {bare_1:.1f} img/s")
     print(f"bare forward: {args.embedder}, batch {args.batch_size}, {bare_n} images, best of 3")
     rows = []
     for n in sizes:
         # Bare forward on the job's thread count just before and just after the job: the machine is shared.
-        before = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=args.cpus)
+        before, before_cores = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=args.cpus)
         cmd = [
             sys.executable,
             os.path.abspath(__file__),
@@ -229,13 +260,19 @@ def main(argv=None) -> int:
             print(done.stderr[-3000:], file=sys.stderr)
             return done.returncode
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        after = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=args.cpus)
+        after, after_cores = bare_forward(corpus, bare_n, args.embedder, args.batch_size, threads=args.cpus)
         bare = (before + after) / 2
         print(
             f"\n{n} images, actor threads {r['actor_threads']}; bare forward on {args.cpus} threads: "
-            f"{before:.1f} img/s before the job, {after:.1f} after"
+            f"{before:.1f} img/s before the job, {after:.1f} after, on {before_cores:.2f} / {after_cores:.2f} CPU cores"
         )
         print(r["stage_table"])
+        cores = {group: seconds / r["job_s"] for group, seconds in sorted(r["cpu_seconds"].items())}
+        print(
+            f"CPU cores in use over the job, of {args.cpus}: "
+            + ", ".join(f"{group} {used:.2f}" for group, used in cores.items())
+            + f"; total {sum(cores.values()):.2f}"
+        )
         rows.append((n, r, bare))
     print(
         f"\n{'images':>7} {'job s':>7} {'start s':>7} {'job img/s':>9} {'steady img/s':>12} {'bare img/s':>10} "
