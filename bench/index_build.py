@@ -48,6 +48,9 @@ def vm_hwm_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+GROUP_ORDER = ("driver", "embed actor", "read tasks", "Ray's own processes")  # most specific first
+
+
 def process_group(cmdline: str, is_driver: bool) -> str:
     """Which part of the job a process is, from its title (Ray renames a worker by what it runs)."""
     if is_driver:
@@ -91,9 +94,10 @@ class RssSampler:
             for p in [self.root, *self.root.children(recursive=True)]:
                 try:
                     total += p.memory_info().rss
-                    group = self._cpu.get(p.pid, (None, 0.0))[0]
-                    if group in (None, "Ray's own processes"):  # an idle worker may later run a read task
-                        group = process_group(" ".join(p.cmdline()), p.pid == self.root.pid)
+                    # A worker starts as ray::IDLE and is renamed by what it runs: keep the most specific name seen.
+                    seen = self._cpu.get(p.pid, ("Ray's own processes", 0.0))[0]
+                    now = process_group(" ".join(p.cmdline()), p.pid == self.root.pid)
+                    group = min(seen, now, key=GROUP_ORDER.index)
                     self._cpu[p.pid] = (group, sum(p.cpu_times()[:2]))
                 except Exception:  # a worker that exited between listing and reading
                     pass
