@@ -85,9 +85,12 @@ class WorkerPool:
             work=work,
         )
         # Reused, not re-faulted, tensor memory in the actors' forwards (adir_ops/allocator.py).
-        env = {"runtime_env": {"env_vars": worker_env()}} if worker_env() else {}
+        env = worker_env()
         remote = ray.remote(worker_cls or ReconstructionWorker).options(
-            max_restarts=config.max_restarts, max_task_retries=0, **self.options, **env
+            max_restarts=config.max_restarts,
+            max_task_retries=0,
+            **self.options,
+            **({"runtime_env": {"env_vars": env}} if env else {}),
         )
         payload = config.to_dict()
         self.actors = [remote.remote(payload) for _ in range(self.count)]

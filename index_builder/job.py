@@ -252,8 +252,9 @@ def embed_shards(
     # Ray Data calls the actor from a thread of its own, where glibc would map and unmap every
     # activation tensor: the forward ran 4x slower, mostly in the kernel (adir_ops/allocator.py).
     # The settings must be in the environment when the actor's process starts.
-    if worker_env():
-        resources["runtime_env"] = {"env_vars": worker_env()}
+    env = worker_env()
+    if env:
+        resources["runtime_env"] = {"env_vars": env}
     context = DataContext.get_current()
     previous_bars = context.enable_progress_bars
     context.enable_progress_bars = False  # our own bar below counts images and shards, not Ray blocks
