@@ -6,8 +6,8 @@ them (adir_ops, the method, never touches storage). What it holds:
 - commits: `commit_bytes` (atomic), the temporaries it leaves when killed, and their clean-up;
 - reads: `read_bytes`, `fetch_many` (concurrent, an exception per failed URI);
 - weights: `local_copy` (a remote file or folder copied once per node);
-- secrets: `redact_options` (only storage options known to be safe are written down) and
-  `scrub` (credential values masked in a message);
+- secrets (`adir_storage.secrets`): `redact_options` (only storage options known to be safe are written
+  down), `redact_url` / `redact_text` (a URL's password and signed-query tokens) and `scrub` (both, in a message);
 - file names: `printable` / `is_utf8` (names that are not UTF-8 cannot be Parquet strings).
 """
 
@@ -24,6 +24,17 @@ from typing import Any
 
 import fsspec
 from fsspec.core import split_protocol
+
+from adir_storage.folders import JOB_MARKER, FolderRefused, check_no_links, claim_output_folder  # noqa: F401
+from adir_storage.secrets import (  # noqa: F401  (the package's import surface)
+    MASK,
+    SAFE_STORAGE_OPTIONS,
+    has_credentials,
+    redact_options,
+    redact_text,
+    redact_url,
+    scrub,
+)
 
 LOCAL_PROTOCOLS = (None, "file", "local")
 
@@ -61,79 +72,6 @@ def location(url: str) -> str:
 def is_within(inner: str, outer: str) -> bool:
     """Whether location `inner` is `outer` or lies below it (both from `location`)."""
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
-
-
-# storage_options whose values are safe to write down (config.yaml, logs): where and how to
-# connect, never who. Everything else — keys, secrets, tokens, connection strings, headers,
-# auth tuples, unknown options of any backend — is masked at any depth.
-SAFE_STORAGE_OPTIONS = frozenset(
-    {
-        "endpoint_url",
-        "region_name",
-        "anon",
-        "use_ssl",
-        "verify",
-        "requester_pays",
-        "version_aware",
-        "default_block_size",
-        "default_fill_cache",
-        "default_cache_type",
-        "cache_regions",
-        "signature_version",
-        "addressing_style",
-        "s3",
-        "client_kwargs",
-        "config_kwargs",
-        "project",
-        "skip_instance_cache",
-        "use_listings_cache",
-        "listings_expiry_time",
-        "max_concurrency",
-        "retries",
-        "timeout",
-        "connect_timeout",
-        "read_timeout",
-        "consistency",
-        "requests_timeout",
-    }
-)
-MASK = "***"
-
-
-def redact_options(options: Any) -> Any:
-    """storage_options with every value not known to be safe replaced by '***' (keys kept, so a reader sees what was set)."""
-    if not isinstance(options, Mapping):
-        return MASK
-    redacted = {}
-    for key, value in options.items():
-        if str(key) not in SAFE_STORAGE_OPTIONS:
-            redacted[key] = MASK
-        elif isinstance(value, Mapping):
-            redacted[key] = redact_options(value)
-        elif value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and "@" not in value):
-            # A URL with user:password@ in it is a credential even under a safe key.
-            redacted[key] = value
-        else:
-            redacted[key] = MASK
-    return redacted
-
-
-def _secret_values(options: Any, safe: bool = False) -> list[str]:
-    if isinstance(options, Mapping):
-        return [v for k, value in options.items() for v in _secret_values(value, str(k) in SAFE_STORAGE_OPTIONS)]
-    if isinstance(options, (list, tuple)):
-        return [v for value in options for v in _secret_values(value, False)]
-    if isinstance(options, str) and (not safe or "@" in options):
-        return [options]
-    return []
-
-
-def scrub(text: str, storage_options: Mapping[str, Any] | None) -> str:
-    """`text` (an error message, a log line) with every credential value of `storage_options` masked."""
-    for secret in sorted(_secret_values(storage_options or {}), key=len, reverse=True):
-        if len(secret) >= 4:  # masking "a" or "" would garble the message and hide nothing
-            text = text.replace(secret, MASK)
-    return text
 
 
 def printable(text: str) -> str:
@@ -214,9 +152,48 @@ def remove_if_exists(url: str, storage_options: Mapping[str, Any] | None = None)
         fs.rm_file(path)
 
 
-def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
+# Bytes read for one image at most, by default: far above any real photo (a 24 MP 16-bit TIFF is ~150 MB),
+# far below what takes a machine down (a link to /dev/zero is endless).
+MAX_READ_BYTES = 512 * 1024 * 1024
+
+
+class NotAFile(ValueError):
+    """An input that is not a regular file (a FIFO, a device, a socket) or is larger than the read cap."""
+
+
+def read_bytes(
+    url: str, storage_options: Mapping[str, Any] | None = None, max_bytes: int | None = MAX_READ_BYTES
+) -> bytes:
+    """The bytes of one object; only regular files are read (a FIFO would block forever, /dev/zero never ends),
+    and at most `max_bytes` of them (None: no cap)."""
     fs, path = open_fs(url, storage_options)
-    return fs.cat_file(path)
+    if is_local(url):
+        import stat
+
+        mode = os.stat(path).st_mode  # follows links: a link to /dev/zero is a device
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(mode)
+                else "a device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket"
+                if stat.S_ISSOCK(mode)
+                else "not a regular file"
+            )
+            raise NotAFile(
+                f"{redact_url(url)} is {kind}; only regular files are read as images. Remove it from the inputs"
+            )
+    if max_bytes is None:
+        return fs.cat_file(path)
+    with fs.open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise NotAFile(
+            f"{redact_url(url)} is larger than {max_bytes / 2**20:.0f} MiB, the cap on bytes read per image; "
+            "raise --max-input-bytes if it is a real image"
+        )
+    return data
 
 
 def fetch_many(
