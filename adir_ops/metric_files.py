@@ -128,14 +128,19 @@ _lock = threading.Lock()
 _verified: dict[Path, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, checksum) that passed
 
 
-def cache_dir() -> Path:
-    """Where built files go: $ADIR_CACHE_DIR/metrics, else $XDG_CACHE_HOME/adir/metrics, else ~/.cache/adir/metrics."""
+def cache_root() -> Path:
+    """The user's adir cache: $ADIR_CACHE_DIR, else $XDG_CACHE_HOME/adir, else ~/.cache/adir."""
     root = os.environ.get("ADIR_CACHE_DIR")
     if not root:
         root = os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "adir"
         )
-    return Path(root) / "metrics"
+    return Path(root)
+
+
+def cache_dir() -> Path:
+    """Where built metric files go: cache_root()/metrics."""
+    return cache_root() / "metrics"
 
 
 def file_sha256(path: Path) -> str:
