@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import struct
 from collections.abc import Iterator
@@ -25,6 +26,19 @@ ADIR_METADATA_KEY = "adir_adapter"
 # diffusers' default LoRA file name, for callers who save into a folder that diffusers will search.
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _FORMAT_VERSION = 1
+# Our metadata's record of the weights' sha256 (`tensors_digest`): a file whose weights were edited after
+# it was written no longer matches it. Files from before it was recorded have none (see from_bytes).
+CHECKSUM_KEY = "tensors_sha256"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) of named tensors: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ the adapter
@@ -113,10 +127,18 @@ class Adapter:
             ),
         }
         tensors = {f"{PREFIX}.{k}": v.contiguous() for k, v in self.state_dict.items()}
+        ours = json.loads(metadata[ADIR_METADATA_KEY])
+        metadata[ADIR_METADATA_KEY] = json.dumps({**ours, CHECKSUM_KEY: tensors_digest(tensors)}, default=str)
         return save(tensors, metadata=metadata)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Adapter:
+    def from_bytes(cls, data: bytes, source: str = "<bytes>", *, require_checksum: bool = False) -> Adapter:
+        """Parse and check a file of `to_bytes`; ValueError for anything that is not a usable adapter.
+
+        Usable: our metadata whole, weights matching their recorded checksum, every weight finite.
+        require_checksum: refuse a file with no checksum (a cache entry must have one; a file an
+        older version saved is still read by `load`).
+        """
         from safetensors.torch import load
 
         try:
@@ -130,16 +152,21 @@ class Adapter:
                 f"{source} has no {ADIR_METADATA_KEY!r}/{LORA_ADAPTER_METADATA_KEY!r} metadata: it was not written "
                 "by Adapter.save; adapt again or pass a file that Adapter.save wrote"
             )
-        ours = json.loads(metadata[ADIR_METADATA_KEY])
+        try:
+            ours, lora = _read_metadata(metadata)
+            config = AdaptConfig.from_dict(ours["adapt_config"])
+            targets = tuple(lora["target_modules"])
+            prior_config, losses = ours["prior_config"], [float(x) for x in ours["losses"]]
+        except (KeyError, TypeError, ValueError) as exc:  # a key cut or mistyped: not our file as written
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{source}: its adapter metadata is incomplete or malformed ({what})") from None
         if ours.get("version") != _FORMAT_VERSION:
             raise ValueError(
                 f"{source} is adapter format version {ours.get('version')}; this code reads {_FORMAT_VERSION}"
             )
-        lora = {k.removeprefix(f"{PREFIX}."): v for k, v in json.loads(metadata[LORA_ADAPTER_METADATA_KEY]).items()}
-        config = AdaptConfig.from_dict(ours["adapt_config"])
         if lora.get("r") != config.lora_rank or lora.get("lora_alpha") != config.lora_alpha:
             raise ValueError(f"{source}: LoRA metadata (r, alpha) disagrees with its adapt_config {config}")
-        targets = tuple(lora["target_modules"])
+        _check_weights(tensors, ours.get(CHECKSUM_KEY), source, require_checksum)
         state = {}
         for key, value in tensors.items():
             if not key.startswith(f"{PREFIX}.") or not key.endswith((".lora_A.weight", ".lora_B.weight")):
@@ -155,7 +182,7 @@ class Adapter:
         provenance = ours.get("provenance") or {}
         if not isinstance(provenance, dict):
             raise ValueError(f"{source}: its provenance metadata is not a mapping")
-        return cls(state, targets, config, ours["prior_config"], [float(x) for x in ours["losses"]], provenance)
+        return cls(state, targets, config, prior_config, losses, provenance)
 
     def save(self, path: str) -> None:
         """Write a local .safetensors file (remote storage: write `to_bytes()` through fsspec)."""
@@ -168,3 +195,25 @@ class Adapter:
     def load(cls, path: str) -> Adapter:
         with open(path, "rb") as f:
             return cls.from_bytes(f.read(), source=str(path))
+
+
+def _read_metadata(metadata: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(our metadata, the LoRA kwargs without their prefix) of a file's header; ValueError if either is not a mapping."""
+    ours = json.loads(metadata[ADIR_METADATA_KEY])
+    lora = json.loads(metadata[LORA_ADAPTER_METADATA_KEY])
+    if not isinstance(ours, dict) or not isinstance(lora, dict):
+        raise ValueError("metadata entries must be JSON objects")
+    return ours, {k.removeprefix(f"{PREFIX}."): v for k, v in lora.items()}
+
+
+def _check_weights(tensors: dict[str, torch.Tensor], recorded: Any, source: str, require_checksum: bool) -> None:
+    """Refuse weights edited since they were written (checksum), or that hold NaN/inf (they would poison sampling)."""
+    if recorded is None and require_checksum:
+        raise ValueError(f"{source}: its metadata records no checksum of its weights ({CHECKSUM_KEY})")
+    if recorded is not None and recorded != tensors_digest(tensors):
+        raise ValueError(
+            f"{source}: its weights do not match the checksum in its metadata (edited after it was written)"
+        )
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"{source}: weights {bad[:2]} hold NaN or infinite values")

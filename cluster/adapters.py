@@ -6,8 +6,11 @@ its record (`{"key", "ids", "uris", "init"}`), each made visible in one step
 means its adapter is complete. Two actors that train the same key write files that are
 equally right (same neighbours, settings and stream); whichever rename lands last wins and
 readers never see a part of either. Everything read back is checked: a file whose name is not
-a key, whose record or adapter names another key, or that does not parse is ignored (and
-the adapter is trained again), so a tampered cache costs time, never a wrong reconstruction.
+a key, whose record or adapter names another key, that does not parse, lacks a metadata key,
+whose weights do not match the checksum its metadata records, or that holds NaN/inf is not a
+usable cache entry: the adapter is trained again and replaces it (the row says 'trained'), so a
+tampered cache costs time, never a wrong reconstruction. The checksum lives in the adapter file
+itself, not in the record: two racing writers of one key each leave a file consistent with itself.
 """
 
 from __future__ import annotations
@@ -51,12 +54,11 @@ class AdapterStore:
         except FileNotFoundError:
             return None
         try:
-            adapter = Adapter.from_bytes(data, source=f"adapter {key}")
-        except ValueError as exc:
-            print(f"adapter cache: ignoring unreadable {key}.safetensors ({exc}); training it again", file=sys.stderr)
-            return None
-        if adapter.provenance.get("key") != key:
-            print(f"adapter cache: {key}.safetensors records another key; training it again", file=sys.stderr)
+            adapter = Adapter.from_bytes(data, source=f"{key}.safetensors", require_checksum=True)
+            if adapter.provenance.get("key") != key:
+                raise ValueError(f"{key}.safetensors records another key")
+        except (ValueError, KeyError, TypeError) as exc:  # whatever is wrong with it, the cure is the same
+            print(f"adapter cache: {exc}: not a usable cache entry; training it again", file=sys.stderr)
             return None
         return adapter
 

@@ -221,3 +221,40 @@ def test_other_writers_adapters_appear_when_the_store_lists_again(tmp_path, prio
     assert [e.key for e in AdapterStore(folder, relist_s=0).entries()] == [key]
     mine.relist_s = 0
     assert [e.key for e in mine.entries()] == [key]
+
+
+# ---------------------------------------------------------------- a tampered cache
+def _tamper(path, how):
+    """Rewrite a cached adapter file as an attacker would: weights changed (or metadata cut), the rest kept."""
+    import struct
+
+    from safetensors.torch import load, save
+
+    data = open(path, "rb").read()
+    metadata = json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]
+    tensors = load(data)
+    if how == "scaled":  # lora_B x 1000, metadata kept
+        tensors = {k: v * 1000 if "lora_B" in k else v for k, v in tensors.items()}
+    elif how == "nan":
+        tensors = {k: torch.full_like(v, float("nan")) if "lora_B" in k else v for k, v in tensors.items()}
+    else:  # a metadata key gone
+        ours = json.loads(metadata["adir_adapter"])
+        del ours["adapt_config"]
+        metadata["adir_adapter"] = json.dumps(ours)
+    with open(path, "wb") as f:
+        f.write(save(tensors, metadata=metadata))
+
+
+@pytest.mark.parametrize("how", ["scaled", "nan", "metadata-key-missing"])
+def test_a_tampered_cache_entry_is_trained_again_and_replaced_never_used(tmp_path, prior, corpus, how, capsys):
+    store = AdapterStore(str(tmp_path / "adapters"))
+    first = _run(_pipeline(prior, store, corpus[:3]), "one")
+    path = tmp_path / "adapters" / f"{first.adaptation['key']}.safetensors"
+    _tamper(path, how)
+    again = _run(_pipeline(prior, AdapterStore(str(tmp_path / "adapters")), corpus[:3]), "one")
+    assert again.adaptation == first.adaptation  # trained, not read: the row says so
+    assert torch.equal(again.image01, first.image01)  # the reconstruction a clean cache gives
+    assert "not a usable cache entry" in capsys.readouterr().err
+    # Replaced: the next image reads the fresh adapter.
+    third = _run(_pipeline(prior, AdapterStore(str(tmp_path / "adapters")), corpus[:3]), "one")
+    assert third.adaptation["source"] == "cache" and torch.equal(third.image01, first.image01)
