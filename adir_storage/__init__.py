@@ -197,13 +197,17 @@ def read_bytes(
 
 
 def fetch_many(
-    urls: Sequence[str], storage_options: Mapping[str, Any] | None = None, threads: int = 16
+    urls: Sequence[str],
+    storage_options: Mapping[str, Any] | None = None,
+    threads: int = 16,
+    max_bytes: int | None = MAX_READ_BYTES,
 ) -> list[bytes | BaseException]:
-    """Bytes of each URL, or the exception that stopped it; concurrent, since object stores are latency-bound."""
+    """Bytes of each URL (at most max_bytes each, as read_bytes), or the exception that stopped it; concurrent,
+    since object stores are latency-bound."""
 
     def fetch(url: str) -> bytes | BaseException:
         try:
-            return read_bytes(url, storage_options)
+            return read_bytes(url, storage_options, max_bytes=max_bytes)
         except Exception as exc:  # any failure to read belongs to that one URL
             return exc
 
