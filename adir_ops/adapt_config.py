@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from adir_ops.validation import short_repr
+
 # The flattened names older job configs (and the command line's --lora-* flags) use for its fields.
 FLAT_NAMES = {
     "lora_steps": "steps",
@@ -35,7 +37,7 @@ class AdaptConfig:
         def integer(name: str, minimum: int) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"AdaptConfig.{name} must be an integer >= {minimum}; got {value!r}")
+                raise ValueError(f"AdaptConfig.{name} must be an integer >= {minimum}; got {short_repr(value)}")
 
         def positive(name: str) -> None:
             value = getattr(self, name)
@@ -45,7 +47,7 @@ class AdaptConfig:
                 or not math.isfinite(value)
                 or value <= 0
             ):
-                raise ValueError(f"AdaptConfig.{name} must be a finite number > 0; got {value!r}")
+                raise ValueError(f"AdaptConfig.{name} must be a finite number > 0; got {short_repr(value)}")
 
         integer("lora_rank", 1)
         positive("lora_alpha")
@@ -53,7 +55,7 @@ class AdaptConfig:
         integer("steps", 0)
         integer("batch_size", 1)
         if not isinstance(self.hflip, bool):
-            raise ValueError(f"AdaptConfig.hflip must be True or False; got {self.hflip!r}")
+            raise ValueError(f"AdaptConfig.hflip must be True or False; got {short_repr(self.hflip)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,7 +65,7 @@ class AdaptConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown AdaptConfig field(s) {unknown}; known fields: {sorted(known)}")
+            raise ValueError(f"unknown AdaptConfig field(s) {short_repr(unknown, 200)}; known fields: {sorted(known)}")
         return cls(**values)
 
 
@@ -75,7 +77,7 @@ def fold_flat_names(values: dict[str, Any]) -> dict[str, Any]:
     flat = {FLAT_NAMES[k]: values.pop(k) for k in list(values) if k in FLAT_NAMES}
     if flat:
         if lora is not None and not isinstance(lora, dict):
-            raise ValueError(f"lora must be a mapping of AdaptConfig fields; got {lora!r}")
+            raise ValueError(f"lora must be a mapping of AdaptConfig fields; got {short_repr(lora)}")
         lora = {**(lora or {}), **flat}
     if isinstance(lora, dict):
         values["lora"] = AdaptConfig.from_dict(lora)

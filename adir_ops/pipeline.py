@@ -32,15 +32,14 @@ from adir_ops.adaptation import AdaptConfig, Adapter, adapt
 from adir_ops.adapter_cache import AdapterCache, WarmStart, adaptation_stream, adapter_key, closest
 from adir_ops.retrieval import Neighbours, NoNeighbours
 from adir_ops.rng import generator_for
-from adir_ops.sampling import SAMPLERS, default_sampler, get_sampler
+from adir_ops.sampling import GUIDED_SAMPLERS, SAMPLERS, default_sampler, get_sampler
 from adir_ops.tiling import TiledPrior, TilingConfig
 
 # The per-image random streams, named once. Sampling uses the bare id (the stream the job used
 # before the others existed: keeping it keeps every committed result reproducible).
 STREAMS = ("degrade", "retrieval", "adaptation", "sampling")
 AUTO = "auto"
-# Samplers that take eq. 16's scale s.
-_GUIDED = ("eq16", "eq16-preconditioned")
+_GUIDED = GUIDED_SAMPLERS  # the samplers that take eq. 16's scale s
 
 Fetch = Callable[[Sequence[str]], list[torch.Tensor]]
 

@@ -295,6 +295,11 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddnm-neutral-cast": functools.partial(ddnm_sample, neutral_cast=True),
 }
 
+# The samplers that take guidance_scale (eq. 16's s); the others have no such scale and would ignore it.
+GUIDED_SAMPLERS = ("eq16", "eq16-preconditioned")
+# Samplers that fit only some tasks: a neutral cast leaves the global colour free, which only colorize does not measure.
+SAMPLER_TASKS: dict[str, tuple[str, ...]] = {"ddnm-neutral-cast": ("colorize",)}
+
 # Chosen by measurement: bench/sampler.py on the embedded default's held-out images (docs/sampler.md).
 DEFAULT_SAMPLER_BY_TASK: dict[str, str] = {
     "sr4": "ddnm",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -20,8 +21,26 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+# A value shown in an error is cut to this many characters: a hostile config's value may be a
+# structure of millions of shared items (a YAML alias bomb) whose full repr would never finish.
+MAX_SHOWN = 80
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, MAX_SHOWN, MAX_SHOWN
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = 4
+
+
+def short_repr(value: Any, limit: int = MAX_SHOWN) -> str:
+    """repr(value) of at most about `limit` characters, walking only a few items; a container notes its size."""
+    text = _SHORT.repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if isinstance(value, (list, tuple, dict, set, frozenset)) and len(value) > 4:
+        text += f" ({len(value)} items)"
+    return text
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{short_repr(value)} ({type(value).__name__})"
 
 
 def check_value(name: str, value: Any, annotation: Any) -> None:
@@ -80,7 +99,8 @@ def check_value(name: str, value: Any, annotation: Any) -> None:
         if not isinstance(value, Mapping):
             raise ValueError(f"--{_flag(name)} must be a mapping of options; got {_describe(value)}")
         if not all(isinstance(k, str) for k in value):
-            raise ValueError(f"--{_flag(name)} keys must be strings; got {sorted(map(repr, value))}")
+            bad = [k for k in value if not isinstance(k, str)]
+            raise ValueError(f"--{_flag(name)} keys must be strings; got {short_repr(bad)}")
 
 
 def check_fields(instance: Any) -> None:
@@ -97,7 +117,7 @@ def config_from_dict(cls, values: Mapping[str, Any], what: str, required: tuple[
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, values)) - known)
     if unknown:
-        raise ValueError(f"unknown {what} option(s) {unknown}; known options: {sorted(known)}")
+        raise ValueError(f"unknown {what} option(s) {short_repr(unknown, 200)}; known options: {sorted(known)}")
     for name in required:
         values.setdefault(name, None)
     return cls(**values)

@@ -9,9 +9,9 @@ from typing import Any, Mapping
 
 from adir_ops.adapt_config import AdaptConfig, fold_flat_names
 from adir_ops.tasks import TASKS  # the operator registry's names, torch-free for the command line
-from adir_ops.validation import check_fields, config_from_dict
+from adir_ops.validation import check_fields, config_from_dict, short_repr
 from adir_ops.weights import DEFAULT_PRIOR_NAME, UNET64_NAME
-from adir_storage import redact_options
+from adir_storage import MAX_READ_BYTES, redact_options, redact_url
 
 # The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.
 MODES = ("adir", "baseline", "random-nn", "mse-nn")
@@ -30,8 +30,33 @@ RUNTIME_FIELDS = (
     "limit",
     "order",
     "storage_options",
+    "max_input_bytes",  # an image over the cap is an error row, and a rerun retries error rows
+    "max_pixels",  # likewise
 )
+# Where the run folder lives decides no result: a moved folder resumes (cluster.run_folder).
+PLACE_FIELDS = ("out",)
+# Fields that may hold a URL, and with it a password or a signed token: config.yaml gets redact_url's form.
+URL_FIELDS = ("inputs", "out", "index", "reference", "prior")
+# Pixels of one reconstruction at most, by default: ~40 MP, far above the paper's images, below what
+# one image's tensors take from a common machine. Above it an image is an error row at the read stage.
+DEFAULT_MAX_PIXELS = 40_000_000
 ORDERS = ("input", "embedding")
+# (field, least, most) of the integer options. The upper bounds keep one option from taking the
+# machine (`--samples 1000000` holds a million images per input); each is far above what the
+# paper or any measured setting uses; the error names the range.
+INT_RANGES = (
+    ("k", 1, 1000),
+    ("steps", 1, 1000),  # every prior's chain has 1000 train timesteps: more cannot be respaced
+    ("samples", 1, 64),
+    ("tile_batch", 1, 256),
+    ("mse_thumbnail", 4, 512),
+    ("max_restarts", 0, 100),
+    ("max_attempts", 1, 100),
+    ("warm_start_steps", 0, 100_000),
+)
+MAX_ACTORS = 1024
+MAX_TILE_OVERLAP = 4096
+LORA_RANGES = (("steps", 0, 100_000), ("batch_size", 1, 256), ("lora_rank", 1, 1024))
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,11 @@ class ReconstructConfig:
     max_restarts: int = 3
     max_attempts: int = 3
     limit: int | None = None
+    # Bytes read per input image at most (a link to /dev/zero never ends); above it the image is an error row.
+    max_input_bytes: int = MAX_READ_BYTES
+    # Pixels of one reconstruction (an input's, times the task's scale squared for --degraded SR) at most:
+    # read from the header before decoding, so a 100 MP image costs an error row, not the actor.
+    max_pixels: int = DEFAULT_MAX_PIXELS
     # Endpoint/credentials for remote URLs: out of repr, and only known-safe values reach config.yaml.
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -107,9 +137,9 @@ class ReconstructConfig:
         check_fields(self)  # YAML's 'no' is a truthy string, `seed: abc` a string, .nan a float
         object.__setattr__(self, "storage_options", dict(self.storage_options))
         if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+            raise ValueError(f"unknown task {short_repr(self.task)}; choose one of {', '.join(TASKS)}")
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+            raise ValueError(f"unknown mode {short_repr(self.mode)}; choose one of {', '.join(MODES)}")
         if self.mode != "baseline" and not self.index:
             raise ValueError(
                 f"mode {self.mode!r} retrieves neighbours and needs --index URL (only --mode baseline runs without one)"
@@ -123,21 +153,7 @@ class ReconstructConfig:
             raise ValueError(
                 "--reference (ground truths) only applies with --degraded; clean inputs are their own reference"
             )
-        for name, minimum in (
-            ("k", 1),
-            ("steps", 1),
-            ("samples", 1),
-            ("tile_batch", 1),
-            ("mse_thumbnail", 4),
-            ("max_restarts", 0),
-            ("max_attempts", 1),
-            ("warm_start_steps", 0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}; got {value!r}")
-        if self.num_actors is not None and self.num_actors < 1:
-            raise ValueError(f"--num-actors must be >= 1; got {self.num_actors}")
+        self._check_ranges()
         if self.limit is not None and self.limit < 1:
             raise ValueError(
                 f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all"
@@ -156,9 +172,9 @@ class ReconstructConfig:
         if unknown_metrics:
             raise ValueError(f"metrics {unknown_metrics} are not results columns; choose from psnr, ssim")
         if self.order not in ORDERS:
-            raise ValueError(f"--order must be one of {', '.join(ORDERS)}; got {self.order!r}")
+            raise ValueError(f"--order must be one of {', '.join(ORDERS)}; got {short_repr(self.order)}")
         if self.small_images not in ("pad", "native"):
-            raise ValueError(f"small_images must be 'pad' or 'native'; got {self.small_images!r}")
+            raise ValueError(f"small_images must be 'pad' or 'native'; got {short_repr(self.small_images)}")
         kind, target = prior_kind(self.prior)
         if kind in PRIOR_KINDS and not target:
             raise ValueError(
@@ -168,6 +184,21 @@ class ReconstructConfig:
             raise ValueError(
                 f"--prior {self.prior} is the Stable Diffusion x4 upscaler: it does --task sr4 only, not {self.task}"
             )
+
+    def _check_ranges(self) -> None:
+        """Every number in its range, named by its flag (types are already checked)."""
+        for name, least, most in INT_RANGES:
+            _in_range(name, getattr(self, name), least, most)
+        for name, least, most in LORA_RANGES:
+            _in_range(f"lora_{name}" if name != "lora_rank" else name, getattr(self.lora, name), least, most)
+        if self.num_actors is not None:
+            _in_range("num_actors", self.num_actors, 1, MAX_ACTORS)
+        if self.tile_overlap is not None:
+            _in_range("tile_overlap", self.tile_overlap, 0, MAX_TILE_OVERLAP)
+        _in_range("max_input_bytes", self.max_input_bytes, 1, 2**40)
+        _in_range("max_pixels", self.max_pixels, 1, 2**40)
+        for name in ("cpus_per_actor", "gpus_per_actor"):
+            _check_resource(name, getattr(self, name))
 
     # ------------------------------------------------------------------ conversions
     @classmethod
@@ -182,15 +213,19 @@ class ReconstructConfig:
         return values
 
     def redacted(self) -> dict[str, Any]:
-        """to_dict() with every storage option not known to be safe masked: what config.yaml holds."""
+        """to_dict() with every storage option not known to be safe masked and every URL's credentials
+        redacted: what config.yaml holds (the actors keep the real values, in memory only)."""
         values = self.to_dict()
         values["storage_options"] = redact_options(values["storage_options"])
+        for name in URL_FIELDS:
+            if isinstance(values[name], str):
+                values[name] = redact_url(values[name])
         return values
 
     def result_fields(self) -> dict[str, Any]:
-        """The options that decide an image's output: a resume must not change any of them."""
-        values = self.to_dict()
-        for name in RUNTIME_FIELDS:
+        """The options that decide an image's output, as config.yaml writes them: a resume must not change any."""
+        values = self.redacted()
+        for name in (*RUNTIME_FIELDS, *PLACE_FIELDS):
             values.pop(name)
         return values
 
@@ -200,6 +235,26 @@ class ReconstructConfig:
         if match is None:
             return None
         return int(match.group(1) or DEFAULT_TINY_RESOLUTION)
+
+
+def _in_range(name: str, value: int, least: int, most: int) -> None:
+    if not least <= value <= most:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer from {least} to {most:,}; got {value}")
+
+
+def _check_resource(name: str, value: float | None) -> None:
+    """A Ray resource request as Ray takes it: >= 0, and a whole number above 1 (said here, not in Ray's words)."""
+    flag = f"--{name.replace('_', '-')}"
+    if value is None:
+        return
+    if value < 0 or value > 1024:
+        raise ValueError(f"{flag} must be from 0 to 1024; got {value:g}")
+    if value > 1 and value != int(value):
+        raise ValueError(
+            f"{flag} above 1 must be a whole number (Ray shares only a part of one device); got {value:g}"
+        )
+    if name == "cpus_per_actor" and value == 0:
+        raise ValueError(f"{flag} 0 would pack any number of actors on one node; give a share like 0.5 or 1")
 
 
 def prior_kind(spec: str) -> tuple[str, str]:

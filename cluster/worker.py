@@ -8,6 +8,7 @@ job config (never pickled), once per actor, and rebuilt by Ray when a dead actor
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 import traceback
@@ -17,7 +18,7 @@ import torch
 
 from adir_storage import commit_bytes, is_local, join_url, local_copy, read_bytes, scrub
 from cluster.config import ReconstructConfig, prior_kind
-from cluster.images import decode_rgb, encode_png, to_tensor01
+from cluster.images import check_pixels, decode_rgb, encode_png, to_tensor01
 from cluster.results import IMAGES_DIR, STD_SCALE, image_url, new_row, utc_now, write_part
 
 MAX_ERROR_CHARS = 2000
@@ -50,14 +51,23 @@ def load_upscaler(spec: str, storage_options: Mapping[str, Any] | None = None):
     return load_pipeline("sd-x4", target)
 
 
-def _error_text(exc: BaseException) -> str:
+def _error_text(exc: BaseException, size: tuple[int, int] | None = None) -> str:
     text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+    text = text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+    message = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in message or "can't allocate" in message:
+        shown = f" ({size[0]} x {size[1]} px)" if size else ""
+        text += (
+            f". The image{shown} is too large for this machine's memory: lower --max-pixels so such images "
+            "are refused before any work, downscale them, or run on a machine with more memory"
+        )
+    return text
 
 
 class _Stopwatch:
     def __init__(self):
         self.times: dict[str, float] = {}
+        self.size: tuple[int, int] | None = None  # (width, height) of the image once read: said in a memory error
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -67,7 +77,7 @@ class _Stopwatch:
         except ItemError:
             raise
         except Exception as exc:
-            raise ItemError(name, _error_text(exc)) from exc
+            raise ItemError(name, _error_text(exc, self.size)) from exc
         finally:
             self.times[f"{name}_s"] = self.times.get(f"{name}_s", 0.0) + time.perf_counter() - start
 
@@ -169,6 +179,7 @@ class ReconstructionWorker:
     def _reconstruct(self, item: Mapping[str, Any], watch: _Stopwatch) -> dict[str, Any]:
         from adir_ops.operators import observe
         from adir_ops.pipeline import StageError, image_streams
+        from adir_ops.tasks import scale_factor
 
         cfg = self.config
         image_id = item["image_id"]
@@ -177,13 +188,13 @@ class ReconstructionWorker:
         degrade_stream = image_streams(cfg.seed, image_id)["degrade"]
         out: dict[str, Any] = {}
         with watch.stage("read"):
-            pixels = to_tensor01(decode_rgb(read_bytes(item["uri"], cfg.storage_options))).unsqueeze(0)
+            factor = scale_factor(cfg.task) if cfg.degraded else 1  # a degraded SR input grows by its factor
+            pixels, out["input_sha256"] = self._read(item["uri"], factor)
             out["input_height"], out["input_width"] = pixels.shape[-2:]
+            watch.size = (pixels.shape[-1] * factor, pixels.shape[-2] * factor)
             reference = None
             if item.get("reference_uri"):
-                reference = to_tensor01(decode_rgb(read_bytes(item["reference_uri"], cfg.storage_options))).unsqueeze(
-                    0
-                )
+                reference, out["reference_sha256"] = self._read(item["reference_uri"], 1)
         with watch.stage("degrade"):
             options = {} if cfg.noise_sigma_255 is None else {"noise_sigma_255": cfg.noise_sigma_255}
             seen = observe(
@@ -194,7 +205,7 @@ class ReconstructionWorker:
             result = self.pipeline(y, operator, seed=cfg.seed, image_id=image_id)
         except StageError as exc:
             watch.times.update(exc.timings)
-            raise ItemError(exc.stage, _error_text(exc.error)) from exc
+            raise ItemError(exc.stage, _error_text(exc.error, watch.size)) from exc
         watch.times.update(result.timings)
         result01, naive01 = result.image01, result.naive01
         out.update(
@@ -239,6 +250,16 @@ class ReconstructionWorker:
             out["output"] = f"images/{item['name']}.png"
         return out
 
+    def _read(self, uri: str, factor: int) -> tuple[torch.Tensor, str]:
+        """An image as (1, C, H, W) in [0, 1] and the sha256 of its bytes (what makes its row done on a rerun).
+
+        Bytes are capped (--max-input-bytes) and the size is checked from the header before decoding
+        (--max-pixels, the reconstruction's pixels: `factor` x the input's sides).
+        """
+        data = read_bytes(uri, self.config.storage_options, self.config.max_input_bytes)
+        check_pixels(data, self.config.max_pixels, factor)
+        return to_tensor01(decode_rgb(data)).unsqueeze(0), hashlib.sha256(data).hexdigest()
+
     def _fetch(self, uris: list[str]) -> list[torch.Tensor]:
         """The neighbours as (C, H, W) tensors in [-1, 1]; an unreadable one is skipped, none at all is an error."""
         from adir_storage import fetch_many
@@ -255,7 +276,7 @@ class ReconstructionWorker:
             raise ValueError(f"none of the {len(uris)} neighbours could be read; first: {failures[0]}")
         return images
 
-    def _metrics(self, result01: torch.Tensor, naive01: torch.Tensor, reference01: torch.Tensor) -> dict[str, float]:
+    def _metrics(self, result01: torch.Tensor, naive01: torch.Tensor, reference01: torch.Tensor) -> dict[str, Any]:
         from adir_ops.quality import compute_metrics
 
         if reference01.shape != result01.shape:
@@ -263,8 +284,12 @@ class ReconstructionWorker:
                 f"reference is {tuple(reference01.shape[-2:])} but the reconstruction is {tuple(result01.shape[-2:])}"
             )
         names = [n for n in self.config.metrics if n in ("psnr", "ssim")]
-        values = compute_metrics(result01, reference01, names=names)
-        out = {name: float(values[name][0]) for name in values}
+        # A metric with no value here (SSIM's 11 x 11 window on an 8 x 8 image) is null with why: the
+        # reconstruction itself is good and is kept.
+        values = compute_metrics(result01, reference01, names=names, skip_inapplicable=True)
+        out: dict[str, Any] = {name: float(values[name][0]) for name in values}
+        if values.not_applicable:
+            out["metrics_note"] = "; ".join(f"{name}: {why}" for name, why in values.not_applicable.items())
         if "psnr" in names:
             out["naive_psnr"] = float(compute_metrics(naive01, reference01, names=["psnr"])["psnr"][0])
         return out

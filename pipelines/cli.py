@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="commit at most N missing shards in this run, then stop (time-boxed jobs); rerun to continue",
     )
+    build.add_argument(
+        "--max-input-bytes",
+        type=int,
+        default=None,
+        help="bytes read per image at most (default 512 MiB); a larger file is an error row",
+    )
     build.set_defaults(func=_lazy("pipelines.index_cmd", "build"))
 
     info = index_commands.add_parser("info", help="print an index's manifest")
@@ -169,7 +175,7 @@ def _add_reconstruct(commands) -> None:
     p.add_argument(
         "--samples",
         type=int,
-        help="posterior samples per image (default 1); more also write their mean "
+        help="posterior samples per image (default 1, at most 64); more also write their mean "
         "(images/mean/) and a per-pixel std map (images/std/), with the mean's metrics in the row",
     )
     p.add_argument(
@@ -198,7 +204,13 @@ def _add_reconstruct(commands) -> None:
     p.add_argument("--tile-overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
     p.add_argument("--num-actors", type=int, help="actors (default: one per GPU, else one per CPU core)")
     p.add_argument("--cpus-per-actor", type=float, help="Ray num_cpus per actor (default 1 with GPUs, 0.5 without)")
+    p.add_argument("--gpus-per-actor", type=float, help="Ray num_gpus per actor (default 1 with GPUs; 0: CPU only)")
     p.add_argument("--limit", type=int, help="only the first N inputs (sorted ids)")
+    p.add_argument(
+        "--max-input-bytes",
+        type=int,
+        help="bytes read per input image at most (default 512 MiB); a larger file is an error row",
+    )
     p.add_argument("--config", help="job.yaml holding any of these options (storage_options only there)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

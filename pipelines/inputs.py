@@ -2,35 +2,78 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import stat
 import sys
 from typing import Any, Mapping
 
 from adir_ops.tasks import scale_factor
-from adir_storage import is_local, open_fs
+from adir_storage import MAX_READ_BYTES, is_local, open_fs
 from cluster.results import assign_names
-from index_builder.sources import IMAGE_EXTENSIONS, NOT_UTF8, list_source
+from index_builder.sources import IMAGE_EXTENSIONS, list_source
+
+
+def unreadable(uri: str, max_bytes: int = MAX_READ_BYTES) -> str | None:
+    """Why a local input cannot be read as an image (not a regular file, or over the byte cap), from one stat;
+    None if it can, or if its size is not known for free (a remote object: the read itself enforces both)."""
+    if not is_local(uri):
+        return None
+    try:
+        info = os.stat(open_fs(uri)[1])  # follows links: a link to /dev/zero is a device; never opens a FIFO
+    except OSError:
+        return None  # missing or unreadable: the read stage says which
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        return None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+        )
+        return f"not a regular file ({kind}); only regular files are read as images"
+    if info.st_size > max_bytes:
+        return (
+            f"{info.st_size:,} bytes, over the cap of {max_bytes:,} bytes read per image; "
+            "raise --max-input-bytes if it is a real image"
+        )
+    return None
+
+
+def _check_source(url: str, what: str) -> None:
+    """A local --inputs / --reference that is neither a folder nor a regular file (a FIFO list would block forever)."""
+    reason = unreadable(url, max_bytes=2**62)
+    if reason is not None:
+        raise ValueError(f"{what} {url} is {reason.split(';')[0]}; pass a folder, a list file or an image")
 
 
 def _listing(
-    url: str, storage_options: Mapping[str, Any] | None
+    url: str, storage_options: Mapping[str, Any] | None, max_bytes: int = MAX_READ_BYTES, what: str = "--inputs"
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """(id, uri) pairs of a folder, a .csv/.txt list, or one image file (id = path below the folder, no extension),
-    and the (id, uri, error) of files that cannot be ids at all (names that are not UTF-8)."""
+    and the (id, uri, error) of files that cannot be inputs at all (names that are not UTF-8, FIFOs, devices,
+    files over the byte cap)."""
+    _check_source(url, what)
     fs, path = open_fs(url, storage_options)
     fs.invalidate_cache()
     if path.lower().endswith(IMAGE_EXTENSIONS) and fs.isfile(path):
         stem = posixpath.splitext(posixpath.basename(path))[0]
-        return [(stem, url if not is_local(url) else path)], []
-    listing = list_source(url, storage_options=storage_options)
-    unlisted = []
-    for image_id, uri, error in listing.rejected:
-        if error == NOT_UTF8:
-            unlisted.append((image_id, uri, error))
-        else:
-            print(f"warning: input {uri} skipped: {error}", file=sys.stderr)
-    return list(zip(listing.image_ids, listing.uris)), unlisted
+        pairs = [(stem, url if not is_local(url) else path)]
+        rejected = []
+    else:
+        listing = list_source(url, storage_options=storage_options)
+        pairs, rejected = list(zip(listing.image_ids, listing.uris)), listing.rejected
+    # Every entry the listing refused is an error row (a name that is not UTF-8, a FIFO, a device), except a
+    # second file with an id already taken: list_inputs warns about that one, as about any repeated id.
+    unlisted = [(image_id, uri, unreadable(uri, max_bytes) or error) for image_id, uri, error in rejected]
+    readable = []
+    for image_id, uri in pairs:
+        reason = unreadable(uri, max_bytes)
+        if reason is None:
+            readable.append((image_id, uri))
+        else:  # its error row, written without an actor ever opening it
+            unlisted.append((image_id, uri, reason))
+    return readable, unlisted
 
 
 def degraded_id(image_id: str, task: str) -> str:
@@ -50,13 +93,15 @@ def list_inputs(
     reference: str | None = None,
     limit: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    max_bytes: int = MAX_READ_BYTES,
 ) -> list[dict[str, Any]]:
     """Items {image_id, uri, name[, reference_uri]} sorted by id; raises if there is nothing to do.
 
-    A file that cannot be an item (a name that is not UTF-8) is an item with "stage" and
-    "error": the job writes it as an error row instead of dying on it.
+    A file that cannot be an item (a name that is not UTF-8, a FIFO, a device, more than
+    `max_bytes`) is an item with "stage" and "error": the job writes it as an error row
+    instead of dying or hanging on it.
     """
-    pairs, unlisted = _listing(url, storage_options)
+    pairs, unlisted = _listing(url, storage_options, max_bytes)
     if degraded:
         pairs = [(degraded_id(i, task), u) for i, u in pairs]
     seen: dict[str, str] = {}
@@ -82,7 +127,7 @@ def list_inputs(
         raise ValueError(
             f"no input images found at {url} (looked for {', '.join(IMAGE_EXTENSIONS)} files); check --inputs"
         )
-    truths = dict(_listing(reference, storage_options)[0]) if reference else {}
+    truths = dict(_listing(reference, storage_options, max_bytes, "--reference")[0]) if reference else {}
     names = assign_names([i for i, _, _ in everything])
     items = []
     for (image_id, uri, error), name in zip(everything, names):

