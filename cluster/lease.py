@@ -4,7 +4,8 @@
 background thread refreshes. A second job finding a live lease refuses to start, naming the
 holder. A lease is stale — and taken over — when its heartbeat is older than `ttl_s`, or
 when its holder ran on this host and that process is gone (a killed job's rerun on the same
-machine need not wait).
+machine need not wait). A heartbeat no clock can have written — in the future past
+`CLOCK_SKEW_S`, NaN, infinite — is stale too: it would otherwise never expire.
 
 Object stores have no atomic create-if-absent that every backend supports, so taking a lease
 is write, wait, read back: two jobs starting within the same fraction of a second may both
@@ -16,6 +17,7 @@ skips it). This guards against the common case, a job launched twice, not a dete
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -30,6 +32,10 @@ LEASE_NAME = "lease.json"
 TTL_S = 120.0
 HEARTBEAT_S = 20.0
 SETTLE_S = 0.2  # between writing the lease and reading it back
+# How far ahead of this host's clock another host's heartbeat may be and still count: hosts of one
+# cluster agree to well under a second with NTP; a lease further ahead was not written by a live clock.
+CLOCK_SKEW_S = 60.0
+MAX_PID = 2**22  # Linux's pid_max ceiling: anything else is not a process
 
 
 class LeaseHeld(RuntimeError):
@@ -37,6 +43,8 @@ class LeaseHeld(RuntimeError):
 
 
 def _alive(pid: int) -> bool:
+    if not 0 < pid <= MAX_PID:  # 0 and -1 would signal a whole process group: "alive" forever
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,10 +88,11 @@ class Lease:
     def _stale(self, holder: Mapping[str, Any]) -> bool:
         try:
             beat, pid = float(holder["heartbeat"]), int(holder["pid"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return True
-        if time.time() - beat > self.ttl_s:
-            return True
+        age = time.time() - beat
+        if not math.isfinite(age) or age > self.ttl_s or age < -CLOCK_SKEW_S:
+            return True  # expired, or a heartbeat no live clock wrote (NaN, infinite, far in the future)
         return holder.get("host") == socket.gethostname() and not _alive(pid)
 
     def _write(self) -> None:
@@ -112,13 +121,21 @@ class Lease:
 
     def _refuse(self, holder: Mapping[str, Any]) -> None:
         try:
-            ago = f"{time.time() - float(holder['heartbeat']):.0f} s ago"
-        except (KeyError, TypeError, ValueError):
-            ago = "at an unknown time"
+            age = time.time() - float(holder["heartbeat"])
+        except (KeyError, TypeError, ValueError, OverflowError):
+            age = math.nan
+        ago = (
+            "at an unknown time"
+            if not math.isfinite(age)
+            else f"{age:.0f} s ago"
+            if age >= 0
+            else f"{-age:.0f} s ahead of this host's clock"
+        )
+        left = max(0.0, self.ttl_s - age) if math.isfinite(age) else self.ttl_s  # when it expires, said truly
         raise LeaseHeld(
             f"{self.out} is being written by another job ({holder.get('job', '?')}, pid {holder.get('pid')} on "
             f"{holder.get('host')}, last heartbeat {ago}); wait for it to finish (this run would redo its work), "
-            f"or, if it is dead, remove {self.url} or wait {self.ttl_s:.0f} s for its lease to expire"
+            f"or, if it is dead, remove {self.url} or wait {left:.0f} s for its lease to expire"
         )
 
     def _beat(self) -> None:

@@ -47,3 +47,33 @@ def test_the_lease_works_on_object_storage(s3_bucket, s3_storage_options, s3fs_f
             Lease(out, s3_storage_options).acquire()
     s3fs_fs.invalidate_cache()
     assert not s3fs_fs.exists(f"{s3_bucket}/run/{LEASE_NAME}")
+
+
+@pytest.mark.parametrize(
+    "heartbeat", [float("nan"), float("inf"), "NaN", 1e308, "future"], ids=["nan", "inf", "nan-text", "huge", "future"]
+)
+def test_a_heartbeat_no_clock_wrote_is_stale_not_a_lock_forever(tmp_path, heartbeat):
+    """A future, NaN or infinite heartbeat never ages past the TTL: it must not hold the folder for ever."""
+    beat = time.time() + 3600 if heartbeat == "future" else heartbeat
+    record = {"job": "x", "host": "another-host", "pid": 4242, "token": "t", "heartbeat": beat}
+    (tmp_path / LEASE_NAME).write_text(json.dumps(record))  # json writes NaN/Infinity, as a tampered file may hold
+    with Lease(str(tmp_path)) as lease:
+        assert lease.read()["token"] == lease.token
+
+
+def test_a_heartbeat_slightly_ahead_is_clock_skew_and_the_message_says_how_long_to_wait(tmp_path):
+    record = {"job": "x", "host": "another-host", "pid": 4242, "token": "t", "heartbeat": time.time() + 5}
+    (tmp_path / LEASE_NAME).write_text(json.dumps(record))
+    with pytest.raises(LeaseHeld, match=r"s ahead of this host's clock.*wait 12\d s for its lease to expire"):
+        Lease(str(tmp_path)).acquire()
+    (tmp_path / LEASE_NAME).write_text(json.dumps({**record, "heartbeat": time.time() - 100}))
+    with pytest.raises(LeaseHeld, match=r"10\d s ago.*wait (19|20) s for its lease to expire"):
+        Lease(str(tmp_path)).acquire()
+
+
+@pytest.mark.parametrize("pid", [0, -1, 2**40])
+def test_a_holder_pid_that_is_no_process_on_this_host_is_stale(tmp_path, pid):
+    """os.kill(0 or -1, 0) signals a whole group (always "alive"); a huge pid overflows: none is a holder."""
+    record = {"job": "x", "host": socket.gethostname(), "pid": pid, "token": "t", "heartbeat": time.time()}
+    (tmp_path / LEASE_NAME).write_text(json.dumps(record))
+    Lease(str(tmp_path)).acquire().release()
