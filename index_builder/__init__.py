@@ -10,7 +10,7 @@ from adir_ops.lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(
     __name__,
     """
-    faiss_index: NeighborIndex
+    index_query: NeighborIndex
     job: BuildConfig BuildReport run_build
     manifest: Manifest
     """,

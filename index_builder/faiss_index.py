@@ -1,4 +1,7 @@
-"""FAISS index from the embeddings shards (streamed), and NeighborIndex: the K-NN lookup the rest of ADIR uses."""
+"""FAISS index from the embeddings shards (streamed), and the checks that an index folder is whole.
+
+The K-NN lookup the rest of ADIR uses, NeighborIndex, is in index_query (importable from here too).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adir_storage import join_url, open_fs
-from index_builder.manifest import IDS_NAME, INDEX_NAME, Manifest, ShardEntry
+from index_builder.manifest import IDS_NAME, INDEX_NAME, IdsChecksum, Manifest, ShardEntry
 from index_builder.writer import embeddings_array, embeddings_url, read_shard
 
 METRIC = "inner_product"  # embeddings are unit vectors: inner product = cosine similarity
@@ -230,6 +233,39 @@ def verify_index(
     if full:
         index = _read_index(out, storage_options)
         _check_counts(join_url(out, INDEX_NAME), manifest, int(index.d), int(index.ntotal))
+        check_ids(out, manifest, read_ids(out, storage_options))
+
+
+def read_ids(out: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
+    """OUT/ids.parquet as a table of (image_id, uri); ValueError naming the fix if it cannot be read."""
+    ids_fs, ids_path = open_fs(join_url(out, IDS_NAME), storage_options)
+    try:
+        with ids_fs.open(ids_path, "rb") as f:
+            return pq.read_table(f, schema=IDS_SCHEMA)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{join_url(out, IDS_NAME)} is missing; rebuild the index with `adir index build SOURCE {out}`"
+        ) from None
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(
+            f"{join_url(out, IDS_NAME)} cannot be read ({exc}); rebuild the index with `adir index build SOURCE {out}`"
+        ) from None
+
+
+def check_ids(out: str, manifest: Manifest, ids: pa.Table) -> None:
+    """Refuse an ids.parquet whose rows are not the ones the index was built with, in that order.
+
+    An index from before the checksum was recorded (manifest.ids_sha256 == "") is accepted unchecked.
+    """
+    if not manifest.ids_sha256:
+        return
+    if IdsChecksum().update(ids.column("image_id"), ids.column("uri")).hexdigest() != manifest.ids_sha256:
+        from adir_storage import redact_url
+
+        raise ValueError(
+            f"{join_url(out, IDS_NAME)} does not match the index built with it; rebuild with "
+            f"`adir index build {redact_url(manifest.source) if manifest.source else 'SOURCE'} {out}`"
+        )
 
 
 def _training_sample(out: str, shards: Sequence[ShardEntry], train_size: int, storage_options) -> np.ndarray:
@@ -255,11 +291,12 @@ def build_faiss_index(
     storage_options: Mapping[str, Any] | None = None,
     train_size: int = DEFAULT_TRAIN_SIZE,
     gpu: bool | None = None,
-) -> int:
-    """Stream the committed shards into OUT/index.faiss and OUT/ids.parquet; return the vector count.
+) -> tuple[int, str]:
+    """Stream the committed shards into OUT/index.faiss and OUT/ids.parquet; return (vector count, ids checksum).
 
     Only one shard's embeddings are in memory besides the index itself. Row r of the
-    index is row r of ids.parquet: shards in manifest order, rows in file order.
+    index is row r of ids.parquet: shards in manifest order, rows in file order; the
+    checksum (manifest.IdsChecksum) lets a reader check that it still is.
     """
     faiss = _faiss()
     index = new_index(dim, factory)
@@ -277,7 +314,7 @@ def build_faiss_index(
                 "use 'Flat' or fewer clusters for a corpus this small"
             ) from exc
     ids_fs, ids_path = open_fs(join_url(out, IDS_NAME), storage_options)
-    count = 0
+    count, checksum = 0, IdsChecksum()
     with ids_fs.open(ids_path, "wb") as sink, pq.ParquetWriter(sink, IDS_SCHEMA) as ids_writer:
         for entry in shards:
             table = read_shard(embeddings_url(out, entry.name), storage_options)
@@ -287,7 +324,9 @@ def build_faiss_index(
                 )
             if table.num_rows:
                 index.add(np.ascontiguousarray(embeddings_array(table)))
-                ids_writer.write_table(table.select(["image_id", "uri"]).cast(IDS_SCHEMA))
+                ids = table.select(["image_id", "uri"]).cast(IDS_SCHEMA)
+                ids_writer.write_table(ids)
+                checksum.update(ids.column("image_id"), ids.column("uri"))
             count += table.num_rows
     if on_gpu:
         index = faiss.index_gpu_to_cpu(index)
@@ -298,109 +337,13 @@ def build_faiss_index(
     with index_fs.open(index_path, "wb") as f:
         # Streamed through a callback: serialize_index would copy a 3.5 GB index in memory.
         faiss.write_index(index, faiss.PyCallbackIOWriter(lambda b: f.write(b) or len(b)))
-    return count
+    return count, checksum.hexdigest()
 
 
-class NeighborIndex:
-    """The K nearest corpus images of query embeddings: (ids, uris, scores), best first."""
+def __getattr__(name: str):
+    """The query side (NeighborIndex, check_embedder) lives in index_query; its names stay importable from here."""
+    if name in ("NeighborIndex", "check_embedder"):
+        from index_builder import index_query
 
-    def __init__(self, index, image_ids: pa.Array, uris: pa.Array, manifest: Manifest, location: str = ""):
-        if index.ntotal != len(image_ids):
-            raise ValueError(f"index at {location} holds {index.ntotal} vectors but {len(image_ids)} ids; rebuild it")
-        self.index = index
-        self.manifest = manifest
-        self.location = location
-        self._ids = image_ids
-        self._uris = uris
-
-    @classmethod
-    def open(
-        cls,
-        out: str,
-        *,
-        embedder=None,
-        storage_options: Mapping[str, Any] | None = None,
-        gpu: bool | None = None,
-        search_params: Mapping[str, Any] | None = None,
-    ) -> NeighborIndex:
-        """Load OUT's manifest, index and ids; with `embedder` (name or Embedder), refuse a mismatch first.
-
-        `search_params` go to FAISS's ParameterSpace, e.g. {"nprobe": 16} for IVF or
-        {"efSearch": 128} for HNSW.
-        """
-        faiss = _faiss()
-        manifest = Manifest.read(out, storage_options)
-        if embedder is not None:
-            check_embedder(manifest, out, embedder)
-        index = _read_index(out, storage_options)
-        _check_counts(join_url(out, INDEX_NAME), manifest, int(index.d), int(index.ntotal))
-        for name, value in (search_params or {}).items():
-            faiss.ParameterSpace().set_index_parameter(index, name, value)
-        if use_gpu(gpu):
-            index, _ = _to_gpu(index)
-        else:
-            faiss.cvar.distance_compute_blas_threshold = CPU_BLAS_THRESHOLD
-        ids_fs, ids_path = open_fs(join_url(out, IDS_NAME), storage_options)
-        try:
-            with ids_fs.open(ids_path, "rb") as f:
-                table = pq.read_table(f, schema=IDS_SCHEMA)
-        except (pa.ArrowException, OSError) as exc:
-            raise ValueError(
-                f"{join_url(out, IDS_NAME)} cannot be read ({exc}); rebuild the index with `adir index build SOURCE {out}`"
-            ) from None
-        # Arrow arrays, not numpy object arrays: 1.7M ids stay one compact buffer.
-        return cls(
-            index, table.column("image_id").combine_chunks(), table.column("uri").combine_chunks(), manifest, out
-        )
-
-    @property
-    def embedder_name(self) -> str:
-        return self.manifest.embedder
-
-    @property
-    def dim(self) -> int:
-        return self.manifest.dim
-
-    def __len__(self) -> int:
-        return int(self.index.ntotal)
-
-    def check_embedder(self, embedder) -> None:
-        check_embedder(self.manifest, self.location, embedder)
-
-    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, uris, scores), each (n, k), for n query embeddings (n, dim); scores are inner products."""
-        queries = np.asarray(embeddings, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(
-                f"query embeddings have shape {tuple(np.shape(embeddings))}; the index at {self.location} "
-                f"was built with {self.embedder_name} (dim {self.dim})"
-            )
-        if not 1 <= k <= len(self):
-            raise ValueError(
-                f"k={k} but the index at {self.location} holds {len(self)} images; ask for 1 <= k <= {len(self)}"
-            )
-        scores, rows = self.index.search(np.ascontiguousarray(queries), k)
-        flat = rows.ravel()
-        found = flat >= 0  # approximate indexes may return fewer than k hits (-1 rows)
-        take = pa.array(np.where(found, flat, 0))
-        ids = np.where(found, self._ids.take(take).to_numpy(zero_copy_only=False), "")
-        uris = np.where(found, self._uris.take(take).to_numpy(zero_copy_only=False), "")
-        return (
-            ids.reshape(rows.shape).astype(object),
-            uris.reshape(rows.shape).astype(object),
-            scores.astype(np.float32),
-        )
-
-
-def check_embedder(manifest: Manifest, location: str, embedder) -> None:
-    """Raise if `embedder` (a name or an Embedder) is not the one the index was built with."""
-    name = embedder if isinstance(embedder, str) else embedder.name
-    dim = None if isinstance(embedder, str) else int(embedder.dim)
-    if name != manifest.embedder or (dim is not None and dim != manifest.dim):
-        this = f"{name} (dim {dim})" if dim is not None else name
-        raise ValueError(
-            f"index at {location} was built with {manifest.embedder} (dim {manifest.dim}); this query uses {this}. "
-            f"Query with --embedder {manifest.embedder}, or rebuild the index with {name}"
-        )
+        return getattr(index_query, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

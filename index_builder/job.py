@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -11,34 +10,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
-from adir_ops.allocator import worker_env
 from adir_ops.embedding import DEFAULT_EMBEDDER
 from adir_ops.validation import check_fields
-from adir_storage import join_url, remove_if_exists, remove_stale_temporaries
+from adir_storage import MAX_READ_BYTES, join_url, remove_if_exists, remove_stale_temporaries
+from index_builder.embed_stage import (  # noqa: F401  (READ_NICE, actor_*, read_nice: the job's import surface)
+    READ_NICE,
+    actor_resources,
+    actor_threads,
+    embed_shards,
+    read_nice,
+)
 from index_builder.faiss_index import DEFAULT_TRAIN_SIZE, METRIC, build_faiss_index, check_factory, verify_index
-from index_builder.manifest import MANIFEST_NAME, Manifest, ShardEntry, utc_now
-from index_builder.reader import DEFAULT_MAX_IMAGE_PIXELS, ReadConfig, read_batch
+from index_builder.manifest import IDS_NAME, INDEX_NAME, MANIFEST_NAME, Manifest, ShardEntry, utc_now
+from index_builder.reader import DEFAULT_MAX_IMAGE_PIXELS
 from index_builder.sources import Shard, list_source, plan_shards
-from index_builder.throughput import StageFigure, StageTimes, stage_table
+from index_builder.throughput import StageFigure, stage_table
 from index_builder.writer import (
     EMBEDDINGS_DIR,
     ERRORS_DIR,
-    ShardWriter,
     embeddings_url,
     is_committed,
     read_shard_footer,
     write_listing_errors,
 )
-
-# The read tasks' nice value when the embed actors run on the CPU (reader.lower_priority says why).
-# With GPUs the forward is not on the cores, and decode must keep the GPUs fed: normal priority.
-READ_NICE = 19
-
-# Rows per input block: enough blocks for the read stage to run in parallel, few enough
-# that 1.7M images stay a few thousand blocks of driver-side metadata.
-INPUT_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -58,6 +52,7 @@ class BuildConfig:
     batch_size: int = 64  # images per embed-actor call
     read_batch_size: int = 32  # images per read/decode task call
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_input_bytes: int = MAX_READ_BYTES  # bytes read per image at most; a larger file is an error row
     num_actors: int | None = None  # None: one per GPU, else from the cluster's CPUs
     cpus_per_actor: float | None = None
     torch_threads: int | None = None  # per embed actor; None: $OMP_NUM_THREADS if set, else the CPUs per actor
@@ -77,7 +72,14 @@ class BuildConfig:
             raise ValueError(
                 f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all"
             )
-        for name in ("shard_size", "batch_size", "read_batch_size", "max_image_pixels", "train_size"):
+        for name in (
+            "shard_size",
+            "batch_size",
+            "read_batch_size",
+            "max_image_pixels",
+            "max_input_bytes",
+            "train_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.max_shards is not None and self.max_shards < 1:
@@ -144,66 +146,39 @@ class BuildReport:
         )
 
 
+JOB = "adir index build"
+OUR_ENTRIES = frozenset({MANIFEST_NAME, INDEX_NAME, IDS_NAME, EMBEDDINGS_DIR, ERRORS_DIR})
+
+
+def claim_index_folder(out: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Make OUT this job's folder or refuse it (adir_storage.claim_output_folder); True when it resumes one.
+
+    A folder from before the folder marker is ours when it holds only what a build writes and its
+    manifest.json parses as our Manifest: a user's own manifest.json is never written over. No
+    file the build writes may be a link (index.faiss and ids.parquet are streamed, not renamed).
+    """
+    from adir_storage import claim_output_folder
+
+    def legacy(entries: set[str]) -> bool:
+        if not entries <= OUR_ENTRIES:
+            return False
+        if MANIFEST_NAME not in entries:
+            return EMBEDDINGS_DIR in entries  # an older build stopped before its index
+        try:
+            Manifest.read(out, storage_options)
+        except (ValueError, FileNotFoundError):
+            return False
+        return True
+
+    return claim_output_folder(out, JOB, storage_options, legacy=legacy, links=sorted(OUR_ENTRIES), flag="OUT")
+
+
 def embedder_spec(name: str) -> tuple[str, int, int]:
     """(canonical name, dim, image_size) of an encoder, built once on the driver to ask."""
     from adir_ops.embedding import get_embedder
 
     embedder = get_embedder(name)
     return embedder.name, int(embedder.dim), int(embedder.image_size)
-
-
-def actor_resources(config: BuildConfig) -> dict[str, Any]:
-    """map_batches resources of the embed stage, from the cluster: one actor per GPU, else CPU actors.
-
-    CPU actors take fractional CPUs: on a small node, whole-CPU actors can take every CPU
-    and starve the read stage forever (measured: 2 actors x 1 CPU on 2 CPUs deadlocks).
-    The reservation only schedules; how many threads an actor's forward uses is
-    `actor_threads`.
-    """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = float(resources.get("CPU", 1))
-    if gpus:
-        return {
-            "compute": ActorPoolStrategy(size=config.num_actors or gpus),
-            "num_gpus": 1,
-            "num_cpus": config.cpus_per_actor or 1,
-        }
-    actors = config.num_actors or max(1, int(cpus // 4))
-    per_actor = config.cpus_per_actor or (0.5 if cpus <= 4 else min(4.0, cpus / (2 * actors)))
-    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": per_actor}
-
-
-def actor_threads(config: BuildConfig, resources: dict[str, Any]) -> int:
-    """torch threads of one embed actor: on CPU, the cluster's CPUs shared among the actors.
-
-    The forward is the job's bottleneck by far (efficientnet-lite0 on this 2-core box: ~75 ms
-    per image per core against ~4 ms to fetch, decode and resize it), so the actors' threads
-    take every CPU and the read tasks overlap them, instead of the forward running on its
-    fractional reservation (0.5 CPU → 1 thread, half the machine). An explicit
-    `torch_threads`, or OMP_NUM_THREADS in the driver's environment, wins (Ray sets
-    OMP_NUM_THREADS inside its workers itself, so it is read here, not there).
-    """
-    import ray
-
-    if config.torch_threads:
-        return config.torch_threads
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"])
-    if resources.get("num_gpus"):
-        return max(1, int(resources.get("num_cpus", 1)))
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    return max(1, int(cpus // resources["compute"].max_size))
-
-
-def read_nice(config: BuildConfig, resources: dict[str, Any]) -> int:
-    """The read tasks' nice value: the config's, else READ_NICE when the embed actors are CPU actors."""
-    if config.read_nice is not None:
-        return config.read_nice
-    return 0 if resources.get("num_gpus") else READ_NICE
 
 
 def committed_records(config: BuildConfig, shards: list[Shard]) -> dict[int, dict | None]:
@@ -214,113 +189,12 @@ def committed_records(config: BuildConfig, shards: list[Shard]) -> dict[int, dic
     return {s.index: r for s, r in zip(shards, records)}
 
 
-def _input_tables(shards: list[Shard]) -> list[pa.Table]:
-    tables = []
-    for shard in shards:
-        for start in range(0, len(shard), INPUT_BLOCK_ROWS):
-            ids = shard.image_ids[start : start + INPUT_BLOCK_ROWS]
-            tables.append(
-                pa.table(
-                    {
-                        "image_id": pa.array(ids, pa.string()),
-                        "uri": pa.array(shard.uris[start : start + INPUT_BLOCK_ROWS], pa.string()),
-                        "shard": pa.array([shard.index] * len(ids), pa.int64()),
-                    }
-                )
-            )
-    return tables
-
-
-def embed_shards(
-    config: BuildConfig, shards: list[Shard], embedder_name: str, dim: int, image_size: int
-) -> tuple[ShardWriter, StageTimes]:
-    """Run the Ray Data pipeline over `shards`, committing each as it completes; also return the stage timings."""
-    import ray
-    from ray.data import DataContext
-
-    from index_builder.mapper import EmbedBatch
-
-    writer = ShardWriter(config.out, shards, embedder_name, dim, config.storage_options)
-    total = sum(len(s) for s in shards)
-    resources = actor_resources(config)
-    read_config = ReadConfig(
-        image_size=image_size,
-        max_image_pixels=config.max_image_pixels,
-        nice=read_nice(config, resources),
-        storage_options=dict(config.storage_options),
-    )
-    # Ray Data calls the actor from a thread of its own, where glibc would map and unmap every
-    # activation tensor: the forward ran 4x slower, mostly in the kernel (adir_ops/allocator.py).
-    # The settings must be in the environment when the actor's process starts.
-    env = worker_env()
-    if env:
-        resources["runtime_env"] = {"env_vars": env}
-    context = DataContext.get_current()
-    previous_bars = context.enable_progress_bars
-    context.enable_progress_bars = False  # our own bar below counts images and shards, not Ray blocks
-    try:
-        # from_blocks keeps one block per input table and computes block metadata here;
-        # from_arrow would launch a remote metadata task per table (thousands at corpus scale).
-        ds = ray.data.from_blocks(_input_tables(shards))
-        ds = ds.map_batches(
-            read_batch, fn_kwargs={"config": read_config}, batch_size=config.read_batch_size, batch_format="numpy"
-        )
-        ds = ds.map_batches(
-            EmbedBatch,
-            fn_constructor_kwargs={
-                "embedder_name": config.embedder,
-                "torch_threads": actor_threads(config, resources),
-            },
-            batch_size=config.batch_size,
-            batch_format="numpy",
-            **resources,
-        )
-        times = StageTimes()
-        with _Progress(total, len(shards), enabled=config.progress) as progress:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                arrived = time.perf_counter()
-                done = writer.add(batch)
-                times.add_batch(batch, write_seconds=time.perf_counter() - arrived)
-                progress.update(len(batch["image_id"]), len(done))
-    finally:
-        context.enable_progress_bars = previous_bars
-    if writer.open_shards:
-        raise RuntimeError(f"the pipeline ended with shards {writer.open_shards[:5]} incomplete; rerun to resume")
-    return writer, times
-
-
-class _Progress:
-    """images done / total, rate and ETA (tqdm), plus committed shards."""
-
-    def __init__(self, total: int, shards: int, enabled: bool):
-        self.shards, self.committed = shards, 0
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, unit="img", desc="embedding", file=sys.stderr, mininterval=1.0, dynamic_ncols=True
-            )
-
-    def update(self, images: int, shards: int) -> None:
-        self.committed += shards
-        if self.bar is not None:
-            self.bar.update(images)
-            self.bar.set_postfix_str(f"shards {self.committed}/{self.shards}", refresh=False)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_build(config: BuildConfig) -> BuildReport:
     """Build (or resume building) the index at config.out; safe to rerun, and to kill and rerun."""
     started, started_wall = time.perf_counter(), time.time()
     embedder_name, dim, image_size = embedder_spec(config.embedder)
     check_factory(dim, config.index_factory)  # before any image is embedded, not after
+    claim_index_folder(config.out, config.storage_options)  # before anything is written
     listing = list_source(
         config.source,
         ids_file=config.ids_file,
@@ -406,6 +280,7 @@ def write_index(
         and existing.factory == factory
         and existing.embedder == embedder_name
         and existing.dim == dim
+        and existing.ids_sha256  # an index from before the ids checksum is rebuilt once to record it
         and _index_intact(config, existing)
     ):
         return count, False
@@ -416,7 +291,7 @@ def write_index(
         raise ValueError(
             f"every image of {config.source} failed to read or decode; see the error rows under {config.out}/errors/"
         )
-    built = build_faiss_index(
+    built, ids_sha256 = build_faiss_index(
         config.out,
         entries,
         dim,
@@ -436,6 +311,7 @@ def write_index(
         source=config.source,
         errors=errors + sum(e.errors for e in entries),
         config=record,
+        ids_sha256=ids_sha256,
     ).write(config.out, config.storage_options)
     return built, True
 

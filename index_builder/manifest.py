@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +38,8 @@ class Manifest:
     errors: int = 0
     config: Mapping[str, Any] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
+    # IdsChecksum of ids.parquet as built: binds row r's id to vector r. "" in indexes built before it.
+    ids_sha256: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -98,6 +101,46 @@ def _checked(cls, data: dict, where: str):
     except ValueError as exc:
         raise ValueError(f"{where}: {str(exc).replace('--', '', 1)}") from None
     return value
+
+
+class IdsChecksum:
+    """sha256 of the (image_id, uri) columns of ids.parquet in order, fed one batch of rows at a time.
+
+    Row r of the index is vector r: ids.parquet with its rows reordered (or from another build)
+    names the wrong image for every hit, with the right score. The manifest records this checksum
+    at build time and opening an index checks it. Four running digests (id lengths, id bytes, uri
+    lengths, uri bytes) make it the same whatever the batching, and numpy-fast at 1.7M rows.
+    """
+
+    def __init__(self):
+        self._parts = [hashlib.sha256() for _ in range(4)]
+
+    def update(self, image_ids, uris) -> IdsChecksum:
+        """Add rows: two Arrow string arrays (or chunked arrays) of equal length."""
+        for i, column in enumerate((image_ids, uris)):
+            lengths, data = _string_buffers(column)
+            self._parts[2 * i].update(lengths)
+            self._parts[2 * i + 1].update(data)
+        return self
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(b"".join(p.digest() for p in self._parts)).hexdigest()
+
+
+def _string_buffers(column) -> tuple[bytes, bytes]:
+    """(each value's byte length as little-endian uint64, the values' bytes concatenated) of an Arrow string array."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    column = column.cast(pa.string())
+    if len(column) == 0:
+        return b"", b""
+    offsets = np.frombuffer(column.buffers()[1], dtype="<i4", count=len(column) + 1, offset=column.offset * 4)
+    data = column.buffers()[2]
+    body = bytes(memoryview(data)[offsets[0] : offsets[-1]]) if data is not None else b""
+    return np.diff(offsets).astype("<u8").tobytes(), body
 
 
 def utc_now() -> str:

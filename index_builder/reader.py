@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from adir_storage import fetch_many
+from adir_storage import MAX_READ_BYTES, fetch_many
 from index_builder.throughput import READ_SECONDS
 
 # 2**26 pixels (e.g. 8192 x 8192) is far above any real photo corpus (Open Images is at
@@ -33,6 +33,7 @@ class ReadConfig:
 
     image_size: int
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_bytes: int = MAX_READ_BYTES  # bytes read per image at most: a link to /dev/zero must not take the node
     fetch_threads: int = 16
     nice: int = 0  # the read tasks' CPU priority (a nice value, 0-19); see lower_priority
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
@@ -163,7 +164,7 @@ def read_batch(batch: dict[str, np.ndarray], config: ReadConfig) -> dict[str, np
     height = np.zeros(n, dtype=np.int32)
     stage = np.full(n, "", dtype=object)
     error = np.full(n, "", dtype=object)
-    for i, data in enumerate(fetch_many(uris, config.storage_options, config.fetch_threads)):
+    for i, data in enumerate(fetch_many(uris, config.storage_options, config.fetch_threads, config.max_bytes)):
         if isinstance(data, BaseException):
             stage[i], error[i] = "read", _error_text(data)
             continue

@@ -13,6 +13,7 @@ from typing import Any
 from fsspec.core import split_protocol
 
 from adir_storage import is_local, is_utf8, join_url, open_fs, printable
+from index_builder.content import folder_stamps, uri_stamps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 LIST_EXTENSIONS = (".csv", ".tsv", ".txt")
@@ -30,6 +31,8 @@ class Listing:
     uris: tuple[str, ...]
     # (image_id, uri, error) for entries dropped at listing time, e.g. a second file with an id already taken.
     rejected: tuple[tuple[str, str, str], ...] = ()
+    # Each image's content stamp (index_builder.content), or () when the source gives none.
+    stamps: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -39,7 +42,7 @@ class Listing:
             return self
         if n < 0:
             raise ValueError(f"--limit must be >= 0; got {n}")
-        return Listing(self.image_ids[:n], self.uris[:n], self.rejected)
+        return Listing(self.image_ids[:n], self.uris[:n], self.rejected, self.stamps[:n])
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Shard:
     size: int
     image_ids: tuple[str, ...]
     uris: tuple[str, ...]
+    stamps: tuple[str, ...] = ()  # content stamps, aligned with the ids (() when the source gives none)
 
     @property
     def name(self) -> str:
@@ -59,12 +63,15 @@ class Shard:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of this shard's (id, uri) pairs: a committed file is reused only if it matches."""
+        """sha256 of this shard's (id, uri, content stamp) triples: a committed file is reused only if it matches.
+
+        The stamp makes a picture replaced under its old name a changed shard (issue 21).
+        """
         digest = hashlib.sha256()
-        for image_id, uri in zip(self.image_ids, self.uris):
-            digest.update(
-                image_id.encode("utf-8", "surrogateescape") + b"\t" + uri.encode("utf-8", "surrogateescape") + b"\n"
-            )
+        stamps = self.stamps or ("",) * len(self.image_ids)
+        for image_id, uri, stamp in zip(self.image_ids, self.uris, stamps):
+            line = image_id.encode("utf-8", "surrogateescape") + b"\t" + uri.encode("utf-8", "surrogateescape")
+            digest.update(line + (b"\t" + stamp.encode("utf-8") if stamp else b"") + b"\n")
         return digest.hexdigest()
 
     def __len__(self) -> int:
@@ -76,7 +83,13 @@ def plan_shards(listing: Listing, shard_size: int) -> list[Shard]:
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1; got {shard_size}")
     return [
-        Shard(i // shard_size, shard_size, listing.image_ids[i : i + shard_size], listing.uris[i : i + shard_size])
+        Shard(
+            i // shard_size,
+            shard_size,
+            listing.image_ids[i : i + shard_size],
+            listing.uris[i : i + shard_size],
+            listing.stamps[i : i + shard_size],
+        )
         for i in range(0, len(listing), shard_size)
     ]
 
@@ -86,15 +99,23 @@ def _id_from_relative(rel: str) -> str:
     return stem if ext else rel
 
 
-def _sorted_unique(pairs: Sequence[tuple[str, str]]) -> Listing:
-    """Sort by (id, uri); a repeated id keeps its first URI and rejects the rest, one row each."""
+def _sorted_unique(pairs: Sequence[tuple[str, str]], stamps: Mapping[str, str | Exception] | None = None) -> Listing:
+    """Sort by (id, uri); a repeated id keeps its first URI and rejects the rest, one row each.
+
+    stamps: uri → content stamp, or the exception that rejects the entry (not a regular file).
+    """
     ids: list[str] = []
     uris: list[str] = []
+    kept: list[str] = []
     rejected: list[tuple[str, str, str]] = []
     for image_id, uri in sorted(pairs):
+        stamp = (stamps or {}).get(uri, "")
         if not (is_utf8(image_id) and is_utf8(uri)):
             # Parquet strings are UTF-8: a file name with undecodable bytes cannot be an id or a URI.
             rejected.append((printable(image_id), printable(uri), NOT_UTF8))
+            continue
+        if isinstance(stamp, Exception):
+            rejected.append((image_id, uri, str(stamp)))
             continue
         if ids and ids[-1] == image_id:
             rejected.append(
@@ -107,11 +128,16 @@ def _sorted_unique(pairs: Sequence[tuple[str, str]]) -> Listing:
             continue
         ids.append(image_id)
         uris.append(uri)
-    return Listing(tuple(ids), tuple(uris), tuple(rejected))
+        kept.append(stamp)
+    return Listing(tuple(ids), tuple(uris), tuple(rejected), tuple(kept) if stamps is not None else ())
 
 
 def list_folder(url: str, storage_options: Mapping[str, Any] | None = None) -> Listing:
-    """Every image file under a folder; its id is the path below the folder without extension."""
+    """Every image file under a folder; its id is the path below the folder without extension.
+
+    Each comes with its content stamp from the listing; entries that are not regular files
+    (FIFOs, devices, links to them) become listing error rows, never opened.
+    """
     fs, root = open_fs(url, storage_options)
     fs.invalidate_cache()  # a listing cached by an earlier run would hide new files
     if not fs.isdir(root):
@@ -119,14 +145,16 @@ def list_folder(url: str, storage_options: Mapping[str, Any] | None = None) -> L
             f"source {url} is not a folder of images nor a {'/'.join(LIST_EXTENSIONS)} list; check the URL"
         )
     root = root.rstrip("/")
-    pairs = []
-    for path in fs.find(root):
-        if not path.lower().endswith(IMAGE_EXTENSIONS):
-            continue
+    local = is_local(url)
+    infos = {p: i for p, i in fs.find(root, detail=True).items() if p.lower().endswith(IMAGE_EXTENSIONS)}
+    by_path = folder_stamps(fs, infos, local)
+    pairs, stamps = [], {}
+    for path in infos:
         rel = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
-        uri = path if is_local(url) else fs.unstrip_protocol(path)
+        uri = path if local else fs.unstrip_protocol(path)
         pairs.append((_id_from_relative(rel), uri))
-    return _sorted_unique(pairs)
+        stamps[uri] = by_path[path]
+    return _sorted_unique(pairs, stamps)
 
 
 def _read_items(url: str, storage_options: Mapping[str, Any] | None) -> list[tuple[str | None, str | None]]:
@@ -187,7 +215,8 @@ def list_items(
                 )
             uri = url_template.replace("{id}", image_id)
         pairs.append((image_id if image_id is not None else _id_from_uri(uri), uri))
-    return _sorted_unique(pairs)
+    uris = [uri for _, uri in pairs]
+    return _sorted_unique(pairs, dict(zip(uris, uri_stamps(uris, storage_options))))
 
 
 def list_source(

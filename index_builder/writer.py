@@ -4,7 +4,7 @@ Commit protocol (what makes a rerun safe to skip a shard). A shard's embeddings 
 its commit record: it is serialised in memory and made visible in one step — a write to a
 temporary name plus an atomic rename on local disks, a single PUT on object stores (S3
 has no rename, but a PUT is all-or-nothing: readers never see a partial object). Its
-Parquet footer carries the shard's fingerprint (sha256 of its ids and URIs), embedder and
+Parquet footer carries the shard's fingerprint (sha256 of its ids, URIs and content stamps), embedder and
 row counts, so "complete" is decided by reading one footer: a torn or foreign file fails
 to parse or to match and is recomputed. We chose the footer over a separate done-marker
 because a marker and its data can disagree after a crash (marker written, data not, or

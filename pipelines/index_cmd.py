@@ -54,6 +54,7 @@ def build(args: argparse.Namespace) -> int:
             url_template=args.url_template,
             batch_size=args.batch_size,
             max_shards=getattr(args, "max_shards", None),
+            **({"max_input_bytes": args.max_input_bytes} if getattr(args, "max_input_bytes", None) else {}),
         )
     except ValueError as exc:
         return _fail("build", exc)
