@@ -134,6 +134,28 @@ def _stage(name: str, times: dict, progress: bool):
     return _Timer()
 
 
+# Folders the demo writes into (never through a link) and the mark of its output from before folder markers.
+DEMO_FOLDERS = ("assets", "inputs", "index", "runs", "report_files")
+
+
+def claim_out(out: Path) -> bool:
+    """Make OUT the demo's folder, or refuse it (it holds the user's files); True when a demo wrote it before.
+
+    The demo deletes and replaces files under OUT/inputs, so only a folder that is ours is resumed:
+    the marker, or (from before markers) the packaged split the demo writes first.
+    """
+    from adir_storage import FolderRefused, claim_output_folder
+    from pipelines.errors import UsageError
+
+    def legacy(entries: set[str]) -> bool:
+        return "assets" in entries and (out / "assets" / "split.json").is_file()
+
+    try:
+        return claim_output_folder(str(out), "adir demo", legacy=legacy, links=DEMO_FOLDERS)
+    except FolderRefused as exc:
+        raise UsageError(str(exc)) from None
+
+
 def run(config: DemoConfig) -> dict:
     """Every stage of the demo; returns {"report", "evaluation", "times", "runs", "images"}."""
     import ray
@@ -149,6 +171,7 @@ def run(config: DemoConfig) -> dict:
             "or pass --prior with a diffusers UNet folder (train one with python -m pipelines.train_prior)"
         )
     out = Path(config.out).resolve()
+    claim_out(out)
     times: dict[str, float] = {}
     started = time.perf_counter()
     with _stage("packaged corpus (pipelines.default_assets)", times, config.progress):

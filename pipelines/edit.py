@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import io
 import json
+import os
 import posixpath
 import sys
 import time
@@ -156,6 +157,58 @@ def fetch_neighbours(uris: list[str], storage_options: Mapping[str, Any] | None)
     return images
 
 
+OUTPUTS = frozenset({"config.yaml", "edited.png", "stock.png", "neighbours.json", posixpath.dirname(ADAPTER_FILE)})
+
+
+def check_out_apart(job: EditJob) -> None:
+    """Refuse an OUT that is, contains or lies inside an input: the edit would write over the user's files."""
+    from adir_storage import is_local, is_within, location, redact_url
+
+    out = location(job.out)
+    inputs = [("image", job.image), ("mask", None if job.mask == "center" else job.mask), ("index", job.index)]
+    if job.pipeline != "tiny" and (is_local(job.pipeline) and os.path.exists(job.pipeline) or "://" in job.pipeline):
+        inputs.append(("pipeline", job.pipeline))  # a folder or bucket URL, not a hub id
+    for name, value in inputs:
+        if not value:
+            continue
+        place = location(value)
+        relation = (
+            "is"
+            if place == out
+            else "contains"
+            if is_within(place, out)
+            else "lies inside"
+            if is_within(out, place)
+            else None
+        )
+        if relation:
+            raise ValueError(
+                f"--out {redact_url(job.out)} {relation} --{name} {redact_url(value)}: the edit would write over "
+                "its own inputs. "
+                "Choose an --out folder outside them"
+            )
+
+
+def claim_out(job: EditJob) -> bool:
+    """Make OUT this edit's folder, or refuse it (a folder holding the user's own files); True on a rerun."""
+    from adir_storage import claim_output_folder, join_url
+    from adir_storage.yaml_safe import read_yaml
+
+    def legacy(entries: set[str]) -> bool:
+        # An edit's output from before the folder marker: only our names, and a config.yaml an edit wrote.
+        if not entries <= OUTPUTS or "config.yaml" not in entries:
+            return False
+        try:
+            values = read_yaml(join_url(job.out, "config.yaml"), job.storage_options)
+        except (ValueError, OSError):
+            return False
+        return isinstance(values, dict) and "edit_config" in values and "prompt" in values
+
+    # The one folder written into: files are committed by rename, which replaces a link, never writes through it.
+    links = (posixpath.dirname(ADAPTER_FILE),)
+    return claim_output_folder(job.out, "adir edit", job.storage_options, legacy=legacy, links=links)
+
+
 def run(job: EditJob, *, log=print) -> dict[str, Any]:
     """Retrieve, adapt, edit; write OUT/edited.png (+ stock.png, adapter, neighbours.json, config.yaml). Returns a summary."""
     import torch
@@ -167,8 +220,10 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
     from cluster.images import decode_rgb, encode_png, to_tensor01
 
     start = time.perf_counter()
+    check_out_apart(job)
     image01 = to_tensor01(decode_rgb(read_bytes(job.image, job.storage_options)))[None]
     mask = read_mask(job.mask, tuple(image01.shape[-2:]), job.storage_options)
+    claim_out(job)  # after the inputs read, before the first write
     image_id = posixpath.splitext(posixpath.basename(job.image.rstrip("/")))[0]
     summary: dict[str, Any] = {"image_id": image_id, "outputs": []}
     neighbours = []

@@ -88,7 +88,7 @@ def test_edit_retrieves_by_the_prompt_adapts_and_writes_both_arms(tmp_path, phot
     assert (
         main(["edit", "--image", photo, "--prompt", PROMPT, "--out", str(baseline), "--mode", "baseline", *FAST]) == 0
     )
-    assert sorted(os.listdir(baseline)) == ["config.yaml", "edited.png"]
+    assert sorted(os.listdir(baseline)) == ["adir-job.json", "config.yaml", "edited.png"]
     assert np.array_equal(_png(baseline / "edited.png"), stock)  # same seed, no adaptation
 
 
