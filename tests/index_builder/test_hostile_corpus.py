@@ -150,3 +150,19 @@ def test_an_index_from_before_folder_markers_resumes_and_links_inside_are_refuse
     os.symlink(elsewhere, out / "errors")
     assert main(["index", "build", str(src), str(out), *BUILD]) == 2
     assert "is a symbolic link" in capsys.readouterr().err
+
+
+def test_a_list_files_images_are_stamped_by_content_and_a_fifo_in_it_is_rejected(tmp_path):
+    from index_builder.sources import list_source, plan_shards
+
+    for name, data in normal_images(2, seed=4, size=(24, 32)).items():
+        (tmp_path / name).write_bytes(data)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    listing_file = tmp_path / "list.txt"
+    listing_file.write_text("\n".join(str(tmp_path / n) for n in ("img_000.jpg", "img_001.jpg", "pipe.jpg")))
+    before = list_source(str(listing_file))
+    assert before.image_ids == ("img_000", "img_001") and "is a FIFO" in before.rejected[0][2]
+    (tmp_path / "img_001.jpg").write_bytes(normal_images(1, seed=8, size=(24, 32))["img_000.jpg"])
+    after = list_source(str(listing_file))
+    assert after.stamps[0] == before.stamps[0] and after.stamps[1] != before.stamps[1]
+    assert plan_shards(after, 2)[0].fingerprint != plan_shards(before, 2)[0].fingerprint
