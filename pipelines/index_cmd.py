@@ -61,7 +61,9 @@ def build(args: argparse.Namespace) -> int:
     if not ray.is_initialized():
         # Inside a Ray job (or with RAY_ADDRESS set) this joins that cluster; otherwise it
         # starts a local one with this machine's CPUs/GPUs.
-        ray.init()
+        from cluster.watchdog import init_ray
+
+        init_ray()  # a local cluster it starts ends with this command, even on kill -9
     try:
         report = run_build(config)
     except (ValueError, FileNotFoundError) as exc:  # the source, the factory, the listing: fix and rerun

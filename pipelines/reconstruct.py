@@ -351,6 +351,8 @@ def _run_leased(
 def main(args: argparse.Namespace) -> int:
     import ray
 
+    from cluster.watchdog import init_ray
+
     try:
         config = resolve_config(args)
     except (ValueError, FileNotFoundError, TypeError) as exc:
@@ -362,8 +364,8 @@ def main(args: argparse.Namespace) -> int:
         )
 
     def start_ray() -> None:
-        if not ray.is_initialized():
-            ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+        if not ray.is_initialized():  # a local cluster it starts ends with it, even on kill -9 (cluster.watchdog)
+            init_ray(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
 
     try:
         summary = run(config, progress=not args.no_progress, start_ray=start_ray)
