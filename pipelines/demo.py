@@ -186,7 +186,9 @@ def run(config: DemoConfig) -> dict:
             shutil.copyfile(out / "assets" / item["path"], inputs / Path(item["path"]).name)
     started_ray = False
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning", configure_logging=True)
+        from cluster.watchdog import init_ray  # the local cluster ends with the demo, even on kill -9
+
+        init_ray(include_dashboard=False, log_to_driver=False, logging_level="warning", configure_logging=True)
         started_ray = True
     try:
         with _stage("index (index_builder, Ray Data)", times, config.progress):
