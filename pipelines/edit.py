@@ -273,15 +273,19 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """The `adir edit` handler: flags (over an optional --config YAML) → EditJob → run."""
-    import yaml
+    from pipelines.errors import UsageError
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        from adir_storage import open_fs
+        from adir_storage.yaml_safe import read_yaml
 
-        fs, path = open_fs(args.config)
-        with fs.open(path, "rb") as f:
-            values = {str(k).replace("-", "_"): v for k, v in (yaml.safe_load(f.read()) or {}).items()}
+        try:  # bounded: a YAML bomb, a FIFO or a huge file is one line, never walked
+            loaded = read_yaml(args.config, what="edit config") or {}
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(f"{exc}; check --config") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"edit config {args.config} must be a YAML mapping of options; check --config")
+        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
     for name in [f.name for f in dataclasses.fields(EditJob)] + list(FLAT_NAMES):  # --lora-steps etc. fold into lora
         value = getattr(args, name, None)
         if value is not None:

@@ -229,3 +229,12 @@ def test_the_actor_reads_at_most_max_input_bytes(tmp_path):
     assert row["stage"] == "read" and "is a device" in row["error"]
     stored = pq.read_table(tmp_path / "out" / "results" / "zero~error.parquet").to_pylist()[0]
     assert stored["stage"] == "read"
+
+
+def test_a_yaml_bomb_in_the_edit_config_is_refused_at_once(tmp_path, capsys):
+    job = tmp_path / "edit.yaml"
+    job.write_text(BOMB + "steps: *i\n")
+    argv = ["edit", "--image", str(tmp_path / "x.png"), "--prompt", "a cat", "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--config", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "expands to more than 100,000 values" in err and str(job) in err and "Traceback" not in err
