@@ -43,8 +43,17 @@ OFFLINE_METRICS = (
 # the truth (ST-LPIPS, AlexNet) and no-reference quality (NIQE, BRISQUE, PIQE), all offline.
 DEFAULT_REPORT_METRICS = ("psnr", "ssim", "niqe", "brisque", "piqe", "stlpips")
 
-# Smallest image side a metric accepts: NIQE scores 96 x 96 blocks (pyiqa crashes below).
-_MIN_SIDE = {"niqe": 96}
+# Smallest image side a metric accepts: NIQE scores 96 x 96 blocks, SSIM slides an 11 x 11 window
+# over the image without padding (pyiqa crashes below either).
+_MIN_SIDE = {"niqe": 96, "ssim": 11, "ssimc": 11}
+_MIN_SIDE_WHY = {"niqe": "it scores 96 px blocks", "ssim": "its 11 x 11 window", "ssimc": "its 11 x 11 window"}
+
+# SSIM is the mean of a per-pixel map over 11 x 11 windows ('valid' filtering, no downsampling in
+# pyiqa's default): row strips that overlap by 10 rows give that exact map, strip by strip. pyiqa
+# holds ~1 KB per pixel while it computes one (a 2000 x 1500 image: 2.9 GB); above this many
+# pixels it runs in strips, so a large image costs ~STRIP_PIXELS KB whatever its size.
+_STRIPPED = {"ssim": 11, "ssimc": 11}  # metric -> window side
+STRIP_PIXELS = 2**18
 
 # Our names where they differ from pyiqa's ("musiq" in pyiqa is the KonIQ-10k head).
 _PYIQA_NAMES = {"musiq-koniq": "musiq"}
@@ -64,6 +73,14 @@ class MetricUnavailable(RuntimeError):
     def __init__(self, metric: str, reason: str, path: str | None = None, url: str | None = None):
         self.metric, self.reason, self.path, self.url = metric, reason, path, url
         super().__init__(f"metric {metric!r} unavailable: {reason}")
+
+
+class MetricNotApplicable(ValueError):
+    """A metric that has no value for this input (an image smaller than its window), with why; not a failure."""
+
+    def __init__(self, metric: str, reason: str):
+        self.metric, self.reason = metric, reason
+        super().__init__(f"{metric} {reason}")
 
 
 class _DownloadRefused(Exception):
@@ -270,10 +287,14 @@ class QualityResult(Mapping):
 
     values: dict[str, np.ndarray] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    # With compute_metrics(skip_inapplicable=True): metrics that have no value for these images, and why.
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self.unavailable:
             raise KeyError(f"metric {name!r} is unavailable: {self.unavailable[name]}")
+        if name in self.not_applicable:
+            raise KeyError(f"metric {name!r} has no value here: {self.not_applicable[name]}")
         return self.values[name]
 
     def __iter__(self):
@@ -290,11 +311,13 @@ class QualityResult(Mapping):
 def metric_values(name: str, x: torch.Tensor, reference: torch.Tensor | None = None, **kw) -> np.ndarray:
     """One metric on a batch: float64 (n,). Raises MetricUnavailable, or ValueError on bad input."""
     x = _check(x, "x")
-    side = _MIN_SIDE.get(_PYIQA_NAMES.get(name, name))
+    pyiqa_name = _PYIQA_NAMES.get(name, name)
+    side = _MIN_SIDE.get(pyiqa_name)
     if side and min(x.shape[-2:]) < side:
-        raise ValueError(
-            f"{name} needs images of at least {side} x {side} px (it scores {side} px blocks); "
-            f"got {x.shape[-2]} x {x.shape[-1]}"
+        raise MetricNotApplicable(
+            name,
+            f"needs images of at least {side} x {side} px ({_MIN_SIDE_WHY[pyiqa_name]}); "
+            f"got {x.shape[-2]} x {x.shape[-1]}",
         )
     if is_full_reference(name):
         if reference is None:
@@ -305,7 +328,10 @@ def metric_values(name: str, x: torch.Tensor, reference: torch.Tensor | None = N
     metric = get_metric(name, x.device, **kw)
     try:
         with torch.no_grad():
-            out = metric(x, reference.to(x.device)) if is_full_reference(name) else metric(x)
+            if pyiqa_name in _STRIPPED and x.shape[-2] * x.shape[-1] > STRIP_PIXELS:
+                out = _in_strips(metric, x, reference.to(x.device), _STRIPPED[pyiqa_name])
+            else:
+                out = metric(x, reference.to(x.device)) if is_full_reference(name) else metric(x)
     except Exception as err:  # pyiqa signals bad inputs with asserts and shape errors
         raise ValueError(f"{name} failed on images of shape {tuple(x.shape)}: {type(err).__name__}: {err}") from err
     values = out.detach().double().cpu().numpy().reshape(-1)
@@ -326,19 +352,36 @@ def metric_values(name: str, x: torch.Tensor, reference: torch.Tensor | None = N
     return values
 
 
+def _in_strips(metric: torch.nn.Module, x: torch.Tensor, reference: torch.Tensor, window: int) -> torch.Tensor:
+    """A windowed mean-map metric (SSIM) over row strips that overlap by window - 1 rows: the exact
+    value (each strip's map rows are a disjoint part of the whole map, weighted by their count)."""
+    height = x.shape[-2]
+    map_rows = height - window + 1
+    step = max(1, STRIP_PIXELS // x.shape[-1])
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for top in range(0, map_rows, step):
+        rows = min(step, map_rows - top)
+        part = metric(x[..., top : top + rows + window - 1, :], reference[..., top : top + rows + window - 1, :])
+        total += part.detach().double().reshape(-1) * rows
+    return total / map_rows
+
+
 def compute_metrics(
     x: torch.Tensor,
     reference: torch.Tensor | None = None,
     names=None,
     *,
     download: bool | None = None,
+    skip_inapplicable: bool = False,
 ) -> QualityResult:
     """Per-image metrics of x (n, C, H, W) in [0, 1], full-reference ones against `reference`.
 
     names default to PAPER_METRICS (only the no-reference ones when reference is None).
-    A metric whose weights are missing lands in `.unavailable` with the file it needs;
-    bad inputs and metric failures raise. PSNR is pyiqa's on the float image, capped at
-    80 dB for identical images (pyiqa adds eps = 1e-8 to the MSE).
+    A metric whose weights are missing lands in `.unavailable` with the file it needs; with
+    `skip_inapplicable`, one that has no value for these images (smaller than its window) lands
+    in `.not_applicable` with why, else it raises MetricNotApplicable (a ValueError). Bad inputs
+    and metric failures raise. PSNR is pyiqa's on the float image, capped at 80 dB for identical
+    images (pyiqa adds eps = 1e-8 to the MSE).
     """
     if names is None:
         names = [n for n in PAPER_METRICS if reference is not None or not is_full_reference(n)]
@@ -350,4 +393,8 @@ def compute_metrics(
             result.values[name] = metric_values(name, x, reference, download=download)
         except MetricUnavailable as err:
             result.unavailable[name] = err.reason
+        except MetricNotApplicable as err:
+            if not skip_inapplicable:
+                raise
+            result.not_applicable[name] = err.reason
     return result

@@ -12,7 +12,33 @@ from PIL import Image
 # (decompression-bomb guard, EXIF rotation, any mode → 8-bit RGB).
 from index_builder.reader import DecodeError, decode_image, decode_rgb
 
-__all__ = ["DecodeError", "decode_rgb", "decode_thumbnail", "encode_png", "to_tensor01"]
+__all__ = ["DecodeError", "check_pixels", "decode_rgb", "decode_thumbnail", "encode_png", "to_tensor01"]
+
+
+class TooLarge(ValueError):
+    """An image whose reconstruction would exceed --max-pixels: refused from its header, before decoding."""
+
+
+def check_pixels(data: bytes, max_pixels: int, factor: int = 1) -> None:
+    """Refuse an image whose reconstruction (its sides x `factor`) has more than `max_pixels` pixels.
+
+    Reads the header only (PIL opens lazily): a 100 MP image costs a few KB here, not its decode.
+    A header PIL cannot read is left to the decoder, which names the problem.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # not an image, or a decompression bomb: decode_rgb says which
+        return
+    pixels = width * height * factor * factor
+    if pixels <= max_pixels:
+        return
+    grown = f", reconstructed {factor}x larger ({width * factor} x {height * factor})" if factor > 1 else ""
+    raise TooLarge(
+        f"the image is {width} x {height}{grown}: {pixels} pixels ({pixels / 1e6:.1f} MP), above --max-pixels "
+        f"{max_pixels} (the bound that keeps one image from taking the actor's memory). Downscale it, or raise "
+        "--max-pixels on a machine with the memory for it"
+    )
 
 
 def decode_thumbnail(data: bytes, size: int) -> np.ndarray:

@@ -4,14 +4,27 @@ Output protocol (what makes a killed job safe to rerun). Each image owns two obj
 `OUT/images/<name>.png` and `OUT/results/<name>.parquet` (its one-row result), both written
 by the actor that reconstructed it, each made visible in one step (temp file + rename on
 local disks, a single PUT on object stores: `index_builder.writer.commit_bytes`). The PNG
-goes first and the row second, so a row always means its PNG is complete. An image is done
-when both exist; a rerun skips it, so nothing finished is recomputed and no image is written
-twice. A kill between the two writes leaves a PNG without a row: that image was not finished
-and is reconstructed again (same seed, same bytes). A failed image gets
+goes first and the row second, so a row always means its PNG is complete. A failed image gets
 `OUT/results/<name>~error.parquet` instead ('~' is outside the characters of a safe name, so
-no image's success row can share that name with another's error row); a rerun retries it (errors can be transient) and
-removes that row once it succeeds. `OUT/results.parquet` is merged from the parts at the end
-of every run: one row per image, sorted by id.
+no image's success row can share that name with another's error row); a rerun retries it (errors
+can be transient) and removes that row once it succeeds. What a rerun promises
+(`cluster.run_folder` checks it before any work):
+- Done is keyed by content. An image is done when its row and PNG exist, the PNG is whole (it ends
+  in PNG's IEND chunk), and the row's `input_sha256` (and `reference_sha256`) are the hashes of
+  the bytes the input (and its ground truth) hold now. A done image is skipped, so nothing
+  finished is recomputed or written twice; any other is reconstructed again (same seed, same
+  bytes), its stale PNG and row removed first: they are ours, and an old picture's output must
+  not outlive it. A kill between the two writes leaves a PNG without a row: not done, redone.
+- A corrupt part (not Parquet, not one row of RESULTS_SCHEMA, another image's row) is named to
+  the user, moved aside to `OUT/results/corrupt/` (out of every listing, kept for inspection) and
+  its image redone; it never stops the job.
+- Rows are never dropped: `OUT/results.parquet` is merged at the end of every run from every part
+  in OUT/results, not only those of this run's inputs (a `--limit 1` rerun keeps the other rows);
+  one row per image (its success row, else its error row), sorted by id.
+- Nothing is written through a link: the folders the job writes into (images/, results/, ...)
+  are refused up front when they are symbolic links, and every commit replaces a file, never
+  writes into what a link points at.
+- Credentials never reach a part: `write_part` redacts the `uri` and scrubs the error of every row.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adir_storage import commit_bytes, join_url, open_fs
+from adir_storage import NotAFile, commit_bytes, join_url, open_fs, read_bytes, redact_url, scrub
 
 IMAGES_DIR = "images"
 RESULTS_DIR = "results"
@@ -36,7 +49,9 @@ STD_SCALE = 4.0  # the std map's PNG shows std x 4 (std of [0, 1] pixels rarely 
 ADAPTERS_DIR = "adapters"  # the adapter cache (cluster.adapters)
 THUMBNAILS_DIR = "cache"  # the mse-nn arm's corpus thumbnails (cluster.retrieval)
 ERROR_SUFFIX = "~error"  # never part of a safe_name: see the module docstring
+CORRUPT_DIR = "corrupt"  # OUT/results/corrupt/: parts that could not be read, moved out of every listing
 MAX_NAME_CHARS = 120
+MAX_PART_BYTES = 16 * 2**20  # a part is one row (a few KB): anything larger is not ours
 STAGES = ("read", "degrade", "retrieval", "fetch", "adaptation", "sampling", "metrics", "write")
 
 RESULTS_SCHEMA = pa.schema(
@@ -77,6 +92,10 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("lora_steps_run", pa.int32()),
         pa.field("psnr", pa.float64()),  # vs ground truth, when known
         pa.field("ssim", pa.float64()),
+        pa.field("metrics_note", pa.string()),  # why a metric is null although the image has a ground truth
+        # sha256 of the bytes read: what makes the row done on a rerun (cluster.run_folder); null on an error row
+        pa.field("input_sha256", pa.string()),
+        pa.field("reference_sha256", pa.string()),
         pa.field("naive_psnr", pa.float64()),  # the plain restoration (bicubic, ...) for comparison
         pa.field("stage", pa.string()),  # where an error happened
         pa.field("error", pa.string()),
@@ -156,7 +175,7 @@ def new_row(config, item: Mapping[str, Any], attempt: int, **fields: Any) -> dic
     row: dict[str, Any] = dict.fromkeys(RESULTS_SCHEMA.names)
     row.update(
         image_id=item["image_id"],
-        uri=item["uri"],
+        uri=redact_url(item["uri"]),  # the actor reads item["uri"]; the row keeps no credential
         name=item["name"],
         task=config.task,
         mode=config.mode,
@@ -175,8 +194,11 @@ def error_row(config, item: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_part(out: str, row: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
-    """Commit one image's row; a success also drops the error row a previous run left."""
+    """Commit one image's row, credentials redacted; a success also drops the error row a previous run left."""
     error = row.get("error") is not None
+    row = {**row, "uri": redact_url(row["uri"])}
+    if error:  # a backend's message may quote a credential or a URL's password
+        row["error"] = scrub(row["error"], storage_options)
     sink = io.BytesIO()
     pq.write_table(row_table([row]), sink)
     commit_bytes(part_url(out, row["name"], error=error), sink.getvalue(), storage_options)
@@ -208,21 +230,82 @@ def finished_names(out: str, storage_options: Mapping[str, Any] | None = None) -
     return images & parts
 
 
+def _move_aside(url: str, why: str, storage_options, notes: list[str] | None) -> None:
+    """Move a part that cannot be read to OUT/results/corrupt/ (timestamped, never overwriting an earlier one)."""
+    fs, path = open_fs(url, storage_options)
+    folder, name = path.rsplit("/", 1)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = f"{folder}/{CORRUPT_DIR}/{name}.{stamp}"
+    fs.makedirs(f"{folder}/{CORRUPT_DIR}", exist_ok=True)
+    fs.mv(path, target)
+    if notes is not None:
+        notes.append(
+            f"{redact_url(url)} is corrupt ({why}); moved to {RESULTS_DIR}/{CORRUPT_DIR}/{name}.{stamp}, "
+            "and its image counts as not done"
+        )
+
+
+def read_part(
+    out: str,
+    name: str,
+    *,
+    error: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> pa.Table | None:
+    """The one-row table of an image's part; None when it is absent, or corrupt (then moved aside, said in notes).
+
+    A storage failure raises (the part may be fine: moving it would lose a finished image); only
+    bytes that are not this image's row of RESULTS_SCHEMA count as corrupt.
+    """
+    url = part_url(out, name, error=error)
+    try:
+        data = read_bytes(url, storage_options, MAX_PART_BYTES)  # a store's OSError is raised: the part may be fine
+    except FileNotFoundError:
+        return None
+    except NotAFile as exc:  # a link to a device or a FIFO, something far larger than a row
+        _move_aside(url, str(exc), storage_options, notes)
+        return None
+    try:
+        table = pq.read_table(io.BytesIO(data), schema=RESULTS_SCHEMA)
+        ids = table.column("name").to_pylist()
+        if ids != [name]:
+            raise ValueError(f"holds the rows of {ids[:3]}, not the one row of {name!r}")
+    except Exception as exc:  # anything that is not our row: pyarrow raises many types (OSError too) for garbage
+        why = (str(exc).splitlines() or [""])[0][:200]
+        _move_aside(url, f"{type(exc).__name__}: {why}", storage_options, notes)
+        return None
+    return table
+
+
+def part_names(out: str, storage_options: Mapping[str, Any] | None = None) -> tuple[set[str], set[str]]:
+    """(names with a success part, names with an error part) in OUT/results (one listing)."""
+    success, failed = set(), set()
+    for f in _listing(out, RESULTS_DIR, storage_options):
+        if f.endswith(".parquet"):
+            base = f[: -len(".parquet")]
+            (failed.add(base[: -len(ERROR_SUFFIX)]) if base.endswith(ERROR_SUFFIX) else success.add(base))
+    return success, failed
+
+
 def read_parts(
-    out: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None, threads: int = 16
+    out: str,
+    storage_options: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
+    threads: int = 16,
 ) -> pa.Table:
-    """The current row of each named image (success row, else its error row); names without one are left out."""
-    listing = _listing(out, RESULTS_DIR, storage_options)
+    """The current row of every image with a part in OUT/results (its success row, else its error row)."""
+    success, failed = part_names(out, storage_options)
 
     def read(name: str) -> pa.Table | None:
-        for error in (False, True):
-            url = part_url(out, name, error=error)
-            if url.rsplit("/", 1)[-1] in listing:
-                fs, path = open_fs(url, storage_options)
-                with fs.open(path, "rb") as f:
-                    return pq.read_table(f, schema=RESULTS_SCHEMA)
-        return None
+        table = None
+        if name in success:
+            table = read_part(out, name, storage_options=storage_options, notes=notes)
+        if table is None and name in failed:
+            table = read_part(out, name, error=True, storage_options=storage_options, notes=notes)
+        return table
 
+    names = sorted(success | failed)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(names)))) as pool:
         tables = [t for t in pool.map(read, names) if t is not None]
     if not tables:
@@ -230,9 +313,11 @@ def read_parts(
     return pa.concat_tables(tables).sort_by("image_id")
 
 
-def merge_results(out: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> pa.Table:
-    """Write OUT/results.parquet from the parts of `names` (one row per image) and return it."""
-    table = read_parts(out, names, storage_options)
+def merge_results(
+    out: str, storage_options: Mapping[str, Any] | None = None, notes: list[str] | None = None
+) -> pa.Table:
+    """Write OUT/results.parquet from every part in OUT/results (one row per image) and return it."""
+    table = read_parts(out, storage_options, notes)
     sink = io.BytesIO()
     pq.write_table(table, sink)
     commit_bytes(join_url(out, RESULTS_NAME), sink.getvalue(), storage_options)

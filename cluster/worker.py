@@ -289,7 +289,7 @@ class ReconstructionWorker:
         values = compute_metrics(result01, reference01, names=names, skip_inapplicable=True)
         out: dict[str, Any] = {name: float(values[name][0]) for name in values}
         if values.not_applicable:
-            out["metrics_note"] = "; ".join(f"{name}: {why}" for name, why in values.not_applicable.items())
+            out["metrics_note"] = "; ".join(f"{name} {why}" for name, why in values.not_applicable.items())
         if "psnr" in names:
             out["naive_psnr"] = float(compute_metrics(naive01, reference01, names=["psnr"])["psnr"][0])
         return out

@@ -211,6 +211,12 @@ def _add_reconstruct(commands) -> None:
         type=int,
         help="bytes read per input image at most (default 512 MiB); a larger file is an error row",
     )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="pixels of one reconstruction at most (default 40000000), checked from the header before decoding; "
+        "a larger image is an error row",
+    )
     p.add_argument("--config", help="job.yaml holding any of these options (storage_options only there)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -8,30 +8,29 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from adir_storage import (
-    commit_bytes,
     is_local,
-    is_within,
     join_url,
-    location,
-    open_fs,
     remove_stale_temporaries,
     scrub,
 )
 from cluster.config import PRIOR_KINDS, ReconstructConfig, prior_kind
-from cluster.lease import LEASE_NAME, Lease
+from cluster.lease import Lease
 from cluster.results import (
     ADAPTERS_DIR,
-    CONFIG_NAME,
     IMAGES_DIR,
     RESULTS_DIR,
     RESULTS_NAME,
     error_row,
-    finished_names,
     merge_results,
     write_part,
+)
+from cluster.run_folder import (  # noqa: F401  (check_* are this module's names too: tests and callers use them)
+    check_items_outside_out,
+    check_out_apart,
+    check_previous_run,
+    finished_work,
+    write_config,
 )
 from pipelines.errors import JobFailed, UsageError
 from pipelines.reconstruct_checks import check_index_file, check_prior, check_sampler, check_tiling
@@ -66,6 +65,7 @@ CLI_FIELDS = (
     "gpus_per_actor",
     "limit",
     "max_input_bytes",
+    "max_pixels",
 )
 STAGE_COLUMNS = ("retrieval", "fetch", "adaptation", "sampling")
 
@@ -133,90 +133,8 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
         max_bytes=config.max_input_bytes,
     )
     check_items_outside_out(config, items)
-    _check_previous_run(config)
+    check_previous_run(config)  # OUT is ours, links refused, same results-deciding options and index
     return config, items
-
-
-def check_out_apart(config: ReconstructConfig) -> None:
-    """Refuse an OUT that is, contains or lies inside an input (it would overwrite the user's files)."""
-    out = location(config.out)
-    for name in ("inputs", "reference", "index"):
-        value = getattr(config, name)
-        if not value:
-            continue
-        place = location(value)
-        relation = (
-            "is"
-            if place == out
-            else "lies inside"
-            if is_within(out, place)
-            else "contains"
-            if is_within(place, out)
-            else None
-        )
-        if relation:
-            raise ValueError(
-                f"--out {config.out} {relation} --{name} {value}: the job would write over its own inputs. "
-                "Choose an --out folder outside them"
-            )
-
-
-def check_items_outside_out(config: ReconstructConfig, items: list[dict[str, Any]]) -> None:
-    """A list file may name inputs anywhere: none may lie in OUT, where the job writes."""
-    out = location(config.out)
-    for item in items:
-        for key in ("uri", "reference_uri"):
-            uri = item.get(key)
-            if uri and "error" not in item and is_within(location(uri), out):
-                raise ValueError(
-                    f"input {uri} lies inside --out {config.out}: the job would overwrite it. Choose another --out"
-                )
-
-
-def _read_previous_config(config: ReconstructConfig) -> dict[str, Any] | None:
-    """OUT/config.yaml of an earlier run of this job, None if OUT is new or empty; refuses a folder that is not ours."""
-    fs, path = open_fs(config.out, config.storage_options)
-    fs.invalidate_cache()
-    try:
-        entries = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)} if fs.isdir(path) else set()
-    except FileNotFoundError:
-        entries = set()
-    if not fs.isdir(path) and fs.exists(path):
-        raise ValueError(f"--out {config.out} is a file, not a folder; choose a folder")
-    previous = None
-    if CONFIG_NAME in entries:
-        try:
-            with fs.open(join_url(path, CONFIG_NAME), "rb") as f:
-                previous = yaml.safe_load(f.read().decode("utf-8"))
-        except (ValueError, yaml.YAMLError):
-            previous = None
-        if not (isinstance(previous, dict) and {"task", "mode", "inputs", "out"} <= set(previous)):
-            raise ValueError(
-                f"--out {config.out} holds a {CONFIG_NAME} that is not from `adir reconstruct`; the job would replace it. "
-                "Choose an empty or new --out folder"
-            )
-    elif entries - {LEASE_NAME}:
-        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
-        raise ValueError(
-            f"--out {config.out} is not empty ({shown}) and is not an earlier run of `adir reconstruct` (no {CONFIG_NAME}); "
-            "choose an empty or new --out folder"
-        )
-    return previous
-
-
-def _check_previous_run(config: ReconstructConfig) -> None:
-    """A rerun into the same OUT resumes only with the same result-deciding options."""
-    previous = _read_previous_config(config)
-    if previous is None:
-        return
-    ours = config.result_fields()
-    changed = {k: (previous.get(k), v) for k, v in ours.items() if k in previous and previous.get(k) != v}
-    if changed:
-        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-        raise ValueError(
-            f"{config.out} holds results of another job ({what}); resuming would mix them. "
-            "Use another --out, or rerun with the same options"
-        )
 
 
 # ---------------------------------------------------------------------- the job
@@ -285,18 +203,21 @@ def _in_embedding_order(config: ReconstructConfig, items: list[dict[str, Any]], 
     return order_items(items, name or DEFAULT_EMBEDDER, actors, config.storage_options, seed=config.seed)
 
 
+def _warn(notes: list[str], config: ReconstructConfig) -> None:
+    for note in notes:
+        print(f"warning: {scrub(note, config.storage_options)}", file=sys.stderr)
+
+
 def _run_leased(
     config: ReconstructConfig, items: list[dict[str, Any]], start: float, progress: bool, on_row
 ) -> dict[str, Any]:
     from cluster.pool import WorkerPool
     from cluster.retrieval import build_corpus_thumbnails
 
-    commit_bytes(
-        join_url(config.out, CONFIG_NAME),
-        yaml.safe_dump(config.redacted(), sort_keys=True).encode("utf-8"),
-        config.storage_options,
-    )
-    done = finished_names(config.out, config.storage_options)
+    write_config(config)
+    notes: list[str] = []  # what the run found wrong in OUT (changed inputs, cut PNGs, corrupt parts) and did
+    done = finished_work(config, items, notes)
+    _warn(notes, config)
     todo = [item for item in items if item["name"] not in done]
     unlistable = [item for item in todo if "error" in item]
     for item in unlistable:  # files that cannot be inputs at all: their rows, written here
@@ -334,7 +255,9 @@ def _run_leased(
     remove_stale_temporaries(
         config.out, (IMAGES_DIR, f"{IMAGES_DIR}/mean", f"{IMAGES_DIR}/std", RESULTS_DIR, ADAPTERS_DIR)
     )
-    table = merge_results(config.out, [item["name"] for item in items], config.storage_options)
+    notes.clear()
+    table = merge_results(config.out, config.storage_options, notes)  # every part in OUT: no row is ever dropped
+    _warn(notes, config)
     elapsed = time.perf_counter() - start
     errors = table.num_rows - table.column("error").null_count
     return {
