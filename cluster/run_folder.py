@@ -144,7 +144,7 @@ def read_previous_config(config: ReconstructConfig) -> dict[str, Any] | None:
             f"--out {config.out} holds a {CONFIG_NAME} that is not from `{JOB}` (or cannot be read); the job "
             "would replace it. Choose an empty or new --out folder"
         )
-    claim_output_folder(
+    resumed = claim_output_folder(
         config.out,
         JOB,
         config.storage_options,
@@ -152,6 +152,12 @@ def read_previous_config(config: ReconstructConfig) -> dict[str, Any] | None:
         ignore={LEASE_NAME},
         links=WRITTEN_FOLDERS,
     )
+    if resumed and not ours and fs.exists(join_url(path, RESULTS_DIR)):
+        # Ours (marked), with results, but the record of their options is gone: a resume could not be checked.
+        raise ValueError(
+            f"--out {config.out} holds results but no {CONFIG_NAME} saying which options made them, so a resume "
+            f"could mix them with another job's. Restore its {CONFIG_NAME}, or choose another --out"
+        )
     return previous if ours else None
 
 

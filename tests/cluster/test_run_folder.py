@@ -118,6 +118,16 @@ def test_a_folder_that_is_not_ours_is_refused_and_a_new_one_is_claimed(tmp_path)
     assert sorted(os.listdir(foreign)) == ["adir-job.json"]
 
 
+def test_results_without_their_config_yaml_are_not_resumed(tmp_path):
+    config = _config(tmp_path)
+    _earlier_run(config)
+    check_previous_run(config)  # marks OUT as ours
+    write_part(config.out, _row("a"))
+    os.remove(tmp_path / "out" / "config.yaml")
+    with pytest.raises(ValueError, match=r"holds results but no config.yaml"):
+        check_previous_run(config)
+
+
 # ------------------------------------------------------------------ 5: credentials
 def test_url_credentials_reach_neither_config_yaml_nor_a_row(tmp_path):
     secret = "PASS-s3cr3t"
