@@ -20,8 +20,8 @@ computed here from the written PNGs against the ground truth, which, like the pl
 restoration and the degraded input the report shows, is rebuilt from the input exactly as the
 job's worker did (same operator, same per-image seed).
 
-Modules, each importing only those above it: config → arms → statistics, views → metrics →
-evaluation → tables → report_tables → report → outputs.
+Modules, each importing only those above it: config, csv_cells → arms → run_folder, statistics, views →
+metrics → evaluation → tables → report_tables → report → outputs.
 """
 
 from pipelines.evaluation.arms import (
@@ -35,13 +35,13 @@ from pipelines.evaluation.arms import (
     Run,
     comparisons,
     group_arms,
-    read_run,
 )
 from pipelines.evaluation.config import MODE_TITLES, OFFLINE, PLAIN, REPORT, STORED_METRICS, EvaluateConfig
 from pipelines.evaluation.evaluation import Evaluation, evaluate
 from pipelines.evaluation.metrics import fill_metrics
 from pipelines.evaluation.outputs import OUTPUTS, write
 from pipelines.evaluation.report import write_report
+from pipelines.evaluation.run_folder import read_run
 from pipelines.evaluation.statistics import Paired, Summary, metric_column, paired_difference, summarize
 from pipelines.evaluation.tables import (
     DB_METRICS,

@@ -6,11 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from adir_storage import is_local, join_url, open_fs
+from adir_storage import redact_text
 from cluster.config import TASKS
-from cluster.results import CONFIG_NAME, RESULTS_NAME
 from pipelines.evaluation.config import PLAIN
 
 # Options that never change an image's result, or that are the arm's own coordinates.
@@ -54,6 +51,7 @@ class Run:
     config: dict[str, Any]  # OUT/config.yaml ({} when absent)
     rows: list[dict[str, Any]]
     reference_uris: dict[str, str | None] | None = None  # degraded runs: image_id -> ground truth, listed once
+    listed: dict[str, frozenset[str] | Exception] = field(default_factory=dict)  # a list file's URIs, read once
 
 
 @dataclass
@@ -83,45 +81,29 @@ class Arm:
         reasons[reason] = reasons.get(reason, 0) + count
 
 
-def read_run(url: str, storage_options: Mapping[str, Any] | None = None) -> Run:
-    import pyarrow.parquet as pq
-
-    fs, path = open_fs(join_url(url, RESULTS_NAME), storage_options)
-    fs.invalidate_cache()
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{url} has no {RESULTS_NAME}; pass folders written by `adir reconstruct --out`")
-    with fs.open(path, "rb") as f:
-        rows = pq.read_table(f).to_pylist()
-    fs, path = open_fs(join_url(url, CONFIG_NAME), storage_options)
-    config: dict[str, Any] = {}
-    if fs.exists(path):
-        with fs.open(path, "rb") as f:
-            config = yaml.safe_load(f.read().decode("utf-8")) or {}
-    if is_local(url):
-        url = url.removeprefix("file://")
-    return Run(url=url, config=config, rows=rows)
-
-
 def _settings(mode: str, config: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
     """The options that decide this mode's results; without config.yaml, what the row itself records."""
     source = dict(config) if config else {"seed": row.get("seed"), "k": row.get("k")}
     unused = NOT_SETTINGS | UNUSED_BY_MODE.get(mode, frozenset())
     settings = {}
-    for key, value in sorted(source.items()):
+    for key, value in sorted(source.items(), key=lambda kv: str(kv[0])):
         if key in unused:
             continue
         if key == "lora" and isinstance(value, Mapping):  # nested: one setting per field, labelled lora.steps=50
-            settings.update({f"lora.{k}": v for k, v in sorted(value.items())})
+            settings.update({f"lora.{k}": v for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))})
         else:
             settings[key] = value
     return settings
 
 
 def freeze(value: Any) -> Any:
+    """A hashable, comparable form of a config value (a hand-written config.yaml may hold sets, or keys of mixed types)."""
     if isinstance(value, Mapping):
-        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+        return tuple(sorted(((k, freeze(v)) for k, v in value.items()), key=lambda kv: repr(kv[0])))
     if isinstance(value, (list, tuple)):
         return tuple(freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return tuple(sorted((freeze(v) for v in value), key=repr))
     return value
 
 
@@ -174,7 +156,9 @@ def _label(arms: Sequence[Arm]) -> None:
         keys = sorted({k for arm in group for k in arm.settings})
         differ = [k for k in keys if len({freeze(arm.settings.get(k)) for arm in group}) > 1]
         for arm in group:
-            arm.label = " ".join([arm.mode] + [f"{k}={arm.settings.get(k)}" for k in differ])
+            # Redacted: a label is printed, written to every table and named in report file names,
+            # and a setting such as `index` may be a URL with a password in it.
+            arm.label = redact_text(" ".join([arm.mode] + [f"{k}={arm.settings.get(k)}" for k in differ]))
 
 
 def _matches(a: Arm, b: Arm) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.evaluation.arms import Arm, Comparison, Run, comparisons, group_arms, read_run
+from pipelines.evaluation.arms import Arm, Comparison, Run, comparisons, group_arms
 from pipelines.evaluation.config import EvaluateConfig
 from pipelines.evaluation.metrics import fill_metrics, torch_threads
+from pipelines.evaluation.run_folder import read_run
 from pipelines.evaluation.statistics import Paired, metric_column, paired_difference
 from pipelines.evaluation.views import ViewCache
 

@@ -2,24 +2,25 @@
 
 The report is one folder: `report.html` and `report_files/`, which holds every picture the page
 shows (copied or rebuilt here, never linked to the run folders), so it can be moved, zipped
-or served as it is. File names come from `cluster.results.safe_name`, so no image id can
-reach outside `report_files/`; every id and label in the page is HTML-escaped.
+or served as it is. File names come from `cluster.results.safe_name` of the redacted id, so no
+image id can reach outside `report_files/` or put a URL's password in a name; every id and
+label in the page is redacted and HTML-escaped.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from adir_storage import is_local, join_url, open_fs
+from adir_storage import FolderRefused, is_local, is_within, join_url, location, open_fs, redact_text
 from cluster.results import safe_name
 from pipelines.evaluation.config import MODE_TITLES, PLAIN
 from pipelines.evaluation.evaluation import Evaluation
 from pipelines.evaluation.report_tables import _e, headline_section, metrics_tables
+from pipelines.evaluation.tables import first_line
 from pipelines.evaluation.views import output_url
 
 REPORT_NAME = "report.html"
@@ -50,25 +51,56 @@ th { white-space: nowrap; }
 
 
 class _Files:
-    """Writes report_files/… once each and returns the page-relative src; a local folder is written directly."""
+    """Writes report_files/… once each and returns the page-relative src.
+
+    Names come from ids, labels and tasks through `name`: redacted first (an id may be a URL with a
+    password in it) and made unique, so two ids that differ only in a secret never share a picture.
+    A local write never goes through a link: the folder written into must resolve inside OUT.
+    """
 
     def __init__(self, out: str, storage_options: Mapping[str, Any] | None):
         self.out, self.storage_options = out, storage_options
         self.written: set[str] = set()
+        self.names: dict[tuple[str, str], str] = {}  # (kind, text) -> its file name in this report
+        self.taken: set[tuple[str, str]] = set()
+
+    def name(self, text: Any, kind: str) -> str:
+        """A file name for `text` (an id, a label, a task: its `kind`) that carries no credential and is no
+        other text's of that kind."""
+        key = (kind, str(text))
+        if key not in self.names:
+            base = safe_name(redact_text(key[1]))
+            name, number = base, 1
+            while (kind, name.lower()) in self.taken:  # compared case-folded: some file systems fold case
+                number += 1
+                name = f"{base}-{number}"
+            self.names[key] = name
+            self.taken.add((kind, name.lower()))
+        return self.names[key]
 
     def put(self, relative: str, data: bytes) -> str:
         if relative not in self.written:
             url = join_url(self.out, relative)
             if is_local(url):
+                _check_inside(url, self.out)  # the file itself too: a link to a file outside is refused
                 path = url.removeprefix("file://")
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path, "wb") as f:
+                with open(path, "wb") as f:  # no fsync per picture: a report is rewritten whole by a rerun
                     f.write(data)
             else:
                 fs, path = open_fs(url, self.storage_options)
                 fs.pipe_file(path, data)
             self.written.add(relative)
         return quote(relative)
+
+
+def _check_inside(url: str, out: str) -> None:
+    """Refuse a local write that resolves outside OUT (location resolves every link on the way, the file's own too)."""
+    if not is_within(location(url), location(out)):
+        raise FolderRefused(
+            f"{os.path.dirname(url)} leads out of {out} through a symbolic link; a job never writes through a "
+            "link inside its output folder. Remove the link or choose another --out"
+        )
 
 
 def _img(src: str, width: int, height: int, alt: str, title: str | None = None) -> str:
@@ -128,10 +160,10 @@ class _Neighbours:
             uris = self._uris(index)
         except Exception as exc:
             return _missing(f"index {index} unreadable: {type(exc).__name__}: {exc}")
-        folder = f"{FILES_DIR}/neighbours/{hashlib.sha256(index.encode()).hexdigest()[:12]}"
+        folder = f"{FILES_DIR}/neighbours/{self.files.name(index, 'index')}"
         cells = []
         for image_id in list(ids)[:limit]:
-            relative = f"{folder}/{safe_name(image_id)}.png"
+            relative = f"{folder}/{self.files.name(image_id, 'neighbour')}.png"
             try:
                 if relative not in self.files.written:
                     thumbnail = decode_thumbnail(read_bytes(uris[image_id], self.storage_options), THUMBNAIL)
@@ -162,7 +194,7 @@ def _image_rows(ev: Evaluation, task: str, files: _Files, neighbours: _Neighbour
         + "</tr>"
     ]
     for image_id in ids:
-        folder = f"{FILES_DIR}/{safe_name(task)}/{safe_name(image_id)}"
+        folder = f"{FILES_DIR}/{files.name(task, 'task')}/{files.name(image_id, 'image')}"
         source = next(a for a in shown if image_id in a.rows)
         row, run = source.rows[image_id], source.runs[image_id]
         cells = [f'<td class="id">{_e(image_id)}</td>']
@@ -170,7 +202,7 @@ def _image_rows(ev: Evaluation, task: str, files: _Files, neighbours: _Neighbour
             view = ev.views.get(row, run)
         except Exception as exc:
             view = None
-            reason = f"input unreadable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = f"input unreadable: {type(exc).__name__}: {first_line(exc)}"
         size = _display_size(view.plain01.shape) if view is not None else (DISPLAY_WIDTH, DISPLAY_WIDTH)
         if view is None:
             cells.append(f"<td>{_missing(reason)}</td>")
@@ -181,7 +213,7 @@ def _image_rows(ev: Evaluation, task: str, files: _Files, neighbours: _Neighbour
             if view is None or image_id not in arm.rows:
                 cells.append(f"<td>{_missing('not available')}</td>")
                 continue
-            src = files.put(f"{folder}/plain-{safe_name(arm.label)}.png", encode_png(view.plain01))
+            src = files.put(f"{folder}/plain-{files.name(arm.label, 'arm')}.png", encode_png(view.plain01))
             cells.append(
                 f"<td>{_figure(_img(src, *size, f'{image_id}: {arm.label}'), _caption(arm.values.get(image_id, {})))}</td>"
             )
@@ -191,12 +223,12 @@ def _image_rows(ev: Evaluation, task: str, files: _Files, neighbours: _Neighbour
                 cells.append(f"<td>{_missing('not in this arm')}</td>")
             elif arow.get("error") is not None:
                 cells.append(
-                    f"<td>{_missing('error [' + str(arow.get('stage')) + ']: ' + str(arow['error']).splitlines()[0])}</td>"
+                    f"<td>{_missing('error [' + str(arow.get('stage')) + ']: ' + first_line(arow['error']))}</td>"
                 )
             else:
                 try:
                     data = read_bytes(output_url(arow, arm.runs[image_id]), ev.config.storage_options)
-                    src = files.put(f"{folder}/{safe_name(arm.label)}.png", data)
+                    src = files.put(f"{folder}/{files.name(arm.label, 'arm')}.png", data)
                     cells.append(
                         f"<td>{_figure(_img(src, *size, f'{image_id}: {arm.label}'), _caption(arm.values.get(image_id, {})))}</td>"
                     )
@@ -233,14 +265,16 @@ def render(ev: Evaluation, files: _Files, progress: bool = False) -> str:
         "<p>Tables: mean ± sample std over images (n = images with a value); paired differences are over the images "
         "both arms have, with a Student-t interval. psnr and ssim are the job's own (float output); the other metrics "
         "were computed on the written PNGs. Captions under the pictures: psnr · ssim of that image.</p>",
-        "<p>Tasks: " + ", ".join(f'<a href="#task-{_e(safe_name(t))}">{_e(t)}</a>' for t in ev.tasks) + "</p>",
+        "<p>Tasks: "
+        + ", ".join(f'<a href="#task-{_e(files.name(t, "task"))}">{_e(t)}</a>' for t in ev.tasks)
+        + "</p>",
         headline_section(ev),
     ]
     tasks = ev.tasks
     for number, task in enumerate(tasks, 1):
         if progress:
             print(f"report: {task} ({number}/{len(tasks)})", file=sys.stderr)
-        body.append(f'<h2 id="task-{_e(safe_name(task))}">{_e(task)}</h2>')
+        body.append(f'<h2 id="task-{_e(files.name(task, "task"))}">{_e(task)}</h2>')
         # Pictures first, at a size a person can judge; the long tables after them.
         body.append("<h3>Images</h3>" + _image_rows(ev, task, files, neighbours))
         body.append(metrics_tables(ev, task))
@@ -262,5 +296,5 @@ def write_report(ev: Evaluation, *, progress: bool = False) -> str:
     page = render(ev, files, progress=progress)
     url = join_url(out, REPORT_NAME)
     files.written.discard(REPORT_NAME)
-    files.put(REPORT_NAME, page.encode("utf-8"))
+    files.put(REPORT_NAME, redact_text(page).encode("utf-8"))  # every id and message was redacted; this is the net
     return url

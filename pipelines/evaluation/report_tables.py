@@ -6,15 +6,16 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from adir_storage import redact_text
 from pipelines.evaluation.config import PLAIN
 from pipelines.evaluation.evaluation import Evaluation
 from pipelines.evaluation.statistics import metric_column, paired_difference, summarize
-from pipelines.evaluation.tables import higher_is_better, metric_title, paired_cell, summary_cell
+from pipelines.evaluation.tables import first_line, higher_is_better, metric_title, paired_cell, summary_cell
 
 
 def _e(text: Any) -> str:
-    """Text made safe for the page, inside an attribute too."""
-    return html.escape(str(text), quote=True)
+    """Text made safe for the page, inside an attribute too: HTML-escaped, and any URL's credentials redacted."""
+    return html.escape(redact_text(str(text)), quote=True)
 
 
 def metrics_tables(ev: Evaluation, task: str) -> str:
@@ -50,7 +51,7 @@ def metrics_tables(ev: Evaluation, task: str) -> str:
     if errors:
         parts.append("<h3>Error rows</h3><ul>")
         parts += [
-            f"<li>{_e(a.label)}: <code>{_e(row['image_id'])}</code> [{_e(row.get('stage'))}] {_e(str(row['error']).splitlines()[0])}</li>"
+            f"<li>{_e(a.label)}: <code>{_e(row['image_id'])}</code> [{_e(row.get('stage'))}] {_e(first_line(row['error']))}</li>"
             for a, row in errors
         ]
         parts.append("</ul>")

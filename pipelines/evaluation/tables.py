@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from typing import Any
 
 from pipelines.evaluation.config import MODE_TITLES, PLAIN
+from pipelines.evaluation.csv_cells import csv_bytes
 from pipelines.evaluation.evaluation import Evaluation
 from pipelines.evaluation.statistics import Paired, Summary, summarize
 
@@ -51,9 +50,19 @@ def metric_title(metric: str) -> str:
     return f"{metric} {'↑' if higher_is_better(metric) else '↓'}"
 
 
+def first_line(text: Any) -> str:
+    """The first line of a message ("" for an empty one: a hand-made error row may hold "")."""
+    return (str(text).splitlines() or [""])[0]
+
+
+def _md(text: Any) -> str:
+    """Text on one Markdown line: an id with a line break in it must not start a heading or a row of its own."""
+    return " ".join(str(text).splitlines())
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(_md(c).replace("|", "\\|") for c in cells) + " |"
 
     return [line(header), line(["---"] * len(header)), *[line(r) for r in rows]]
 
@@ -93,12 +102,12 @@ def markdown(ev: Evaluation) -> str:
         ]
         if missing:
             lines += ["", "### Missing values", ""]
-            lines += [f"- {a.label}, {m}: {count} image(s): {reason}" for a, m, reason, count in missing]
+            lines += [f"- {a.label}, {m}: {count} image(s): {_md(reason)}" for a, m, reason, count in missing]
         errors = [(a, row) for a in arms for row in a.errors]
         if errors:
             lines += ["", "### Error rows", ""]
             lines += [
-                f"- {a.label}: `{row['image_id']}` [{row.get('stage')}] {str(row['error']).splitlines()[0]}"
+                f"- {a.label}: `{_md(row['image_id'])}` [{_md(row.get('stage'))}] {_md(first_line(row['error']))}"
                 for a, row in errors
             ]
     if ev.unavailable or ev.notes:
@@ -109,12 +118,7 @@ def markdown(ev: Evaluation) -> str:
 
 
 def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
-    sink = io.StringIO()
-    writer = csv.writer(sink, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
-    return sink.getvalue().encode("utf-8")
+    return csv_bytes(header, rows)
 
 
 def summary_csv(ev: Evaluation) -> bytes:

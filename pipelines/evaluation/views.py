@@ -1,7 +1,8 @@
 """What the job saw: each image's degraded input, plain restoration and ground truth rebuilt, and its output PNG read.
 
 A run folder is untrusted input: output_url keeps every output inside the run's images/ folder
-and input_uri every input inside the run's --inputs, whatever results.parquet says.
+and input_uri every input inside the run's --inputs (a folder, one image, or a .csv/.txt list of
+images: then the images it lists), whatever results.parquet says.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from adir_storage import is_local, is_within, join_url, location
 from cluster.results import IMAGES_DIR
+from index_builder.sources import LIST_EXTENSIONS
 from pipelines.evaluation.arms import PLAIN_SETTINGS, Run, freeze
 
 
@@ -54,7 +56,8 @@ def reproduce_views(row: Mapping[str, Any], run: Run, storage_options: Mapping[s
     config = run.config
     task, image_id = row["task"], row["image_id"]
     options = {} if config.get("noise_sigma_255") is None else {"noise_sigma_255": config["noise_sigma_255"]}
-    pixels = to_tensor01(decode_rgb(read_bytes(input_uri(row, run), storage_options))).unsqueeze(0)
+    pixels = to_tensor01(decode_rgb(read_bytes(input_uri(row, run, storage_options=storage_options), storage_options)))
+    pixels = pixels.unsqueeze(0)
     truth = None
     if config.get("degraded") and config.get("reference"):
         uri = _reference_uris(run, storage_options).get(image_id)
@@ -103,17 +106,48 @@ def output_url(row: Mapping[str, Any], run: Run) -> str:
     return url
 
 
-def input_uri(row: Mapping[str, Any], run: Run, key: str = "uri", folder: str = "inputs") -> str:
-    """A row's input URI, refused unless it lies in the folder the run's config.yaml says the job read."""
+def input_uri(
+    row: Mapping[str, Any],
+    run: Run,
+    key: str = "uri",
+    folder: str = "inputs",
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """A row's input URI, refused unless the run's config.yaml says the job read it: it lies in the
+    --inputs folder (or is that one image), or the --inputs list file names it."""
     uri = row.get(key)
     root = run.config.get(folder) if isinstance(run.config, Mapping) else None
     if not isinstance(uri, str) or not isinstance(root, str) or not root:
         raise ValueError(f"{run.url} has no config.yaml naming its --{folder}: its input {uri!r} is not trusted")
+    if root.lower().endswith(LIST_EXTENSIONS):
+        listed = _listed(run, root, storage_options)
+        if uri in listed or location(uri) in listed:
+            return uri
+        raise ValueError(
+            f"row {row.get('image_id')!r} of {run.url} names input {uri!r}, which the run's --{folder} list "
+            f"{root} does not name; refused"
+        )
     if not is_within(location(uri), location(root)):
         raise ValueError(
             f"row {row.get('image_id')!r} of {run.url} names input {uri!r}, outside the run's --{folder} {root}; refused"
         )
     return uri
+
+
+def _listed(run: Run, root: str, storage_options: Mapping[str, Any] | None) -> frozenset[str]:
+    """The URIs a list file names, as written and as places (read once per run)."""
+    if root not in run.listed:
+        from index_builder.sources import list_source
+
+        try:
+            uris = list_source(root, storage_options=storage_options).uris
+            run.listed[root] = frozenset(uris) | frozenset(location(u) for u in uris)
+        except Exception as exc:  # a list gone since the job ran: every input of it goes missing, with this reason
+            run.listed[root] = ValueError(f"the run's input list {root} cannot be read now ({exc}); refused")
+    found = run.listed[root]
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
 def read_output(row: Mapping[str, Any], run: Run, storage_options: Mapping[str, Any] | None = None):

@@ -175,6 +175,21 @@ def test_input_uri_must_lie_in_the_runs_inputs(tmp_path):
         input_uri({"uri": None}, run)
 
 
+def test_input_uri_of_a_list_file_run_is_any_image_the_list_names(tmp_path):
+    """Issue 21 case 12: a run made from a .txt list read images outside the list's folder; they are its inputs."""
+    (tmp_path / "pictures").mkdir()
+    listing = tmp_path / "lists" / "inputs.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"{tmp_path}/pictures/a.png\n{tmp_path}/pictures/b.png\n")
+    run = Run("/run", {"inputs": str(listing)}, [])
+    assert input_uri({"uri": f"{tmp_path}/pictures/a.png"}, run) == f"{tmp_path}/pictures/a.png"
+    with pytest.raises(ValueError, match="list .* does not name"):
+        input_uri({"image_id": "c", "uri": f"{tmp_path}/pictures/c.png"}, run)
+    gone = Run("/run", {"inputs": str(tmp_path / "gone.txt")}, [])
+    with pytest.raises(ValueError, match="cannot be read now"):
+        input_uri({"uri": f"{tmp_path}/pictures/a.png"}, gone)
+
+
 # ---------------------------------------------------------------------- cells and config
 def test_cells_say_n_and_never_print_nan():
     assert fmt(None, "psnr") == "–"
@@ -210,3 +225,18 @@ def test_config_refuses_bad_options_by_name(options, message):
 def test_metric_names_put_the_stored_ones_first_each_once():
     assert EvaluateConfig(runs=["/run"], metrics=["niqe", "psnr", "niqe"]).metric_names() == ("psnr", "ssim", "niqe")
     assert EvaluateConfig(runs=["/run"], metrics=()).metric_names() == ("psnr", "ssim")
+
+
+def test_csv_text_cells_never_start_a_formula_nor_carry_a_password():
+    """Issue 21 cases 5 and 6: ids are written raw into per_image.csv; a spreadsheet runs `=...` as a formula."""
+    import csv
+    import io
+
+    from pipelines.evaluation.csv_cells import csv_bytes, spreadsheet_cell
+
+    for text in ("=1+1", "+SUM(A1)", "-2+3", "@SUM(1)", "\tx", "\rx"):
+        assert spreadsheet_cell(text) == "'" + text
+    assert [spreadsheet_cell(v) for v in ("a=b", "", -1.5, 3, True, None)] == ["a=b", "", -1.5, 3, True, None]
+    data = csv_bytes(["id", "value"], [["=HYPERLINK(1)", -1.5], ["http://u:pw@h/a\rb", None]])
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    assert rows == [["id", "value"], ["'=HYPERLINK(1)", "-1.5"], ["http://***@h/a\rb", ""]]

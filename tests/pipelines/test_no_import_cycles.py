@@ -153,10 +153,12 @@ def test_packages_import_one_way():
 
 
 def test_the_evaluation_package_imports_in_its_declared_order():
-    """config → arms → statistics, views → metrics → evaluation → tables → report_tables → report → outputs."""
+    """config, csv_cells → arms → run_folder, statistics, views → metrics → evaluation → tables → report_tables → report → outputs."""
     order = [
         "config",
+        "csv_cells",
         "arms",
+        "run_folder",
         "statistics",
         "views",
         "metrics",
