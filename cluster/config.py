@@ -199,6 +199,8 @@ class ReconstructConfig:
         _in_range("max_pixels", self.max_pixels, 1, 2**40)
         for name in ("cpus_per_actor", "gpus_per_actor"):
             _check_resource(name, getattr(self, name))
+        if self.noise_sigma_255 is not None and not 0 <= self.noise_sigma_255 <= 255:
+            raise ValueError(f"noise_sigma_255 is a noise level on the 0..255 scale; got {self.noise_sigma_255:g}")
 
     # ------------------------------------------------------------------ conversions
     @classmethod

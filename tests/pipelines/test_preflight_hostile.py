@@ -113,6 +113,11 @@ def test_numbers_out_of_range_are_refused_in_the_flags_words(tmp_path, inputs, c
     assert not (tmp_path / "out").exists()
 
 
+def test_a_noise_level_off_the_0_to_255_scale_is_refused():
+    with pytest.raises(ValueError, match="noise level on the 0..255 scale; got -3"):
+        ReconstructConfig(inputs="a", out="b", task="sr4", mode="baseline", noise_sigma_255=-3.0)
+
+
 def test_a_hub_prior_missing_from_the_cache_fails_before_the_actors_with_the_download_hint(
     tmp_path, inputs, capsys, monkeypatch
 ):
