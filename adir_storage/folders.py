@@ -39,7 +39,7 @@ def _marker_job(fs, path: str) -> str | None:
 
 def check_no_links(out: str, names: Iterable[str], storage_options: Mapping[str, Any] | None = None) -> None:
     """Refuse when any of OUT/<name> is a symbolic link (local disks; object stores have none)."""
-    from adir_storage import is_local, open_fs
+    from adir_storage.places import is_local, open_fs
 
     if not is_local(out):
         return
@@ -69,7 +69,7 @@ def claim_output_folder(
     existed (reconstruct's config.yaml). ignore: entries a refused folder may still hold (a lease).
     links: OUT-relative names that must not be symbolic links (the folders the job writes into).
     """
-    from adir_storage import commit_bytes, join_url, open_fs
+    from adir_storage.places import commit_bytes, join_url, open_fs
 
     fs, path = open_fs(out, storage_options)
     fs.invalidate_cache()

@@ -151,7 +151,7 @@ def one_size(args) -> dict:
 
     from adir_ops.embedding import get_embedder
     from index_builder import BuildConfig, run_build
-    from index_builder.job import actor_resources
+    from index_builder.embed_stage import actor_resources
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="warning")
     out = tempfile.mkdtemp(prefix=f"adir-bench-index-{args.one}-")
@@ -167,7 +167,7 @@ def one_size(args) -> dict:
     )
     actors = actor_resources(config)["compute"].max_size
     try:
-        from index_builder.job import actor_threads
+        from index_builder.embed_stage import actor_threads
 
         threads = actor_threads(config, actor_resources(config))
     except ImportError:  # the job before per-stage figures (to bench an older checkout): threads = its reservation

@@ -14,7 +14,7 @@ from adir_ops.retrieval import EncoderKNN, NoNeighbours, PixelMSENeighbours, Ran
 from adir_storage import commit_bytes, fetch_many, join_url, open_fs
 from cluster.images import decode_thumbnail
 from cluster.results import THUMBNAILS_DIR
-from index_builder.faiss_index import NeighborIndex
+from index_builder.index_query import NeighborIndex
 from index_builder.manifest import IDS_NAME, Manifest
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
@@ -14,9 +14,6 @@ from index_builder.reader import ReadConfig, read_batch
 from index_builder.sources import Shard
 from index_builder.throughput import StageTimes
 from index_builder.writer import ShardWriter
-
-if TYPE_CHECKING:
-    from index_builder.job import BuildConfig
 
 # The read tasks' nice value when the embed actors run on the CPU (reader.lower_priority says why).
 # With GPUs the forward is not on the cores, and decode must keep the GPUs fed: normal priority.
@@ -27,7 +24,7 @@ READ_NICE = 19
 INPUT_BLOCK_ROWS = 256
 
 
-def actor_resources(config: BuildConfig) -> dict[str, Any]:
+def actor_resources(config: Any) -> dict[str, Any]:
     """map_batches resources of the embed stage, from the cluster: one actor per GPU, else CPU actors.
 
     CPU actors take fractional CPUs: on a small node, whole-CPU actors can take every CPU
@@ -52,7 +49,7 @@ def actor_resources(config: BuildConfig) -> dict[str, Any]:
     return {"compute": ActorPoolStrategy(size=actors), "num_cpus": per_actor}
 
 
-def actor_threads(config: BuildConfig, resources: dict[str, Any]) -> int:
+def actor_threads(config: Any, resources: dict[str, Any]) -> int:
     """torch threads of one embed actor: on CPU, the cluster's CPUs shared among the actors.
 
     The forward is the job's bottleneck by far (efficientnet-lite0 on this 2-core box: ~75 ms
@@ -74,7 +71,7 @@ def actor_threads(config: BuildConfig, resources: dict[str, Any]) -> int:
     return max(1, int(cpus // resources["compute"].max_size))
 
 
-def read_nice(config: BuildConfig, resources: dict[str, Any]) -> int:
+def read_nice(config: Any, resources: dict[str, Any]) -> int:
     """The read tasks' nice value: the config's, else READ_NICE when the embed actors are CPU actors."""
     if config.read_nice is not None:
         return config.read_nice
@@ -99,7 +96,7 @@ def _input_tables(shards: list[Shard]) -> list[pa.Table]:
 
 
 def embed_shards(
-    config: BuildConfig, shards: list[Shard], embedder_name: str, dim: int, image_size: int
+    config: Any, shards: list[Shard], embedder_name: str, dim: int, image_size: int
 ) -> tuple[ShardWriter, StageTimes]:
     """Run the Ray Data pipeline over `shards`, committing each as it completes; also return the stage timings."""
     import ray

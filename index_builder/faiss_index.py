@@ -338,12 +338,3 @@ def build_faiss_index(
         # Streamed through a callback: serialize_index would copy a 3.5 GB index in memory.
         faiss.write_index(index, faiss.PyCallbackIOWriter(lambda b: f.write(b) or len(b)))
     return count, checksum.hexdigest()
-
-
-def __getattr__(name: str):
-    """The query side (NeighborIndex, check_embedder) lives in index_query; its names stay importable from here."""
-    if name in ("NeighborIndex", "check_embedder"):
-        from index_builder import index_query
-
-        return getattr(index_query, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

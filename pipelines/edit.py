@@ -119,7 +119,7 @@ def read_mask(spec: str, size: tuple[int, int], storage_options: Mapping[str, An
 def retrieve_by_text(job: EditJob) -> tuple[list[str], list[str], list[float]]:
     """The K corpus images nearest to the prompt's text embedding (the index holds the same encoder's image embeddings)."""
     from adir_ops.embedding import get_embedder
-    from index_builder.faiss_index import NeighborIndex
+    from index_builder.index_query import NeighborIndex
     from index_builder.manifest import Manifest
 
     manifest = Manifest.read(job.index, job.storage_options)

@@ -111,7 +111,7 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
     check_sampler(config)
     check_tiling(config)
     if config.mode != "baseline":
-        from index_builder.faiss_index import check_embedder
+        from index_builder.index_query import check_embedder
         from index_builder.manifest import Manifest
 
         manifest = Manifest.read(config.index, config.storage_options)

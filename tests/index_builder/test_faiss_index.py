@@ -10,7 +10,8 @@ import torch
 
 from adir_ops.embedding import get_embedder
 from index_builder import faiss_index
-from index_builder.faiss_index import EXACT_UP_TO, NeighborIndex, check_factory, default_factory
+from index_builder.faiss_index import EXACT_UP_TO, check_factory, default_factory
+from index_builder.index_query import NeighborIndex
 from index_builder.job import BuildConfig, write_index
 from index_builder.manifest import Manifest, ShardEntry
 from index_builder.sources import Listing, plan_shards

@@ -123,7 +123,7 @@ def test_s3_build_reads_and_writes_through_the_object_store(ray_cluster, s3fs_fs
 
 
 def test_read_tasks_yield_the_cores_to_cpu_actors_but_not_to_gpu_ones():
-    from index_builder.job import READ_NICE, read_nice
+    from index_builder.embed_stage import READ_NICE, read_nice
 
     cpu, gpu = {"num_cpus": 0.5}, {"num_gpus": 1, "num_cpus": 1}
     assert read_nice(BuildConfig("src", "out"), cpu) == READ_NICE > 0

@@ -50,7 +50,7 @@ def _png(path):
 def test_edit_retrieves_by_the_prompt_adapts_and_writes_both_arms(tmp_path, photo, openclip_index):
     from adir_ops.adaptation import Adapter
     from adir_ops.embedding import get_embedder
-    from index_builder.faiss_index import NeighborIndex
+    from index_builder.index_query import NeighborIndex
 
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"lora_learning_rate": 0.03, "lora_batch_size": 2}))
