@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from adir_storage import commit_bytes, join_url, open_fs
+from adir_storage import commit_bytes, join_url, open_fs, redact_url
 
 LEASE_NAME = "lease.json"
 TTL_S = 120.0
@@ -133,7 +133,7 @@ class Lease:
         )
         left = max(0.0, self.ttl_s - age) if math.isfinite(age) else self.ttl_s  # when it expires, said truly
         raise LeaseHeld(
-            f"{self.out} is being written by another job ({holder.get('job', '?')}, pid {holder.get('pid')} on "
+            f"{redact_url(self.out)} is being written by another job ({holder.get('job', '?')}, pid {holder.get('pid')} on "
             f"{holder.get('host')}, last heartbeat {ago}); wait for it to finish (this run would redo its work), "
             f"or, if it is dead, remove {self.url} or wait {left:.0f} s for its lease to expire"
         )

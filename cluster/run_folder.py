@@ -41,6 +41,7 @@ from adir_storage import (
     redact_url,
     remove_if_exists,
 )
+from adir_storage.yaml_safe import load_yaml
 from cluster.config import PLACE_FIELDS, RUNTIME_FIELDS, URL_FIELDS, ReconstructConfig
 from cluster.lease import LEASE_NAME
 from cluster.results import (
@@ -120,9 +121,9 @@ def _read_config_yaml(config: ReconstructConfig) -> tuple[bool, Any]:
         return False, None
     except (ValueError, UnicodeDecodeError):  # a FIFO, a link to a device, something huge, not text
         return True, None
-    try:
-        return True, yaml.safe_load(text)
-    except yaml.YAMLError:
+    try:  # billion-laughs-proof: OUT is untrusted like any input
+        return True, load_yaml(text, join_url(config.out, CONFIG_NAME))
+    except ValueError:
         return True, None
 
 

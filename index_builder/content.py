@@ -103,7 +103,7 @@ def uri_stamps(uris: Sequence[str], storage_options: Mapping[str, Any] | None) -
             return {info["name"].rstrip("/").rsplit("/", 1)[-1]: info for info in fs.ls(path, detail=True)}
         except Exception as exc:  # no list permission, or a store that cannot list
             print(
-                f"index build: cannot list {redact_url(parent)} ({type(exc).__name__}); its images are fingerprinted "
+                f"warning: cannot list {redact_url(parent)} ({type(exc).__name__}); its images are fingerprinted "
                 "by name only, so one replaced in place is not seen on a resume",
                 file=sys.stderr,
             )

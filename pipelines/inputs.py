@@ -10,7 +10,7 @@ import sys
 from typing import Any, Mapping
 
 from adir_ops.tasks import scale_factor
-from adir_storage import MAX_READ_BYTES, is_local, open_fs
+from adir_storage import MAX_READ_BYTES, is_local, open_fs, redact_text, redact_url
 from cluster.results import assign_names
 from index_builder.sources import IMAGE_EXTENSIONS, list_source
 
@@ -109,7 +109,8 @@ def list_inputs(
     for image_id, uri in sorted(pairs):
         if image_id in seen:
             print(
-                f"warning: input {uri} skipped: id {image_id!r} is already taken by {seen[image_id]}", file=sys.stderr
+                f"warning: input {redact_url(uri)} skipped: id {redact_text(repr(image_id))} is already taken by {redact_url(seen[image_id])}",
+                file=sys.stderr,
             )
             continue
         seen[image_id] = uri
@@ -117,7 +118,7 @@ def list_inputs(
     failed = {}
     for image_id, uri, error in unlisted:
         if image_id in seen or image_id in failed:
-            print(f"warning: input {uri} skipped: {error}", file=sys.stderr)
+            print(f"warning: input {redact_url(uri)} skipped: {redact_text(error)}", file=sys.stderr)
         else:
             failed[image_id] = (uri, error)
     everything = sorted([(i, u, None) for i, u in unique] + [(i, u, e) for i, (u, e) in failed.items()])

@@ -11,6 +11,8 @@ from typing import Any, Callable, Mapping
 from adir_storage import (
     is_local,
     join_url,
+    redact_text,
+    redact_url,
     remove_stale_temporaries,
     scrub,
 )
@@ -279,7 +281,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = resolve_config(args)
     except (ValueError, FileNotFoundError, TypeError) as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(redact_text(str(exc))) from exc
     if config.tiny_resolution is not None:
         print(
             f"prior {config.prior!r}: a tiny RANDOM-WEIGHT prior; this run shows the mechanics, not image quality",
@@ -300,9 +302,11 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"{summary['total']} images: {summary['skipped']} already done, {summary['processed']} processed, "
         f"{summary['errors']} error row(s), {summary['elapsed_s']:.1f} s. "
-        f"Results: {join_url(config.out, RESULTS_NAME)} ({table.num_rows} rows), images under {join_url(config.out, 'images')}"
+        f"Results: {redact_url(join_url(config.out, RESULTS_NAME))} ({table.num_rows} rows), "
+        f"images under {redact_url(join_url(config.out, 'images'))}"
     )
     for row in table.filter(table.column("error").is_valid()).to_pylist()[:10]:
-        print(f"  error {row['image_id']} [{row['stage']}]: {row['error'].splitlines()[0]}", file=sys.stderr)
+        line = f"  error {row['image_id']} [{row['stage']}]: {(row['error'].splitlines() or [''])[0]}"
+        print(redact_text(line), file=sys.stderr)
     # Error rows are results (bad inputs); the job itself succeeded, and a rerun retries them.
     return 0

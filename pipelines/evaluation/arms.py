@@ -27,13 +27,15 @@ NOT_SETTINGS = frozenset(
         "max_attempts",
         "tile_batch",
         "metrics",
+        "max_pixels",  # refuse sizes, never change a result
+        "max_input_bytes",
     }
 )
 # Options a mode does not use: two baseline runs that differ only in lora_steps are the same arm.
 # `lora` is the nested AdaptConfig of today's config.yaml; the lora_* names are older runs' flat keys.
 _LORA = ("index", "k", "lora", "lora_steps", "lora_rank", "lora_alpha", "lora_learning_rate", "lora_batch_size")
 UNUSED_BY_MODE = {
-    "baseline": frozenset({*_LORA, "embedder", "mse_thumbnail"}),
+    "baseline": frozenset({*_LORA, "embedder", "mse_thumbnail", "index_identity"}),
     "adir": frozenset({"mse_thumbnail"}),
     "random-nn": frozenset({"embedder", "mse_thumbnail"}),
     "mse-nn": frozenset({"embedder"}),

@@ -243,3 +243,15 @@ def test_a_yaml_bomb_in_the_edit_config_is_refused_at_once(tmp_path, capsys):
     assert cli.main([*argv, "--config", str(job)]) == 2
     err = capsys.readouterr().err
     assert "expands to more than 100,000 values" in err and str(job) in err and "Traceback" not in err
+
+
+def test_a_listing_warning_never_prints_a_urls_password(tmp_path, capsys):
+    """Case 5's sibling: the listing's own warnings (a duplicate id in a list file) redact the URL."""
+    from pipelines.inputs import list_inputs
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("http://admin:PASS@127.0.0.1:9/x/a.png\nhttp://admin:PASS@127.0.0.1:9/y/a.png\n")
+    items = list_inputs(str(listing), task="sr4")
+    assert [item["image_id"] for item in items] == ["a"]
+    err = capsys.readouterr().err
+    assert "skipped" in err and "PASS" not in err and "http://***@127.0.0.1:9/y/a.png" in err
