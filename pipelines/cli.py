@@ -126,7 +126,9 @@ def _add_reconstruct(commands) -> None:
         "--out skip finished images.",
     )
     p.add_argument(
-        "--index", help="index folder built by `adir index build` (fsspec URL); not needed for --mode baseline"
+        "--index",
+        help="index folder built by `adir index build` (fsspec URL); default: the embedded corpus's index, built "
+        "on first use into ~/.cache/adir/default-index ($ADIR_CACHE_DIR) and reused; not needed for --mode baseline",
     )
     p.add_argument(
         "--inputs",

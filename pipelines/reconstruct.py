@@ -84,8 +84,14 @@ def _read_yaml(url: str) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
-def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
-    """Dataclass defaults < --config job.yaml < command-line flags."""
+def resolve_config(
+    args: argparse.Namespace, default_index: Callable[[str | None], str] | None = None
+) -> ReconstructConfig:
+    """Dataclass defaults < --config job.yaml < command-line flags.
+
+    default_index(embedder): the index to retrieve from when a retrieving mode names none (the CLI's:
+    the embedded corpus's, built on first use into the user's cache, pipelines.default_index).
+    """
     values = _read_yaml(args.config) if getattr(args, "config", None) else {}
     for name in CLI_FIELDS:
         value = getattr(args, name, None)
@@ -100,6 +106,9 @@ def resolve_config(args: argparse.Namespace) -> ReconstructConfig:
         kind, target = prior_kind(prior)
         if kind != "default" and is_local(target) and os.path.exists(target):
             values["prior"] = (f"{kind}:" if kind in (*PRIOR_KINDS, "ffdnet") else "") + os.path.abspath(target)
+    if default_index is not None and values.get("mode", "adir") != "baseline" and not values.get("index"):
+        ReconstructConfig.from_dict({**values, "mode": "baseline"})  # every other option's error before the build
+        values["index"] = default_index(values.get("embedder"))
     return ReconstructConfig.from_dict(values)
 
 
@@ -278,8 +287,17 @@ def main(args: argparse.Namespace) -> int:
 
     from cluster.watchdog import init_ray
 
+    def start_ray() -> None:
+        if not ray.is_initialized():  # a local cluster it starts ends with it, even on kill -9 (cluster.watchdog)
+            init_ray(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+
+    def default_index(embedder: str | None) -> str:
+        from pipelines.default_index import ensure_default_index
+
+        return ensure_default_index(embedder=embedder, progress=not args.no_progress, start_ray=start_ray)
+
     try:
-        config = resolve_config(args)
+        config = resolve_config(args, default_index)
     except (ValueError, FileNotFoundError, TypeError) as exc:
         raise UsageError(redact_text(str(exc))) from exc
     if config.tiny_resolution is not None:
@@ -287,10 +305,6 @@ def main(args: argparse.Namespace) -> int:
             f"prior {config.prior!r}: a tiny RANDOM-WEIGHT prior; this run shows the mechanics, not image quality",
             file=sys.stderr,
         )
-
-    def start_ray() -> None:
-        if not ray.is_initialized():  # a local cluster it starts ends with it, even on kill -9 (cluster.watchdog)
-            init_ray(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
 
     try:
         summary = run(config, progress=not args.no_progress, start_ray=start_ray)

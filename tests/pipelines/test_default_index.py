@@ -42,3 +42,28 @@ def test_the_cache_key_follows_the_encoder(tmp_path, monkeypatch):
     monkeypatch.setenv("ADIR_CACHE_DIR", str(tmp_path))
     assert default_index_path("offline-content") != default_index_path("efficientnet-lite0")
     assert default_index_path() == default_index_path("efficientnet-lite0")
+
+
+def test_reconstruct_runs_adir_with_no_index_on_the_cached_default_and_reuses_it(ray_cluster, tmp_path, monkeypatch):
+    """A newcomer's command: no --index. The embedded corpus's index is built once into the cache, then reused."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from pipelines import cli
+    from tests.cluster.helpers import write_pictures
+
+    monkeypatch.setenv("ADIR_CACHE_DIR", str(tmp_path / "cache"))
+    inputs = tmp_path / "photos"
+    write_pictures(str(inputs), [("a", 1)])
+    # The weight-free encoder keeps the corpus build to seconds; the default encoder differs only in its key.
+    common = ["--task", "sr4", "--prior", "tiny:16", "--steps", "3", "--lora-steps", "2", "--k", "2"]
+    args = ["reconstruct", "--inputs", str(inputs), *common, "--embedder", "offline-content", "--no-progress"]
+    assert cli.main([*args, "--out", str(tmp_path / "out1")]) == 0
+    index = default_index_path("offline-content")
+    config = yaml.safe_load((tmp_path / "out1" / "config.yaml").read_text())
+    assert config["mode"] == "adir" and config["index"] == str(index)
+    row = pq.read_table(tmp_path / "out1" / "results.parquet").to_pylist()[0]
+    assert row["error"] is None and len(row["neighbour_ids"]) == 2
+    built = os.stat(index / "index.faiss").st_mtime_ns
+    assert cli.main([*args, "--out", str(tmp_path / "out2")]) == 0
+    assert os.stat(index / "index.faiss").st_mtime_ns == built  # reused, not rebuilt
