@@ -11,17 +11,20 @@ __getattr__, __all__ = lazy_exports(
     __name__,
     """
     pipeline: ADIRPipeline ADIRResult SamplerConfig StageError image_streams
-    adaptation: AdaptConfig Adapter adapt
-    priors: DiffusionPrior PRIORS load_local_prior
-    denoiser_prior: DenoiserPrior FFDNet
-    operators: OPERATORS Observation make_operator observe
-    sampling: SAMPLERS adir_sample adir_sample_preconditioned ddnm_sample get_sampler default_sampler sample
-    embedding: DEFAULT_EMBEDDER EMBEDDERS get_embedder
-    retrieval: RETRIEVERS Neighbours EncoderKNN RandomNeighbours PixelMSENeighbours NoNeighbours GivenNeighbours
-    tiling: TiledPrior TilingConfig
-    quality: compute_metrics DEFAULT_REPORT_METRICS
+    adaptation.training: adapt
+    adaptation.config: AdaptConfig
+    adaptation.adapter: Adapter
+    priors.diffusion: DiffusionPrior
+    priors.registry: PRIORS load_local_prior
+    priors.denoiser: DenoiserPrior FFDNet
+    physics.operators: OPERATORS Observation make_operator observe
+    sampling.samplers: SAMPLERS adir_sample adir_sample_preconditioned ddnm_sample get_sampler default_sampler sample
+    retrieval.embedding: DEFAULT_EMBEDDER EMBEDDERS get_embedder
+    retrieval.arms: RETRIEVERS Neighbours EncoderKNN RandomNeighbours PixelMSENeighbours NoNeighbours GivenNeighbours
+    priors.tiling: TiledPrior TilingConfig
+    metrics.quality: compute_metrics DEFAULT_REPORT_METRICS
     rng: generator_for
-    tasks: TASKS
-    weights: DEFAULT_PRIOR_NAME UNET64_DIR
+    physics.tasks: TASKS
+    priors.weights: DEFAULT_PRIOR_NAME UNET64_DIR
     """,
 )

@@ -22,7 +22,7 @@ DEFAULT_NEIGHBOURS = ("chelsea", "coffee", "rocket", "immunohistochemistry")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from adir_ops.operators import OPERATORS
+    from adir_ops.physics.operators import OPERATORS
 
     p = argparse.ArgumentParser(prog="python -m adir_ops.example", description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=sorted(OPERATORS), default="sr4")
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--prior",
         default="default",
-        help="a prior spec of adir_ops.priors.PRIORS: 'default' (the embedded default), 'unet64', a diffusers "
+        help="a prior spec of adir_ops.priors.registry.PRIORS: 'default' (the embedded default), 'unet64', a diffusers "
         "UNet2DModel folder, or 'tiny' (random weights: mechanics only, for tests)",
     )
     p.add_argument("--tiny-resolution", type=int, default=32, help="resolution of the tiny random prior")
@@ -90,12 +90,12 @@ def save_png(image01, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adir_ops import quality
-    from adir_ops.adaptation import AdaptConfig
-    from adir_ops.operators import make_operator
+    from adir_ops.adaptation.training import AdaptConfig
+    from adir_ops.metrics import quality
+    from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
-    from adir_ops.priors import DiffusionPrior, load_local_prior
-    from adir_ops.retrieval import GivenNeighbours, NoNeighbours
+    from adir_ops.priors.registry import DiffusionPrior, load_local_prior
+    from adir_ops.retrieval.arms import GivenNeighbours, NoNeighbours
 
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)

@@ -4,15 +4,15 @@
     result = pipe(y, operator, seed=0, image_id="0801")
     result.image01, result.neighbours, result.adapter, result.timings, result.config
 
-One call: plain restoration of y → retrieve K neighbours (a Table 5 arm of adir_ops.retrieval)
+One call: plain restoration of y → retrieve K neighbours (a Table 5 arm of adir_ops.retrieval.arms)
 → fetch them → adapt a fresh LoRA on them (eq. 18) → guided sampling with the adapted prior
-(eq. 16, or any sampler of adir_ops.sampling). The Ray worker, the example, the notebooks and
+(eq. 16, or any sampler of adir_ops.sampling.samplers). The Ray worker, the example, the notebooks and
 the benches all call this, so the same seed and image give the same bytes everywhere.
 
 Randomness: every draw comes from the image's own streams (`image_streams`), one per stage,
 seeded from (run seed, image id): every arm sees the same degradation and the same sampler
 noise, and differs from the others by its neighbours alone. With an adapter cache
-(`adapters=`, `adir_ops.adapter_cache`) the adaptation draws from its neighbours' stream
+(`adapters=`, `adir_ops.adaptation.cache`) the adaptation draws from its neighbours' stream
 instead, so images that retrieve the same neighbours share one adapter, trained once.
 A failure is raised as StageError naming the stage it happened in (the worker's error row).
 """
@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from adir_ops.adaptation import AdaptConfig, Adapter, adapt
-from adir_ops.adapter_cache import AdapterCache, WarmStart, adaptation_stream, adapter_key, closest
-from adir_ops.retrieval import Neighbours, NoNeighbours
+from adir_ops.adaptation.cache import AdapterCache, WarmStart, adaptation_stream, adapter_key, closest
+from adir_ops.adaptation.training import AdaptConfig, Adapter, adapt
+from adir_ops.priors.tiling import TiledPrior, TilingConfig
+from adir_ops.retrieval.arms import Neighbours, NoNeighbours
 from adir_ops.rng import generator_for
-from adir_ops.sampling import GUIDED_SAMPLERS, SAMPLERS, default_sampler, get_sampler
-from adir_ops.tiling import TiledPrior, TilingConfig
+from adir_ops.sampling.samplers import GUIDED_SAMPLERS, SAMPLERS, default_sampler, get_sampler
 
 # The per-image random streams, named once. Sampling uses the bare id (the stream the job used
 # before the others existed: keeping it keeps every committed result reproducible).
@@ -62,7 +62,7 @@ class StageError(RuntimeError):
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """name: a key of adir_ops.sampling.SAMPLERS, or 'auto' (the measured default for the operator's task)."""
+    """name: a key of adir_ops.sampling.samplers.SAMPLERS, or 'auto' (the measured default for the operator's task)."""
 
     name: str = AUTO
     steps: int = 100
@@ -121,7 +121,7 @@ class ADIRPipeline:
     `tiling`: how the sampler covers an image of any size with prior-resolution tiles (a
     TiledPrior over `prior`, blended inside eps(): no seams; an image of the prior's size is one
     tile). `fetch(uris)`: the neighbours as (C, H, W) tensors in [-1, 1], skipping unreadable
-    ones (default: local image files). `adapters`: a cache of adapters by key (`adir_ops.adapter_cache`):
+    ones (default: local image files). `adapters`: a cache of adapters by key (`adir_ops.adaptation.cache`):
     an image whose neighbours were adapted on before reads that adapter; with it the adaptation
     draws from the neighbours' stream, not the image's. `warm_start` (needs `adapters`): start
     from the cached adapter of an overlapping neighbour set and train fewer steps.
@@ -160,8 +160,8 @@ class ADIRPipeline:
 
     @classmethod
     def from_spec(cls, prior: str = "default", retriever=None, **kw) -> ADIRPipeline:
-        """`prior`: a spec of adir_ops.priors.PRIORS: 'default' (the embedded default), 'unet64', 'tiny[:res]' (tests), a folder."""
-        from adir_ops.priors import load_local_prior
+        """`prior`: a spec of adir_ops.priors.registry.PRIORS: 'default' (the embedded default), 'unet64', 'tiny[:res]' (tests), a folder."""
+        from adir_ops.priors.registry import load_local_prior
 
         return cls(load_local_prior(prior).eval(), retriever, **kw)
 
@@ -275,7 +275,7 @@ class ADIRPipeline:
     ) -> Adapter:
         """A LoRA on `images` ((C, H, W) in [-1, 1]) from `generator` (paper eq. 18); fresh, or from `initial`."""
         if self.is_upscaler:
-            from adir_ops.sd_upscale import adapt_upscaler
+            from adir_ops.latent.upscale import adapt_upscaler
 
             return adapt_upscaler(self.prior, images, self._upscale_config(), generator, callback=callback)
         return adapt(self.prior, images, config or self.adaptation, generator, callback=callback, initial=initial)
@@ -334,12 +334,12 @@ class ADIRPipeline:
         return image01.clamp(0, 1)
 
     def _upscale_config(self):
-        from adir_ops.sd_upscale import UpscaleConfig, default_crop_size
+        from adir_ops.latent.upscale import UpscaleConfig, default_crop_size
 
         return UpscaleConfig(lora=self.adaptation, crop_size=default_crop_size(self.prior), steps=self.sampler.steps)
 
     def _upscale(self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None) -> torch.Tensor:
-        from adir_ops.sd_upscale import upscale
+        from adir_ops.latent.upscale import upscale
 
         x01 = upscale(self.prior, y.add(1).div(2).clamp(0, 1), self._upscale_config(), [generator], adapter=adapter)
         return x01[..., : operator.image_size[0], : operator.image_size[1]]

@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--assets", default="/tmp/adir-default", help="pipelines.default_assets output (built if missing)")
-    p.add_argument("--prior", default="default", help="a prior spec of adir_ops.priors.PRIORS")
+    p.add_argument("--prior", default="default", help="a prior spec of adir_ops.priors.registry.PRIORS")
     p.add_argument("--task", default="sr4")
     p.add_argument("--images", type=int, default=6, help="held-out test images (picked as the demo picks them)")
     p.add_argument("--k", type=int, default=8)
@@ -71,12 +71,12 @@ def main(argv=None) -> int:
     import torch
     from PIL import Image
 
-    from adir_ops.adaptation import AdaptConfig
-    from adir_ops.embedding import get_embedder
-    from adir_ops.operators import make_operator
+    from adir_ops.adaptation.training import AdaptConfig
+    from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
-    from adir_ops.priors import load_local_prior
-    from adir_ops.retrieval import GivenNeighbours, NoNeighbours
+    from adir_ops.priors.registry import load_local_prior
+    from adir_ops.retrieval.arms import GivenNeighbours, NoNeighbours
+    from adir_ops.retrieval.embedding import get_embedder
     from adir_ops.rng import generator_for
     from pipelines import default_assets
     from pipelines.demo import pick_test_images

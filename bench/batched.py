@@ -43,11 +43,11 @@ def main(argv=None) -> int:
     import torch
     from PIL import Image
 
-    from adir_ops.adaptation import AdaptConfig, adapt_many
+    from adir_ops.adaptation.training import AdaptConfig, adapt_many
     from adir_ops.allocator import keep_freed_memory
-    from adir_ops.operators import make_operator
+    from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
-    from adir_ops.priors import load_local_prior
+    from adir_ops.priors.registry import load_local_prior
     from adir_ops.rng import generator_for
     from pipelines import default_assets
     from pipelines.demo import pick_test_images
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
     # The same single-image adaptation through peft's LoRA layers (adaptation.train_lora, which the
     # latent-space adaptations use): what `adapt` cost before it became adapt_many of one image.
-    from adir_ops.adaptation import _draw_batch, neighbour_pool, train_lora
+    from adir_ops.adaptation.training import _draw_batch, neighbour_pool, train_lora
 
     def peft_adapt():
         pool = neighbour_pool(sets[0], prior.channels, prior.resolution, device)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     # A cache hit (cluster.adapters.AdapterStore in a temporary folder) against training the adapter.
     import tempfile
 
-    from adir_ops.retrieval import GivenNeighbours
+    from adir_ops.retrieval.arms import GivenNeighbours
     from cluster.adapters import AdapterStore
 
     with tempfile.TemporaryDirectory() as folder:

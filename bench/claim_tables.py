@@ -6,7 +6,7 @@ Reads DEMO_OUT/per_image.csv (one row per task, arm and image; `plain` is the na
 and prints markdown: per task and metric, each arm's median over the images, and the paired
 differences asked for (default: every arm − plain, then ADIR − each other arm) as mean
 [95% Student-t interval], with how many images the difference favours ADIR (or the first arm).
-The direction of each metric is that of `adir_ops.quality` (PSNR, SSIM up; the rest down).
+The direction of each metric is that of `adir_ops.metrics.quality` (PSNR, SSIM up; the rest down).
 """
 
 from __future__ import annotations

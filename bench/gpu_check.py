@@ -113,7 +113,12 @@ def autocast(device, precision):
 def build_gd_prior(sizes, device):
     import torch
 
-    from adir_ops.priors import GUIDED_DIFFUSION_256_UNCOND, DiffusionPrior, guided_diffusion_unet, linear_betas
+    from adir_ops.priors.registry import (
+        GUIDED_DIFFUSION_256_UNCOND,
+        DiffusionPrior,
+        guided_diffusion_unet,
+        linear_betas,
+    )
 
     arch = sizes["gd"] or GUIDED_DIFFUSION_256_UNCOND
     with torch.device(device):  # initialise on the device: 552M parameters init in seconds on a GPU
@@ -125,8 +130,8 @@ def build_gd_prior(sizes, device):
 def bench_sampler(prior, params, sizes, device, precision, log):
     import torch
 
-    from adir_ops.operators import make_operator
-    from adir_ops.sampling import adir_sample
+    from adir_ops.physics.operators import make_operator
+    from adir_ops.sampling.samplers import adir_sample
 
     size = sizes["size"]
     operator = make_operator("sr4", image_size=(size, size)).to(device)
@@ -148,7 +153,7 @@ def bench_sampler(prior, params, sizes, device, precision, log):
 def bench_lora(prior, sizes, device, precision, log):
     import torch
 
-    from adir_ops.adaptation import AdaptConfig, adapt, lora_targets
+    from adir_ops.adaptation.training import AdaptConfig, adapt, lora_targets
 
     size, steps = sizes["size"], sizes["lora_steps"]
     neighbours = (
@@ -177,7 +182,7 @@ def bench_batched(prior, sizes, device, precision, log):
     """Batched adaptation (adapt_many): G images' LoRAs in one forward, images/s against G = 1 (issue 14)."""
     import torch
 
-    from adir_ops.adaptation import AdaptConfig, adapt_many
+    from adir_ops.adaptation.training import AdaptConfig, adapt_many
 
     size, steps = sizes["size"], sizes["lora_steps"]
     config = AdaptConfig(steps=steps, batch_size=sizes["lora_batch"])
@@ -257,7 +262,7 @@ def bench_faiss(sizes, device, log):
 def bench_embed(sizes, device, precision, log):
     import torch
 
-    from adir_ops.embedding import get_embedder
+    from adir_ops.retrieval.embedding import get_embedder
 
     embedder = get_embedder(f"openclip:{sizes['clip']}", device=device)
     s, batch = embedder.image_size, sizes["clip_batch"]

@@ -119,7 +119,7 @@ def bare_forward(
     """(images/s, CPU cores busy) of embed_images alone on the first n corpus images, decoded as the reader does."""
     import torch
 
-    from adir_ops.embedding import get_embedder
+    from adir_ops.retrieval.embedding import get_embedder
     from index_builder.reader import decode_image
 
     embedder = get_embedder(embedder_name)
@@ -149,7 +149,7 @@ def one_size(args) -> dict:
     """Run the job for one corpus size in this process; return its figures."""
     import ray
 
-    from adir_ops.embedding import get_embedder
+    from adir_ops.retrieval.embedding import get_embedder
     from index_builder import BuildConfig, run_build
     from index_builder.embed_stage import actor_resources
 
@@ -204,7 +204,7 @@ def one_size(args) -> dict:
 
 
 def main(argv=None) -> int:
-    from adir_ops.embedding import DEFAULT_EMBEDDER
+    from adir_ops.retrieval.embedding import DEFAULT_EMBEDDER
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="2000,20000", help="comma-separated corpus sizes")

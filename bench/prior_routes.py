@@ -4,10 +4,10 @@
         --priors unet64,/tmp/prior-a/out,ffdnet --tasks sr4,deblur,colorize [--out docs/priors.md]
 
 --data: an output folder of `pipelines.default_assets` (default: generated now, in a temp dir).
-Each prior in --priors (specs of adir_ops.priors.PRIORS: `unet64` the committed UNet, a folder
+Each prior in --priors (specs of adir_ops.priors.registry.PRIORS: `unet64` the committed UNet, a folder
 of `pipelines.train_prior`, `ffdnet` the FFDNet denoiser read as a diffusion prior) reconstructs
 the demo's content-blind pick of --images held-out test images with the task's default sampler
-(`adir_ops.sampling.DEFAULT_SAMPLER_BY_TASK`), --steps respaced steps, no adaptation: this compares
+(`adir_ops.sampling.samplers.DEFAULT_SAMPLER_BY_TASK`), --steps respaced steps, no adaptation: this compares
 the priors themselves. The degradation and every sampler draw are the same for all priors
 (`generator_for(seed, image id)`). Beside them: the naive inverse and A^+ y.
 
@@ -50,11 +50,11 @@ def main(argv=None) -> int:
     import torch
     from sampler import load_test_images
 
-    from adir_ops.operators import make_operator
-    from adir_ops.priors import load_local_prior
-    from adir_ops.quality import compute_metrics
+    from adir_ops.metrics.quality import compute_metrics
+    from adir_ops.physics.operators import make_operator
+    from adir_ops.priors.registry import load_local_prior
     from adir_ops.rng import generator_for
-    from adir_ops.sampling import default_sampler, get_sampler
+    from adir_ops.sampling.samplers import default_sampler, get_sampler
     from pipelines.evaluation.statistics import paired_difference
 
     lines: list[str] = []

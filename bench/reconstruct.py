@@ -49,7 +49,7 @@ def make_pictures(folder: str, count: int, height: int, width: int, seed0: int, 
 
 def job_run(args, inputs: str, index: str, out: str, actors: int) -> dict:
     """One `adir reconstruct` run; returns wall time, time to first row and steady-state images/s."""
-    from adir_ops.adapt_config import AdaptConfig
+    from adir_ops.adaptation.config import AdaptConfig
     from cluster.config import ReconstructConfig
     from pipelines import reconstruct
 
@@ -85,11 +85,11 @@ def tile_batching(args) -> list[tuple[int, float, int]]:
     """Seconds per guided sampling run of a tile_image^2 image at each tile_batch (same result each)."""
     import torch
 
-    from adir_ops.operators import make_operator
-    from adir_ops.priors import DiffusionPrior
+    from adir_ops.physics.operators import make_operator
+    from adir_ops.priors.registry import DiffusionPrior
+    from adir_ops.priors.tiling import TiledPrior, TilingConfig
     from adir_ops.rng import generator_for
-    from adir_ops.sampling import adir_sample
-    from adir_ops.tiling import TiledPrior, TilingConfig
+    from adir_ops.sampling.samplers import adir_sample
 
     prior = DiffusionPrior.tiny(resolution=args.prior_resolution).eval()
     size = args.tile_image

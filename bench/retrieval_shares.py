@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/retrieval_shares.py [--encoders efficientnet-lite0,o
      [--ops clean,sr4,deblur,colorize] [--k 8,20] [--corpus-cap 4] [--threads 1] [--seed 0]
 
 The data is the committed photo set (pipelines.photos): the held-out test crops of
-`split_photos(seed)` are the queries, degraded with `adir_ops.operators.make_operator(op).degrade`
+`split_photos(seed)` are the queries, degraded with `adir_ops.physics.operators.make_operator(op).degrade`
 (its default noise; the query is y mapped back to [0, 1], at y's own size), and the corpus is
 `plan_crops`' corpus (crops of every photo, never touching a test region; so the query's own
 photo is present only as other views of it). What ADIR wants from retrieval is images like the
@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adir_ops.embedding import get_embedder
-from adir_ops.operators import make_operator
+from adir_ops.physics.operators import make_operator
+from adir_ops.retrieval.embedding import get_embedder
 from pipelines.photos import CropConfig, cut, load_photos, photo_classes, plan_crops, split_photos
 
 

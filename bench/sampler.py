@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=8, help="held-out test images (pipelines.demo.pick_test_images)")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument(
-        "--samplers", default=None, help="comma-separated names of adir_ops.sampling.SAMPLERS (default: all)"
+        "--samplers", default=None, help="comma-separated names of adir_ops.sampling.samplers.SAMPLERS (default: all)"
     )
     p.add_argument("--steps", default="50,100", help="respaced step counts for every sampler")
     p.add_argument(
@@ -52,7 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--ddnm-etas", default="", help="extra ddnm arms with these DDIM eta values (default: none; ddnm is eta 1)"
     )
     p.add_argument(
-        "--prior", default="default", help="a prior spec of adir_ops.priors.PRIORS (default, ffdnet, a folder)"
+        "--prior",
+        default="default",
+        help="a prior spec of adir_ops.priors.registry.PRIORS (default, ffdnet, a folder)",
     )
     p.add_argument(
         "--data", default=None, help="output folder of pipelines.default_assets (default: generated in a temp dir)"
@@ -99,7 +101,7 @@ def mean_chroma_error(x01, truth01):
 
 def evaluate(x, truth, y, operator) -> dict:
     """Per-image figures of an output x in [-1, 1] against the truth in [-1, 1]."""
-    from adir_ops.quality import compute_metrics
+    from adir_ops.metrics.quality import compute_metrics
 
     x = x.clamp(-1, 1)
     x01, t01 = (x + 1) / 2, (truth + 1) / 2
@@ -118,10 +120,10 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from adir_ops.operators import make_operator
-    from adir_ops.priors import load_local_prior
+    from adir_ops.physics.operators import make_operator
+    from adir_ops.priors.registry import load_local_prior
     from adir_ops.rng import generator_for
-    from adir_ops.sampling import DEFAULT_SAMPLER_BY_TASK, SAMPLERS, get_sampler
+    from adir_ops.sampling.samplers import DEFAULT_SAMPLER_BY_TASK, SAMPLERS, get_sampler
 
     lines: list[str] = []
 

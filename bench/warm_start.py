@@ -56,14 +56,14 @@ def main(argv=None) -> int:
     import torch
     from PIL import Image
 
-    from adir_ops.adaptation import AdaptConfig
-    from adir_ops.adapter_cache import adaptation_stream, jaccard
-    from adir_ops.embedding import get_embedder
-    from adir_ops.operators import make_operator
+    from adir_ops.adaptation.cache import adaptation_stream, jaccard
+    from adir_ops.adaptation.training import AdaptConfig
+    from adir_ops.metrics.quality import compute_metrics
+    from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
-    from adir_ops.priors import load_local_prior
-    from adir_ops.quality import compute_metrics
-    from adir_ops.retrieval import GivenNeighbours
+    from adir_ops.priors.registry import load_local_prior
+    from adir_ops.retrieval.arms import GivenNeighbours
+    from adir_ops.retrieval.embedding import get_embedder
     from pipelines import default_assets
     from pipelines.demo import pick_test_images
     from pipelines.evaluation.statistics import paired_difference

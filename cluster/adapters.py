@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any, Mapping
 
-from adir_ops.adapter_cache import CachedEntry
+from adir_ops.adaptation.cache import CachedEntry
 from adir_storage import commit_bytes, join_url, open_fs, read_bytes
 from cluster.results import ADAPTERS_DIR
 
@@ -32,7 +32,7 @@ RELIST_S = 10.0
 
 
 class AdapterStore:
-    """adir_ops.adapter_cache.AdapterCache over a folder or bucket prefix (fsspec URL)."""
+    """adir_ops.adaptation.cache.AdapterCache over a folder or bucket prefix (fsspec URL)."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, relist_s: float = RELIST_S):
         self.url = url.rstrip("/")
@@ -47,7 +47,7 @@ class AdapterStore:
         return join_url(self.url, key + suffix)
 
     def get(self, key: str):
-        from adir_ops.adapter import Adapter
+        from adir_ops.adaptation.adapter import Adapter
 
         try:
             data = read_bytes(self._url(key, ".safetensors"), self.storage_options)

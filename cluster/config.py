@@ -7,10 +7,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from adir_ops.adapt_config import AdaptConfig, fold_flat_names
-from adir_ops.tasks import TASKS  # the operator registry's names, torch-free for the command line
+from adir_ops.adaptation.config import AdaptConfig, fold_flat_names
+from adir_ops.physics.tasks import TASKS  # the operator registry's names, torch-free for the command line
+from adir_ops.priors.weights import DEFAULT_PRIOR_NAME, UNET64_NAME
 from adir_ops.validation import check_fields, config_from_dict, short_repr
-from adir_ops.weights import DEFAULT_PRIOR_NAME, UNET64_NAME
 from adir_storage import MAX_READ_BYTES, redact_options, redact_url
 
 # The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.
@@ -87,10 +87,10 @@ class ReconstructConfig:
         default_factory=AdaptConfig
     )  # the paper's: rank 16, alpha 8, lr 1e-4, 400 steps, batch 6
     guidance_scale: float | None = None  # eq. 16's s for the eq16 samplers; None: the sampler's default (eq16: 1000)
-    # adir_ops.sampling.SAMPLERS name, or "auto": the sampler measured best for the task (DEFAULT_SAMPLER_BY_TASK).
+    # adir_ops.sampling.samplers.SAMPLERS name, or "auto": the sampler measured best for the task (DEFAULT_SAMPLER_BY_TASK).
     sampler: str = "auto"
     samples: int = 1  # posterior samples per image: > 1 also writes their mean and a per-pixel std map
-    # Amortized adaptation (cluster.adapters, adir_ops.adapter_cache): adapters kept in OUT/adapters by key,
+    # Amortized adaptation (cluster.adapters, adir_ops.adaptation.cache): adapters kept in OUT/adapters by key,
     # drawn from the neighbours' stream, reused by any image that retrieves the same neighbours.
     adapter_cache: bool = False
     # With the cache: start from the cached adapter whose neighbour ids overlap by >= this Jaccard, train
@@ -159,7 +159,7 @@ class ReconstructConfig:
                 f"--limit {self.limit} selects no images; pass --limit N with N >= 1, or leave it out for all"
             )
         if self.warm_start is not None:
-            from adir_ops.adapter_cache import WarmStart
+            from adir_ops.adaptation.cache import WarmStart
 
             WarmStart(self.warm_start, self.warm_start_steps)  # the range checks, with the fix
             if not self.adapter_cache:

@@ -77,7 +77,7 @@ def order_items(
     """The job's items in embedding order, interleaved over `actors`; unreadable inputs go last (their actor reports them)."""
     import torch
 
-    from adir_ops.embedding import get_embedder
+    from adir_ops.retrieval.embedding import get_embedder
     from adir_storage import read_bytes
     from cluster.images import decode_rgb, to_tensor01
 

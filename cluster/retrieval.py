@@ -1,5 +1,5 @@
 """The storage side of retrieval: corpus ids and thumbnails read from an index folder, and the
-adir_ops retriever of each of the paper's Table 5 arms built from them (adir_ops.retrieval)."""
+adir_ops retriever of each of the paper's Table 5 arms built from them (adir_ops.retrieval.arms)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow.parquet as pq
 
-from adir_ops.retrieval import EncoderKNN, NoNeighbours, PixelMSENeighbours, RandomNeighbours
+from adir_ops.retrieval.arms import EncoderKNN, NoNeighbours, PixelMSENeighbours, RandomNeighbours
 from adir_storage import commit_bytes, fetch_many, join_url, open_fs
 from cluster.images import decode_thumbnail
 from cluster.results import THUMBNAILS_DIR

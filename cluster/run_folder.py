@@ -191,7 +191,7 @@ def _defaults() -> dict[str, Any]:
 
 def resolved(previous: Mapping[str, Any]) -> dict[str, Any]:
     """An earlier config.yaml's result-deciding options, each key it lacks at its default (as ours are compared)."""
-    from adir_ops.adapt_config import FLAT_NAMES
+    from adir_ops.adaptation.config import FLAT_NAMES
 
     defaults = _defaults()
     names = {f.name for f in dataclasses.fields(ReconstructConfig)}

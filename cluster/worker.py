@@ -33,15 +33,15 @@ class ItemError(Exception):
 
 
 def load_prior(spec: str, storage_options: Mapping[str, Any] | None = None):
-    """A DiffusionPrior from any spec of adir_ops.priors.PRIORS; remote weights are copied to this node first."""
-    from adir_ops.priors import load_local_prior
+    """A DiffusionPrior from any spec of adir_ops.priors.registry.PRIORS; remote weights are copied to this node first."""
+    from adir_ops.priors.registry import load_local_prior
 
     return load_local_prior(spec, localize=lambda target: local_copy(target, storage_options))
 
 
 def load_upscaler(spec: str, storage_options: Mapping[str, Any] | None = None):
     """The Stable Diffusion x4 upscaler pipeline of `sd-x4:WHERE` (folder, bucket URL, hub id or 'tiny')."""
-    from adir_ops.stable_diffusion import load_pipeline
+    from adir_ops.latent.stable_diffusion import load_pipeline
 
     kind, target = prior_kind(spec)
     if kind != "sd-x4":
@@ -91,9 +91,9 @@ class ReconstructionWorker:
 
     def __init__(self, config: Mapping[str, Any] | ReconstructConfig):
         from adir_ops.allocator import keep_freed_memory
-        from adir_ops.embedding import get_embedder
         from adir_ops.pipeline import ADIRPipeline, SamplerConfig
-        from adir_ops.tiling import TilingConfig
+        from adir_ops.priors.tiling import TilingConfig
+        from adir_ops.retrieval.embedding import get_embedder
         from cluster.retrieval import make_retriever, thumbnails_url
 
         keep_freed_memory()  # this actor's process runs forwards all day: reuse freed tensor memory
@@ -134,7 +134,7 @@ class ReconstructionWorker:
         )
         adapters = warm_start = None
         if cfg.adapter_cache:
-            from adir_ops.adapter_cache import WarmStart
+            from adir_ops.adaptation.cache import WarmStart
             from cluster.adapters import adapter_store
 
             adapters = adapter_store(cfg.out, cfg.storage_options)
@@ -177,9 +177,9 @@ class ReconstructionWorker:
         return row
 
     def _reconstruct(self, item: Mapping[str, Any], watch: _Stopwatch) -> dict[str, Any]:
-        from adir_ops.operators import observe
+        from adir_ops.physics.operators import observe
+        from adir_ops.physics.tasks import scale_factor
         from adir_ops.pipeline import StageError, image_streams
-        from adir_ops.tasks import scale_factor
 
         cfg = self.config
         image_id = item["image_id"]
@@ -277,7 +277,7 @@ class ReconstructionWorker:
         return images
 
     def _metrics(self, result01: torch.Tensor, naive01: torch.Tensor, reference01: torch.Tensor) -> dict[str, Any]:
-        from adir_ops.quality import compute_metrics
+        from adir_ops.metrics.quality import compute_metrics
 
         if reference01.shape != result01.shape:
             raise ValueError(

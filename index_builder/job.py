@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from adir_ops.embedding import DEFAULT_EMBEDDER
+from adir_ops.retrieval.embedding import DEFAULT_EMBEDDER
 from adir_ops.validation import check_fields
 from adir_storage import MAX_READ_BYTES, join_url, remove_if_exists, remove_stale_temporaries
 from index_builder.embed_stage import (  # noqa: F401  (READ_NICE, actor_*, read_nice: the job's import surface)
@@ -175,7 +175,7 @@ def claim_index_folder(out: str, storage_options: Mapping[str, Any] | None = Non
 
 def embedder_spec(name: str) -> tuple[str, int, int]:
     """(canonical name, dim, image_size) of an encoder, built once on the driver to ask."""
-    from adir_ops.embedding import get_embedder
+    from adir_ops.retrieval.embedding import get_embedder
 
     embedder = get_embedder(name)
     return embedder.name, int(embedder.dim), int(embedder.image_size)

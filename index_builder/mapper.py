@@ -27,7 +27,7 @@ class EmbedBatch:
     ):
         import torch
 
-        from adir_ops.embedding import get_embedder
+        from adir_ops.retrieval.embedding import get_embedder
 
         if torch_threads:
             torch.set_num_threads(torch_threads)

@@ -25,7 +25,7 @@ ASSETS_DIR = "default-assets"
 
 
 def _key(embedder: str, limit: int | None) -> str:
-    from adir_ops.metric_files import file_sha256
+    from adir_ops.metrics.files import file_sha256
     from pipelines.default_assets import DefaultAssetsConfig
     from pipelines.photos.split import DATA_DIR
 
@@ -40,8 +40,8 @@ def _key(embedder: str, limit: int | None) -> str:
 
 def default_index_path(embedder: str | None = None, limit: int | None = None) -> Path:
     """Where the embedded corpus's index for `embedder` lives (built or not)."""
-    from adir_ops.embedding import DEFAULT_EMBEDDER
-    from adir_ops.metric_files import cache_root
+    from adir_ops.metrics.files import cache_root
+    from adir_ops.retrieval.embedding import DEFAULT_EMBEDDER
 
     return cache_root() / INDEX_DIR / _key(embedder or DEFAULT_EMBEDDER, limit)
 
@@ -68,7 +68,7 @@ def ensure_default_index(
     start_ray: called before a build (the CLI starts Ray only when it is needed). limit: embed only
     the first N corpus images (tests).
     """
-    from adir_ops.embedding import DEFAULT_EMBEDDER
+    from adir_ops.retrieval.embedding import DEFAULT_EMBEDDER
 
     embedder = embedder or DEFAULT_EMBEDDER
     path = default_index_path(embedder, limit)

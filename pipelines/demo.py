@@ -26,14 +26,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from adir_ops.adapt_config import AdaptConfig
+from adir_ops.adaptation.config import AdaptConfig
 
 DEMO_TASKS = ("sr4", "deblur", "colorize")
 DEMO_MODES = ("baseline", "adir", "random-nn", "mse-nn")
 
 
 def _default_prior() -> str:
-    from adir_ops.weights import DEFAULT_PRIOR_NAME  # torch-free: `adir demo --help` stays instant
+    from adir_ops.priors.weights import DEFAULT_PRIOR_NAME  # torch-free: `adir demo --help` stays instant
 
     return DEFAULT_PRIOR_NAME
 

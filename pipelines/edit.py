@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from adir_ops.adapt_config import FLAT_NAMES, AdaptConfig, fold_flat_names
+from adir_ops.adaptation.config import FLAT_NAMES, AdaptConfig, fold_flat_names
 from adir_ops.validation import check_fields, config_from_dict
 from adir_storage import redact_options
 
@@ -87,7 +87,7 @@ class EditJob:
 # ---------------------------------------------------------------- steps of the job
 def load_inpainting_pipeline(spec: str, storage_options: Mapping[str, Any] | None = None):
     """'tiny', a local folder, a hub id, or a bucket URL (copied once to the node's cache)."""
-    from adir_ops.stable_diffusion import load_pipeline
+    from adir_ops.latent.stable_diffusion import load_pipeline
     from adir_storage import local_copy
 
     return load_pipeline("sd-inpaint", spec if spec == "tiny" else local_copy(spec, storage_options))
@@ -99,7 +99,7 @@ def read_mask(spec: str, size: tuple[int, int], storage_options: Mapping[str, An
     import torch
     from PIL import Image
 
-    from adir_ops.operators import box_mask
+    from adir_ops.physics.operators import box_mask
     from adir_storage import read_bytes
 
     if spec == "center":
@@ -118,7 +118,7 @@ def read_mask(spec: str, size: tuple[int, int], storage_options: Mapping[str, An
 
 def retrieve_by_text(job: EditJob) -> tuple[list[str], list[str], list[float]]:
     """The K corpus images nearest to the prompt's text embedding (the index holds the same encoder's image embeddings)."""
-    from adir_ops.embedding import get_embedder
+    from adir_ops.retrieval.embedding import get_embedder
     from index_builder.index_query import NeighborIndex
     from index_builder.manifest import Manifest
 
@@ -214,8 +214,8 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
     import torch
     import yaml
 
+    from adir_ops.latent.editing import EditConfig, adapt_inpainting, edit
     from adir_ops.rng import generator_for
-    from adir_ops.sd_editing import EditConfig, adapt_inpainting, edit
     from adir_storage import commit_bytes, join_url, read_bytes
     from cluster.images import decode_rgb, encode_png, to_tensor01
 

@@ -100,7 +100,7 @@ def info(args: argparse.Namespace) -> int:
 
 def query(args: argparse.Namespace) -> int:
     """Print the K nearest corpus images of one image, best first."""
-    from adir_ops.embedding import get_embedder
+    from adir_ops.retrieval.embedding import get_embedder
     from index_builder.index_query import NeighborIndex
 
     try:

@@ -9,7 +9,7 @@ import stat
 import sys
 from typing import Any, Mapping
 
-from adir_ops.tasks import scale_factor
+from adir_ops.physics.tasks import scale_factor
 from adir_storage import MAX_READ_BYTES, is_local, open_fs, redact_text, redact_url
 from cluster.results import assign_names
 from index_builder.sources import IMAGE_EXTENSIONS, list_source

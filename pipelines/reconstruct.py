@@ -203,7 +203,7 @@ def run(
 
 def _in_embedding_order(config: ReconstructConfig, items: list[dict[str, Any]], actors: int) -> list[dict[str, Any]]:
     """The items sorted by their embedding, one run per actor (cluster.ordering), with the index's encoder."""
-    from adir_ops.embedding import DEFAULT_EMBEDDER
+    from adir_ops.retrieval.embedding import DEFAULT_EMBEDDER
     from cluster.ordering import order_items
 
     name = config.embedder

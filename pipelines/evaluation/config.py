@@ -62,7 +62,7 @@ class EvaluateConfig:
         names: list[str] = list(STORED_METRICS)
         for name in self.metrics:
             if name in (OFFLINE, REPORT):
-                from adir_ops.quality import DEFAULT_REPORT_METRICS, OFFLINE_METRICS
+                from adir_ops.metrics.quality import DEFAULT_REPORT_METRICS, OFFLINE_METRICS
 
                 names.extend(OFFLINE_METRICS if name == OFFLINE else DEFAULT_REPORT_METRICS)
             else:

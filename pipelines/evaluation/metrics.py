@@ -28,7 +28,7 @@ def fill_metrics(
     batched by image size. A metric that fails on a batch is retried image by image, so one
     degenerate image costs only its own value, with its reason recorded.
     """
-    from adir_ops.quality import available_metrics
+    from adir_ops.metrics.quality import available_metrics
 
     computed = [n for n in names if n not in STORED_METRICS]
     unavailable = {n: r for n, r in available_metrics(computed).items() if r is not None} if computed else {}
@@ -77,7 +77,7 @@ def _compute(arm: Arm, name: str, items: list[tuple[str, Any, Any]]) -> None:
     """One metric over same-size images (id, image, truth); values into arm.values, failures into arm.missing."""
     import torch
 
-    from adir_ops.quality import compute_metrics, is_full_reference
+    from adir_ops.metrics.quality import compute_metrics, is_full_reference
 
     full_reference = is_full_reference(name)
     if full_reference:

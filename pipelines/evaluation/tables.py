@@ -12,7 +12,7 @@ from pipelines.evaluation.statistics import Paired, Summary, summarize
 
 
 def higher_is_better(metric: str) -> bool:
-    from adir_ops.quality import lower_is_better
+    from adir_ops.metrics.quality import lower_is_better
 
     return not lower_is_better(metric)
 

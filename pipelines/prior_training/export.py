@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from adir_ops.priors import DiffusionPrior
-from adir_ops.weights import UNET64_DIR
+from adir_ops.priors.registry import DiffusionPrior
+from adir_ops.priors.weights import UNET64_DIR
 from pipelines.prior_training.data import to_model_range
 from pipelines.prior_training.trainer import Trainer
 
-# The committed UNet prior (`--prior unet64`): inside the adir_ops package (adir_ops/weights), so the wheel carries it.
+# The committed UNet prior (`--prior unet64`): inside the adir_ops package (adir_ops/priors/weights), so the wheel carries it.
 UNET64 = Path(UNET64_DIR)
 SUMMARY = "train_summary.json"
 
@@ -70,7 +70,7 @@ def write_sample_sheet(
     from PIL import Image
 
     from adir_ops.rng import generator_for
-    from adir_ops.sampling import sample
+    from adir_ops.sampling.samplers import sample
 
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:num]
     generators = [generator_for(seed, f"sample-{i}") for i in range(num)]
@@ -143,10 +143,10 @@ def export(
 
 
 def load_unet64(path: str | os.PathLike = UNET64) -> DiffusionPrior:
-    """The committed UNet prior (adir_ops/weights/unet64 of this checkout), or another folder written by `export`."""
+    """The committed UNet prior (adir_ops/priors/weights/unet64 of this checkout), or another folder written by `export`."""
     if not (Path(path) / "unet" / "config.json").is_file():
         raise FileNotFoundError(
             f"no trained prior in {path}; train one with: python -m pipelines.train_prior DATA/prior-train "
-            f"--work WORK --out {path} (see adir_ops/weights/unet64/COMMAND.md)"
+            f"--work WORK --out {path} (see adir_ops/priors/weights/unet64/COMMAND.md)"
         )
     return DiffusionPrior.from_diffusers(str(path))

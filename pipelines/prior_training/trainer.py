@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from adir_ops.losses import eps_mse_loss
-from adir_ops.priors import DiffusionPrior, linear_betas
+from adir_ops.adaptation.losses import eps_mse_loss
+from adir_ops.priors.registry import DiffusionPrior, linear_betas
 from pipelines.prior_training.config import FIXED_ON_RESUME, TrainConfig, build_unet
 from pipelines.prior_training.data import draw_batch, load_patches, validation_batch
 
@@ -22,7 +22,7 @@ CHECKPOINT = "checkpoint.pt"
 def diffusion_loss(
     unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor
 ) -> torch.Tensor:
-    """DDPM's simple loss (`adir_ops.losses.eps_mse_loss`) of a diffusers UNet2DModel, one timestep per patch."""
+    """DDPM's simple loss (`adir_ops.adaptation.losses.eps_mse_loss`) of a diffusers UNet2DModel, one timestep per patch."""
     return eps_mse_loss(lambda x_t, timesteps: unet(x_t, timesteps).sample, x0, t, noise, alphas_cumprod)
 
 

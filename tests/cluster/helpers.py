@@ -50,7 +50,7 @@ def tiny_index(tmp_path_factory) -> tuple[str, str]:
 
 def job_options(**overrides) -> dict:
     """A small, fast job: tiny 16 px prior, 4 sampling steps, 2 LoRA steps of batch 2, K = 3."""
-    from adir_ops.adapt_config import fold_flat_names
+    from adir_ops.adaptation.config import fold_flat_names
 
     options = dict(prior="tiny:16", steps=4, lora_steps=2, lora_batch_size=2, k=3, task="sr4", mode="adir", seed=7)
     options.update(overrides)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from adir_ops.adaptation import AdaptConfig, adapt
-from adir_ops.adapter_cache import WarmStart, adaptation_stream, adapter_key, closest, jaccard
-from adir_ops.denoiser_prior import DenoiserPrior
-from adir_ops.operators import observe
+from adir_ops.adaptation.cache import WarmStart, adaptation_stream, adapter_key, closest, jaccard
+from adir_ops.adaptation.training import AdaptConfig, adapt
+from adir_ops.physics.operators import observe
 from adir_ops.pipeline import ADIRPipeline, SamplerConfig
-from adir_ops.retrieval import GivenNeighbours
+from adir_ops.priors.denoiser import DenoiserPrior
+from adir_ops.retrieval.arms import GivenNeighbours
 from cluster.adapters import AdapterStore
 from tests.cluster.helpers import smooth_picture
 
@@ -43,7 +43,7 @@ def test_the_key_changes_with_everything_that_decides_an_adapter_and_nothing_els
 
 
 def test_closest_takes_the_largest_overlap_above_the_threshold():
-    from adir_ops.adapter_cache import CachedEntry
+    from adir_ops.adaptation.cache import CachedEntry
 
     entries = [CachedEntry("2" * 64, frozenset("abcd")), CachedEntry("1" * 64, frozenset("abxy"))]
     assert jaccard("abcd", "abce") == pytest.approx(3 / 5)

@@ -67,7 +67,7 @@ def test_pool_size_follows_the_cluster():
 
 def test_the_lora_settings_are_one_nested_adapt_config_and_flat_names_still_read():
 
-    from adir_ops.adapt_config import AdaptConfig
+    from adir_ops.adaptation.config import AdaptConfig
 
     base = {"inputs": "i", "out": "o", "task": "sr4", "mode": "baseline"}
     nested = ReconstructConfig.from_dict({**base, "lora": {"steps": 50, "learning_rate": 3e-4}})

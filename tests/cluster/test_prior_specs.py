@@ -9,7 +9,7 @@ from PIL import Image
 
 from cluster.config import ReconstructConfig, prior_kind
 from cluster.worker import ReconstructionWorker, load_prior, load_upscaler
-from tests.adir_ops.test_priors import small_gd_checkpoint
+from tests.adir_ops.priors.test_registry import small_gd_checkpoint
 from tests.cluster.helpers import job_options, write_pictures
 
 pytestmark = pytest.mark.timeout(300)
@@ -50,7 +50,7 @@ def test_gd256_and_sd_x4_weights_in_a_bucket_are_copied_then_loaded(tmp_path, s3
         load_prior(f"gd256:s3://{s3_bucket}/weights/gd.pt", s3_storage_options)
     with pytest.raises(FileNotFoundError, match="does not exist; upload the weights there"):
         load_prior(f"gd256:s3://{s3_bucket}/weights/none.pt", s3_storage_options)
-    from adir_ops.stable_diffusion import tiny_pipeline
+    from adir_ops.latent.stable_diffusion import tiny_pipeline
 
     tiny_pipeline("sd-x4").save_pretrained(str(tmp_path / "sd-x4"))
     s3fs_fs.put(str(tmp_path / "sd-x4"), f"{s3_bucket}/sd-x4", recursive=True)

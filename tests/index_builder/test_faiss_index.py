@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adir_ops.embedding import get_embedder
+from adir_ops.retrieval.embedding import get_embedder
 from index_builder import faiss_index
 from index_builder.faiss_index import EXACT_UP_TO, check_factory, default_factory
 from index_builder.index_query import NeighborIndex

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adir_ops.embedding import DEFAULT_EMBEDDER
-from adir_ops.weights import DEFAULT_PRIOR_NAME
+from adir_ops.priors.weights import DEFAULT_PRIOR_NAME
+from adir_ops.retrieval.embedding import DEFAULT_EMBEDDER
 from pipelines import cli
 from pipelines.demo import DemoConfig, pick_test_images
 

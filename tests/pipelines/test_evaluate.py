@@ -218,7 +218,7 @@ def real_runs(corpus_and_index, tmp_path_factory):
 def test_a_real_run_evaluates_every_arm_and_rebuilds_what_the_job_saw(real_runs, tmp_path):
     import torch
 
-    from adir_ops.quality import compute_metrics
+    from adir_ops.metrics.quality import compute_metrics
     from adir_storage import read_bytes
     from cluster.images import decode_rgb, to_tensor01
 

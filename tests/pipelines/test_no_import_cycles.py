@@ -116,8 +116,8 @@ def test_the_graph_sees_function_level_and_package_imports():
     graph = import_graph()
     assert "pipelines.evaluation" in graph["pipelines.evaluate"]
     assert "pipelines.evaluation.arms" in graph["pipelines.evaluation.views"]
-    # metric_names imports adir_ops.quality inside a method
-    assert "adir_ops.quality" in graph["pipelines.evaluation.config"]
+    # metric_names imports adir_ops.metrics.quality inside a method
+    assert "adir_ops.metrics.quality" in graph["pipelines.evaluation.config"]
 
 
 def test_the_cycle_finder_finds_a_cycle_through_a_hand_graph():

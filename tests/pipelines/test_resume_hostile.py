@@ -210,7 +210,7 @@ def test_an_image_above_max_pixels_is_refused_at_read_with_its_size_and_the_fix(
 def test_ssim_of_a_large_image_is_computed_in_strips_with_the_same_value(monkeypatch):
     import torch
 
-    from adir_ops import quality
+    from adir_ops.metrics import quality
 
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, 120, 90, generator=generator)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from adir_ops import losses
-from adir_ops.priors import DiffusionPrior
+from adir_ops.adaptation import losses
+from adir_ops.priors.registry import DiffusionPrior
 from pipelines import train_prior as tp
 from pipelines.photos import cut, load_photos
 from pipelines.prior_training import trainer as prior_trainer
@@ -100,7 +100,7 @@ def test_training_lowers_the_validation_loss(patches, tmp_path):
 
 
 def test_a_training_step_trains_on_the_eps_mse_loss_of_its_batch(patches, monkeypatch):
-    """A step's loss is adir_ops.losses.eps_mse_loss, the one LoRA adaptation uses too, one timestep per patch."""
+    """A step's loss is adir_ops.adaptation.losses.eps_mse_loss, the one LoRA adaptation uses too, one timestep per patch."""
     batches = []
 
     def recording(eps, x0, t, noise, alphas_cumprod):
