@@ -10,7 +10,7 @@ from adir_ops.lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(
     __name__,
     """
-    pipeline: ADIRPipeline ADIRResult SamplerConfig StageError image_streams
+    pipeline: ADIRPipeline ADIRResult SamplerConfig StageError
     adaptation.training: adapt
     adaptation.config: AdaptConfig
     adaptation.adapter: Adapter
@@ -23,7 +23,7 @@ __getattr__, __all__ = lazy_exports(
     retrieval.arms: RETRIEVERS Neighbours EncoderKNN RandomNeighbours PixelMSENeighbours NoNeighbours GivenNeighbours
     priors.tiling: TiledPrior TilingConfig
     metrics.quality: compute_metrics DEFAULT_REPORT_METRICS
-    rng: generator_for
+    rng: generator_for image_streams
     physics.tasks: TASKS
     priors.weights: DEFAULT_PRIOR_NAME UNET64_DIR
     """,

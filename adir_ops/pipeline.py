@@ -32,23 +32,13 @@ from adir_ops.adaptation.cache import AdapterCache, WarmStart, adaptation_stream
 from adir_ops.adaptation.training import AdaptConfig, Adapter, adapt
 from adir_ops.priors.tiling import TiledPrior, TilingConfig
 from adir_ops.retrieval.arms import Neighbours, NoNeighbours
-from adir_ops.rng import generator_for
+from adir_ops.rng import generator_for, image_streams
 from adir_ops.sampling.samplers import GUIDED_SAMPLERS, SAMPLERS, default_sampler, get_sampler
 
-# The per-image random streams, named once. Sampling uses the bare id (the stream the job used
-# before the others existed: keeping it keeps every committed result reproducible).
-STREAMS = ("degrade", "retrieval", "adaptation", "sampling")
 AUTO = "auto"
 _GUIDED = GUIDED_SAMPLERS  # the samplers that take eq. 16's scale s
 
 Fetch = Callable[[Sequence[str]], list[torch.Tensor]]
-
-
-def image_streams(seed: int, image_id: str) -> dict[str, torch.Generator]:
-    """One CPU generator per stage of one image, from (run seed, image id)."""
-    streams = {s: generator_for(seed, f"{image_id}#{s}") for s in STREAMS if s != "sampling"}
-    streams["sampling"] = generator_for(seed, image_id)
-    return streams
 
 
 class StageError(RuntimeError):

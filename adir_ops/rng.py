@@ -22,6 +22,18 @@ def generator_for(run_seed: int, image_id: str) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(image_seed(run_seed, image_id))
 
 
+# The per-image random streams, one per stage that draws, named once. Sampling uses the bare id (the
+# stream the job used before the others existed: keeping it keeps every committed result reproducible).
+STREAMS = ("degrade", "retrieval", "adaptation", "sampling")
+
+
+def image_streams(seed: int, image_id: str) -> dict[str, torch.Generator]:
+    """One CPU generator per stage of one image, from (run seed, image id)."""
+    streams = {s: generator_for(seed, f"{image_id}#{s}") for s in STREAMS if s != "sampling"}
+    streams["sampling"] = generator_for(seed, image_id)
+    return streams
+
+
 def as_generator_list(generator: Generators, batch: int) -> list[torch.Generator]:
     """One generator per image; a single generator is accepted only for a batch of one.
 

@@ -179,11 +179,12 @@ class ReconstructionWorker:
     def _reconstruct(self, item: Mapping[str, Any], watch: _Stopwatch) -> dict[str, Any]:
         from adir_ops.physics.operators import observe
         from adir_ops.physics.tasks import scale_factor
-        from adir_ops.pipeline import StageError, image_streams
+        from adir_ops.pipeline import StageError
+        from adir_ops.rng import image_streams
 
         cfg = self.config
         image_id = item["image_id"]
-        # The degradation draws from the image's own stream (adir_ops.pipeline.image_streams), the
+        # The degradation draws from the image's own stream (adir_ops.rng.image_streams), the
         # same in every mode: the arms differ by their neighbours alone.
         degrade_stream = image_streams(cfg.seed, image_id)["degrade"]
         out: dict[str, Any] = {}

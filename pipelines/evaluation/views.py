@@ -49,7 +49,7 @@ def reproduce_views(row: Mapping[str, Any], run: Run, storage_options: Mapping[s
     job's own (tests check that the plain restoration's PSNR equals the job's naive_psnr).
     """
     from adir_ops.physics.operators import observe
-    from adir_ops.pipeline import image_streams
+    from adir_ops.rng import image_streams
     from adir_storage import read_bytes
     from cluster.images import decode_rgb, to_tensor01
 

@@ -10,8 +10,9 @@ from PIL import Image
 
 from adir_ops.adaptation.training import AdaptConfig
 from adir_ops.physics.operators import make_operator
-from adir_ops.pipeline import ADIRPipeline, SamplerConfig, image_streams
+from adir_ops.pipeline import ADIRPipeline, SamplerConfig
 from adir_ops.retrieval.embedding import get_embedder
+from adir_ops.rng import image_streams
 from cluster.config import ReconstructConfig
 from cluster.images import decode_rgb, encode_png, to_tensor01
 from cluster.retrieval import make_retriever
