@@ -1,6 +1,8 @@
-"""The adapter cache: keys of what decides an adapter, race-safe reuse in OUT/adapters, warm-start bookkeeping."""
+"""The adapter store (cluster.adapters): race-safe reuse in OUT/adapters, warm starts, tampered entries retrained.
 
-import dataclasses
+The keys and the warm-start choice (adir_ops.adaptation.cache) are tested in tests/adir_ops/adaptation/test_cache.py.
+"""
+
 import json
 import multiprocessing
 import os
@@ -9,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adir_ops.adaptation.cache import WarmStart, adaptation_stream, adapter_key, closest, jaccard
+from adir_ops.adaptation.cache import WarmStart
 from adir_ops.adaptation.training import AdaptConfig, adapt
 from adir_ops.physics.operators import observe
 from adir_ops.pipeline import ADIRPipeline, SamplerConfig
@@ -20,39 +22,6 @@ from tests.cluster.helpers import smooth_picture
 
 pytestmark = pytest.mark.timeout(300)
 LORA = AdaptConfig(steps=3, batch_size=2, learning_rate=1e-2)
-PAIRS = [("a", "s3://corpus/a.jpg"), ("b", "s3://corpus/b.jpg")]
-
-
-# ---------------------------------------------------------------- keys
-def test_the_key_changes_with_everything_that_decides_an_adapter_and_nothing_else():
-    prior = {"source": "ffdnet", "valid_timesteps": 168}
-    key = adapter_key(prior, PAIRS, LORA, 0)
-    assert key == adapter_key(dict(prior), list(PAIRS), AdaptConfig(**LORA.to_dict()), 0)
-    others = [
-        adapter_key({**prior, "source": "tiny"}, PAIRS, LORA, 0),
-        adapter_key(prior, PAIRS[::-1], LORA, 0),  # the order of the neighbours is the order of the crops' pool
-        adapter_key(prior, [("a", "s3://other/a.jpg"), PAIRS[1]], LORA, 0),  # same id, another corpus
-        adapter_key(prior, PAIRS, dataclasses.replace(LORA, steps=4), 0),
-        adapter_key(prior, PAIRS, LORA, 1),
-        adapter_key(prior, PAIRS, LORA, 0, init="f" * 64),
-    ]
-    assert len({key, *others}) == 1 + len(others)
-    # The stream follows the neighbours the same way: equal lists draw alike, another order does not.
-    draw = [torch.rand(4, generator=adaptation_stream(0, p)) for p in (PAIRS, list(PAIRS), PAIRS[::-1])]
-    assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])
-
-
-def test_closest_takes_the_largest_overlap_above_the_threshold():
-    from adir_ops.adaptation.cache import CachedEntry
-
-    entries = [CachedEntry("2" * 64, frozenset("abcd")), CachedEntry("1" * 64, frozenset("abxy"))]
-    assert jaccard("abcd", "abce") == pytest.approx(3 / 5)
-    assert closest(entries, list("abce"), 0.5) == (entries[0], pytest.approx(0.6))
-    assert closest(entries, list("abce"), 0.7) is None
-    tie = closest(entries, list("ab"), 0.1)  # both 2/4: the smaller key, whatever the listing order
-    assert tie[0].key == "1" * 64
-    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
-        WarmStart(min_overlap=1.5)
 
 
 # ---------------------------------------------------------------- the store
@@ -199,7 +168,7 @@ def test_the_job_reads_a_cached_adapter_and_its_rows_say_which(tmp_path, corpus_
     paths = write_pictures(str(tmp_path / "in"), [("a", 5), ("b", 5)])
     out = str(tmp_path / "out")
     config = ReconstructConfig(inputs=str(tmp_path / "in"), out=out, index=index, **job_options(adapter_cache=True))
-    worker = ReconstructionWorker(config.to_dict())
+    worker = ReconstructionWorker(config)
     rows = [worker.process({"image_id": n, "uri": p, "name": n}) for n, p in zip("ab", paths)]
     assert [r["error"] for r in rows] == [None, None]
     assert [r["adapter_source"] for r in rows] == ["trained", "cache"]

@@ -15,7 +15,8 @@ from adir_ops.adaptation.training import (
     lora_targets,
     upscale_to_resolution,
 )
-from adir_ops.priors.registry import DiffusionPrior, guided_diffusion_unet, linear_betas
+from adir_ops.priors.diffusion import DiffusionPrior, linear_betas
+from adir_ops.priors.guided_diffusion import guided_diffusion_unet
 
 # lr raised and steps cut from the paper's (1e-4, 400) so a random tiny UNet learns in seconds:
 # measured over 4 seeds, the fixed-set loss falls 49-52%.
@@ -105,13 +106,6 @@ def test_only_lora_parameters_train_and_their_count_is_the_lora_formula(trained)
     assert sum(trainable.values()) == trained["expected_count"]
     assert trained["adapter"].num_parameters == trained["expected_count"]
     assert trained["during"]["training"] is True
-
-
-def test_every_conv2d_and_nothing_else_is_a_target():
-    prior = DiffusionPrior.tiny(resolution=16)
-    convs = [n for n, m in prior.unet.named_modules() if isinstance(m, nn.Conv2d)]
-    assert lora_targets(prior.unet) == convs
-    assert "conv_norm_out" not in convs  # the GroupNorm a `conv.*` pattern would wrongly catch
 
 
 def test_base_unet_is_bit_identical_with_its_flags_and_modes_after_adapt(trained):
@@ -284,15 +278,6 @@ def test_a_diffusers_unet_loads_the_file_and_predicts_the_same_eps(trained, tmp_
         with adapter.applied(prior):
             ours = prior.eps(x, t)
     torch.testing.assert_close(ours, reference, **SAME)
-
-
-def test_load_rejects_a_file_without_adapter_metadata(tmp_path):
-    from safetensors.torch import save_file
-
-    path = tmp_path / "bare.safetensors"
-    save_file({"unet.conv_in.lora_A.weight": torch.zeros(16, 3, 3, 3)}, str(path))
-    with pytest.raises(ValueError, match="not written by Adapter.save"):
-        Adapter.load(str(path))
 
 
 # ---------------------------------------------------------------- determinism and inputs
