@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from adir_ops.metrics import quality
     from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig
-    from adir_ops.priors.registry import DiffusionPrior, load_local_prior
+    from adir_ops.priors.diffusion import DiffusionPrior
+    from adir_ops.priors.registry import load_local_prior
     from adir_ops.retrieval.arms import GivenNeighbours, NoNeighbours
     from adir_ops.rng import image_streams
 

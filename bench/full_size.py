@@ -27,7 +27,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-STAGE_COLUMNS = ("read", "degrade", "retrieval", "fetch", "adaptation", "sampling", "metrics", "write")
 SAMPLE_S = 0.2
 
 
@@ -104,6 +103,8 @@ def run_one(args, inputs: str, out: str) -> tuple[float, PeakMemory]:
 def main(argv=None) -> None:
     import pyarrow.parquet as pq
 
+    from cluster.results import STAGES
+
     args = parse_args(argv)
     sizes = [float(size) for size in args.sizes.split(",")]
     work = args.workdir or tempfile.mkdtemp(prefix="adir-full-size-")
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
     header = [
         "MP",
         "wall s/MP",
-        *[f"{s} s/MP" for s in STAGE_COLUMNS],
+        *[f"{s} s/MP" for s in STAGES],
         "driver GiB",
         "actor GiB",
         "PSNR",
@@ -131,7 +132,7 @@ def main(argv=None) -> None:
         wall, peak = run_one(args, inputs, os.path.join(work, f"out-{size}"))
         rows = pq.read_table(os.path.join(work, f"out-{size}", "results.parquet")).to_pylist()
         mp = pixels / 1e6
-        stage = [sum(row[f"{s}_s"] or 0.0 for row in rows) / mp for s in STAGE_COLUMNS]
+        stage = [sum(row[f"{s}_s"] or 0.0 for row in rows) / mp for s in STAGES]
         psnr = sum(row["psnr"] for row in rows) / len(rows)
         naive = sum(row["naive_psnr"] for row in rows) / len(rows)
         cells = [f"{mp / len(rows):.2f}", f"{wall / mp:.1f}", *[f"{v:.1f}" for v in stage]]

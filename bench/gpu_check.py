@@ -113,12 +113,8 @@ def autocast(device, precision):
 def build_gd_prior(sizes, device):
     import torch
 
-    from adir_ops.priors.registry import (
-        GUIDED_DIFFUSION_256_UNCOND,
-        DiffusionPrior,
-        guided_diffusion_unet,
-        linear_betas,
-    )
+    from adir_ops.priors.diffusion import DiffusionPrior, linear_betas
+    from adir_ops.priors.guided_diffusion import GUIDED_DIFFUSION_256_UNCOND, guided_diffusion_unet
 
     arch = sizes["gd"] or GUIDED_DIFFUSION_256_UNCOND
     with torch.device(device):  # initialise on the device: 552M parameters init in seconds on a GPU

@@ -86,7 +86,7 @@ def tile_batching(args) -> list[tuple[int, float, int]]:
     import torch
 
     from adir_ops.physics.operators import make_operator
-    from adir_ops.priors.registry import DiffusionPrior
+    from adir_ops.priors.diffusion import DiffusionPrior
     from adir_ops.priors.tiling import TiledPrior, TilingConfig
     from adir_ops.rng import generator_for
     from adir_ops.sampling.samplers import adir_sample

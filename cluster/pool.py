@@ -92,8 +92,8 @@ class WorkerPool:
             **self.options,
             **({"runtime_env": {"env_vars": env}} if env else {}),
         )
-        payload = config.to_dict()
-        self.actors = [remote.remote(payload) for _ in range(self.count)]
+        # The validated config itself (a frozen dataclass pickles): no actor validates it again.
+        self.actors = [remote.remote(config) for _ in range(self.count)]
         self.info: list[dict[str, Any] | None] = [None] * self.count
         self.busy: dict[int, dict[str, Any]] = {}
         self.ready: list[int] = []

@@ -52,7 +52,11 @@ ERROR_SUFFIX = "~error"  # never part of a safe_name: see the module docstring
 CORRUPT_DIR = "corrupt"  # OUT/results/corrupt/: parts that could not be read, moved out of every listing
 MAX_NAME_CHARS = 120
 MAX_PART_BYTES = 16 * 2**20  # a part is one row (a few KB): anything larger is not ours
-STAGES = ("read", "degrade", "retrieval", "fetch", "adaptation", "sampling", "metrics", "write")
+# The stages of one image, in order, each timed into its `<stage>_s` column (the one list: the progress line,
+# the benches and the tests read it here). The worker reads and degrades, ADIRPipeline runs the method's own
+# stages, the worker scores and writes; adir_ops.rng.STREAMS draws one random stream per stage that needs one.
+PIPELINE_STAGES = ("retrieval", "fetch", "adaptation", "sampling")
+STAGES = ("read", "degrade", *PIPELINE_STAGES, "metrics", "write")
 
 RESULTS_SCHEMA = pa.schema(
     [

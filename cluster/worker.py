@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import torch
 
 from adir_storage import commit_bytes, is_local, join_url, local_copy, read_bytes, scrub
-from cluster.config import ReconstructConfig, prior_kind
-from cluster.images import check_pixels, decode_rgb, encode_png, to_tensor01
+from cluster.config import ReconstructConfig
+from cluster.images import check_pixels, decode_input, decode_rgb, encode_png, observe_input, to_tensor01
 from cluster.results import IMAGES_DIR, STD_SCALE, image_url, new_row, utc_now, write_part
 
 MAX_ERROR_CHARS = 2000
@@ -42,8 +42,9 @@ def load_prior(spec: str, storage_options: Mapping[str, Any] | None = None):
 def load_upscaler(spec: str, storage_options: Mapping[str, Any] | None = None):
     """The Stable Diffusion x4 upscaler pipeline of `sd-x4:WHERE` (folder, bucket URL, hub id or 'tiny')."""
     from adir_ops.latent.stable_diffusion import load_pipeline
+    from adir_ops.priors.registry import parse_prior
 
-    kind, target = prior_kind(spec)
+    kind, target = parse_prior(spec)
     if kind != "sd-x4":
         raise ValueError(f"{spec!r} is not an sd-x4:... prior spec")
     if target != "tiny" and not is_local(target):
@@ -89,7 +90,7 @@ class ReconstructionWorker:
     "reference_uri". Every failure inside `process` becomes an error row for that image.
     """
 
-    def __init__(self, config: Mapping[str, Any] | ReconstructConfig):
+    def __init__(self, config: ReconstructConfig):
         from adir_ops.allocator import keep_freed_memory
         from adir_ops.pipeline import ADIRPipeline, SamplerConfig
         from adir_ops.priors.tiling import TilingConfig
@@ -97,13 +98,14 @@ class ReconstructionWorker:
         from cluster.retrieval import make_retriever, thumbnails_url
 
         keep_freed_memory()  # this actor's process runs forwards all day: reuse freed tensor memory
-        self.config = config if isinstance(config, ReconstructConfig) else ReconstructConfig.from_dict(config)
-        cfg = self.config
+        if not isinstance(config, ReconstructConfig):  # validated once, where the job was resolved, and shipped as is
+            raise TypeError(f"ReconstructionWorker takes the job's ReconstructConfig; got {type(config).__name__}")
+        self.config = cfg = config
         # Ray pins a GPU actor to its device through CUDA_VISIBLE_DEVICES: it sees cuda:0.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # The SD x4 upscaler replaces prior + eq. 16 sampler by its own pipeline (adapted in latent space).
         self.upscaler = self.prior = None
-        if prior_kind(cfg.prior)[0] == "sd-x4":
+        if cfg.prior_kind == "sd-x4":
             self.upscaler = load_upscaler(cfg.prior, cfg.storage_options).to(self.device)
         else:
             self.prior = load_prior(cfg.prior, cfg.storage_options).to(self.device).eval()
@@ -177,16 +179,11 @@ class ReconstructionWorker:
         return row
 
     def _reconstruct(self, item: Mapping[str, Any], watch: _Stopwatch) -> dict[str, Any]:
-        from adir_ops.physics.operators import observe
         from adir_ops.physics.tasks import scale_factor
         from adir_ops.pipeline import StageError
-        from adir_ops.rng import image_streams
 
         cfg = self.config
         image_id = item["image_id"]
-        # The degradation draws from the image's own stream (adir_ops.rng.image_streams), the
-        # same in every mode: the arms differ by their neighbours alone.
-        degrade_stream = image_streams(cfg.seed, image_id)["degrade"]
         out: dict[str, Any] = {}
         with watch.stage("read"):
             factor = scale_factor(cfg.task) if cfg.degraded else 1  # a degraded SR input grows by its factor
@@ -197,9 +194,14 @@ class ReconstructionWorker:
             if item.get("reference_uri"):
                 reference, out["reference_sha256"] = self._read(item["reference_uri"], 1)
         with watch.stage("degrade"):
-            options = {} if cfg.noise_sigma_255 is None else {"noise_sigma_255": cfg.noise_sigma_255}
-            seen = observe(
-                cfg.task, pixels, degraded=cfg.degraded, reference01=reference, generator=degrade_stream, **options
+            seen = observe_input(
+                cfg.task,
+                pixels,
+                seed=cfg.seed,
+                image_id=image_id,
+                degraded=cfg.degraded,
+                reference01=reference,
+                noise_sigma_255=cfg.noise_sigma_255,
             )
             operator, y, reference = seen.operator.to(self.device), seen.y.to(self.device), seen.truth01
         try:
@@ -259,7 +261,7 @@ class ReconstructionWorker:
         """
         data = read_bytes(uri, self.config.storage_options, self.config.max_input_bytes)
         check_pixels(data, self.config.max_pixels, factor)
-        return to_tensor01(decode_rgb(data)).unsqueeze(0), hashlib.sha256(data).hexdigest()
+        return decode_input(data), hashlib.sha256(data).hexdigest()
 
     def _fetch(self, uris: list[str]) -> list[torch.Tensor]:
         """The neighbours as (C, H, W) tensors in [-1, 1]; an unreadable one is skipped, none at all is an error."""

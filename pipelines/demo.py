@@ -27,9 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adir_ops.adaptation.config import AdaptConfig
+from adir_ops.retrieval.arms import MODES
 
 DEMO_TASKS = ("sr4", "deblur", "colorize")
-DEMO_MODES = ("baseline", "adir", "random-nn", "mse-nn")
+# Every arm, the no-adaptation reference first: the runs go in this order.
+DEMO_MODES = ("baseline", *(mode for mode in MODES if mode != "baseline"))
 
 
 def _default_prior() -> str:
@@ -65,7 +67,7 @@ class DemoConfig:
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "modes", tuple(self.modes))
-        from cluster.config import MODES, TASKS
+        from cluster.config import TASKS
 
         if self.images < 1:
             raise ValueError(f"--images must be >= 1; got {self.images}")
@@ -160,12 +162,13 @@ def run(config: DemoConfig) -> dict:
     """Every stage of the demo; returns {"report", "evaluation", "times", "runs", "images"}."""
     import ray
 
-    from cluster.config import ReconstructConfig, prior_kind
+    from adir_ops.priors.registry import parse_prior
+    from cluster.config import ReconstructConfig
     from index_builder.job import BuildConfig, run_build
     from pipelines import default_assets, reconstruct
     from pipelines.evaluate import EvaluateConfig, evaluate, write
 
-    if prior_kind(config.prior)[0] == "auto" and not (Path(config.prior) / "unet" / "config.json").is_file():
+    if parse_prior(config.prior).kind == "auto" and not (Path(config.prior) / "unet" / "config.json").is_file():
         raise FileNotFoundError(
             f"no trained prior in {config.prior}; the demo uses the embedded default prior (--prior default), "
             "or pass --prior with a diffusers UNet folder (train one with python -m pipelines.train_prior)"

@@ -17,6 +17,8 @@ from adir_ops.adaptation.config import FLAT_NAMES, AdaptConfig, fold_flat_names
 from adir_ops.validation import check_fields, config_from_dict
 from adir_storage import redact_options
 
+# Two of the reconstruction arms (adir_ops.retrieval.arms.MODES): the paper's Sec. 4.4 compares adaptation on
+# the prompt's text-retrieved neighbours with none; random-nn and mse-nn are Table 5's reconstruction baselines.
 MODES = ("adir", "baseline")
 DEFAULT_PIPELINE = "stabilityai/stable-diffusion-2-inpainting"
 ADAPTER_FILE = "adapter/pytorch_lora_weights.safetensors"

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
+from adir_ops.priors.registry import PRIORS, format_prior, parse_prior
 from adir_storage import (
     is_local,
     join_url,
@@ -16,7 +17,7 @@ from adir_storage import (
     remove_stale_temporaries,
     scrub,
 )
-from cluster.config import PRIOR_KINDS, ReconstructConfig, prior_kind
+from cluster.config import ReconstructConfig
 from cluster.lease import Lease
 from cluster.results import (
     ADAPTERS_DIR,
@@ -87,10 +88,10 @@ def _read_yaml(url: str) -> dict[str, Any]:
 def resolve_config(
     args: argparse.Namespace, default_index: Callable[[str | None], str] | None = None
 ) -> ReconstructConfig:
-    """Dataclass defaults < --config job.yaml < command-line flags.
+    """Dataclass defaults < --config job.yaml < command-line flags; the config is validated here, once.
 
-    default_index(embedder): the index to retrieve from when a retrieving mode names none (the CLI's:
-    the embedded corpus's, built on first use into the user's cache, pipelines.default_index).
+    default_index(embedder): the index to retrieve from when a retrieving mode names none, only named here
+    (the CLI's: the embedded corpus's, pipelines.default_index; main builds it once the config is valid).
     """
     values = _read_yaml(args.config) if getattr(args, "config", None) else {}
     for name in CLI_FIELDS:
@@ -103,11 +104,13 @@ def resolve_config(
             values[name] = os.path.abspath(os.path.expanduser(values[name].removeprefix("file://")))
     prior = values.get("prior")
     if isinstance(prior, str) and prior:
-        kind, target = prior_kind(prior)
-        if kind != "default" and is_local(target) and os.path.exists(target):
-            values["prior"] = (f"{kind}:" if kind in (*PRIOR_KINDS, "ffdnet") else "") + os.path.abspath(target)
+        try:
+            kind, target = parse_prior(prior)
+        except ValueError:
+            kind, target = None, ""  # the config refuses it, in the order of its checks
+        if kind is not None and PRIORS[kind].takes_path and is_local(target) and os.path.exists(target):
+            values["prior"] = format_prior(kind, os.path.abspath(target))
     if default_index is not None and values.get("mode", "adir") != "baseline" and not values.get("index"):
-        ReconstructConfig.from_dict({**values, "mode": "baseline"})  # every other option's error before the build
         values["index"] = default_index(values.get("embedder"))
     return ReconstructConfig.from_dict(values)
 
@@ -133,7 +136,7 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
             raise ValueError(
                 f"--k {config.k} but the index at {config.index} holds {manifest.count} images; ask for at most {manifest.count}"
             )
-        config = ReconstructConfig.from_dict({**config.to_dict(), "embedder": manifest.embedder})
+        config = config.with_embedder(manifest.embedder)
     items = list_inputs(
         config.inputs,
         task=config.task,
@@ -292,12 +295,17 @@ def main(args: argparse.Namespace) -> int:
             init_ray(address=args.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
 
     def default_index(embedder: str | None) -> str:
-        from pipelines.default_index import ensure_default_index
+        from pipelines.default_index import default_index_path
 
-        return ensure_default_index(embedder=embedder, progress=not args.no_progress, start_ray=start_ray)
+        return str(default_index_path(embedder))
 
     try:
         config = resolve_config(args, default_index)
+        if config.mode != "baseline" and config.index == default_index(config.embedder):
+            from pipelines.default_index import ensure_default_index
+
+            # Built (or found) only now that every other option is known good: a typo costs no corpus build.
+            ensure_default_index(embedder=config.embedder, progress=not args.no_progress, start_ray=start_ray)
     except (ValueError, FileNotFoundError, TypeError) as exc:
         raise UsageError(redact_text(str(exc))) from exc
     if config.tiny_resolution is not None:

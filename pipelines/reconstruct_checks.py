@@ -7,13 +7,12 @@ actor starts: a problem found by the actors costs a cluster start and surfaces i
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Mapping
 
+from adir_ops.priors.registry import HUB_ID, parse_prior
 from adir_storage import is_local, join_url, open_fs
-from cluster.config import ReconstructConfig, prior_kind
+from cluster.config import ReconstructConfig
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # An index file up to this size is loaded whole by the preflight (a torn file fails there, not in every actor);
 # a larger one is checked by its size against the vectors it must hold.
 FULL_INDEX_CHECK_BYTES = 64 * 2**20
@@ -22,7 +21,7 @@ UNET64_RESOLUTION = 64
 
 # ---------------------------------------------------------------- the prior
 def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
-    kind, spec = prior_kind(spec)
+    kind, spec = parse_prior(spec)
     if kind in ("tiny", "unet64") or (kind == "sd-x4" and spec == "tiny"):
         return
     if kind == "default" or (kind == "ffdnet" and not spec):
@@ -43,7 +42,7 @@ def check_prior(spec: str, storage_options: Mapping[str, Any]) -> None:
         return
     if os.path.exists(spec):
         return
-    if HUB_ID.match(spec) and not spec.startswith("."):
+    if HUB_ID.match(spec):
         check_hub_prior(spec, "model_index.json" if kind == "sd-x4" else "config.json")
         return
     raise FileNotFoundError(
@@ -91,11 +90,12 @@ def check_hub_prior(hub_id: str, config_file: str) -> None:
 # ---------------------------------------------------------------- sampler and tiling
 def check_sampler(config: ReconstructConfig) -> None:
     """The sampler exists and fits the task, and --guidance-scale is only given to a sampler that uses it."""
-    from adir_ops.sampling.samplers import DEFAULT_SAMPLER_BY_TASK, GUIDED_SAMPLERS, SAMPLER_TASKS, SAMPLERS
+    from adir_ops.pipeline import SamplerConfig
+    from adir_ops.sampling.samplers import DEFAULT_SAMPLER_BY_TASK, GUIDED_SAMPLERS, SAMPLER_TASKS
 
-    if config.sampler != "auto" and config.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {config.sampler!r} is not a sampler; choose auto or one of {', '.join(SAMPLERS)}")
-    if prior_kind(config.prior)[0] == "sd-x4":
+    # The name checked by the very SamplerConfig each actor builds from these fields: one rule, said once.
+    SamplerConfig(config.sampler, config.steps, config.guidance_scale, config.samples)
+    if config.prior_kind == "sd-x4":
         given = [
             flag
             for flag, on in (("--sampler", config.sampler != "auto"), ("--guidance-scale", config.guidance_scale))
@@ -124,7 +124,7 @@ def check_sampler(config: ReconstructConfig) -> None:
 
 def check_tiling(config: ReconstructConfig) -> None:
     """--tile-overlap below the tile, where the prior's tile is known without loading it."""
-    kind = prior_kind(config.prior)[0]
+    kind = config.prior_kind
     tile = config.tiny_resolution if kind == "tiny" else UNET64_RESOLUTION if kind == "unet64" else None
     if tile is not None and config.tile_overlap is not None and config.tile_overlap >= tile:
         raise ValueError(

@@ -35,7 +35,7 @@ import sys
 
 import torch
 
-from adir_ops.priors.registry import DiffusionPrior, linear_betas
+from adir_ops.priors.diffusion import DiffusionPrior, linear_betas
 from pipelines.prior_training.config import FIXED_ON_RESUME, TrainConfig, build_unet
 from pipelines.prior_training.data import IMAGE_EXTENSIONS, draw_batch, load_patches, to_model_range, validation_batch
 from pipelines.prior_training.export import (

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from adir_ops.adaptation import training
 from adir_ops.adaptation.training import AdaptConfig, Adapter
+from adir_ops.priors.registry import HUB_ID
 
 # The paper's models; what `load_pipeline` names in its messages.
 HUB_IDS = {
@@ -34,7 +34,6 @@ HUB_IDS = {
     "sd-inpaint": "stabilityai/stable-diffusion-2-inpainting",
 }
 PIPELINE_CLASSES = {"sd-x4": "StableDiffusionUpscalePipeline", "sd-inpaint": "StableDiffusionInpaintPipeline"}
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
 
 
@@ -83,7 +82,7 @@ def _load(kind: str, spec: str, torch_dtype: torch.dtype | None):
     if kind == "sd-inpaint":
         options.update(safety_checker=None, requires_safety_checker=False)
     local = os.path.expanduser(spec)
-    if os.path.exists(local) or not _HUB_ID.match(spec):
+    if os.path.exists(local) or not HUB_ID.match(spec):
         if not os.path.isfile(os.path.join(local, "model_index.json")):
             what = (
                 "does not exist"

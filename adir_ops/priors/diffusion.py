@@ -18,8 +18,9 @@ def linear_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta
     return torch.linspace(scale * beta_start, scale * beta_end, num_train_timesteps, dtype=torch.float64)
 
 
-# "denoiser": adir_ops.priors.denoiser.DenoiserPrior, a Gaussian denoiser read as a prior.
-PRIOR_KINDS = ("diffusers", "guided-diffusion", "denoiser")
+# What a loaded prior's `kind` may be: the network it wraps (not a --prior spec's kind: those are
+# adir_ops.priors.registry.PRIORS). "denoiser": adir_ops.priors.denoiser.DenoiserPrior, a Gaussian denoiser read as a prior.
+NETWORK_KINDS = ("diffusers", "guided-diffusion", "denoiser")
 
 
 class DiffusionPrior(nn.Module):
@@ -43,8 +44,8 @@ class DiffusionPrior(nn.Module):
         config: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if kind not in PRIOR_KINDS:
-            raise ValueError(f"unknown prior kind {kind!r}; expected one of {PRIOR_KINDS}")
+        if kind not in NETWORK_KINDS:
+            raise ValueError(f"unknown prior kind {kind!r}; expected one of {NETWORK_KINDS}")
         self.unet = unet
         self.kind = kind
         self.resolution = int(resolution)

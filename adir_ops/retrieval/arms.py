@@ -17,10 +17,15 @@ NeighborIndex, or anything with its signature); reading them from storage is clu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+if TYPE_CHECKING:
+    import torch
+
+# The job's --mode, one per Table 5 arm (the one list: cluster.config, the CLI and the demo read it here, which
+# is why torch is imported only where an arm draws or resizes).
 MODES = ("adir", "baseline", "random-nn", "mse-nn")
 
 
@@ -80,12 +85,15 @@ class RandomNeighbours:
         self.ids, self.uris, self.k = ids, uris, k
 
     def neighbours(self, y01, naive01, generator) -> Neighbours:
+        import torch
+
         rows = torch.randperm(len(self.ids), generator=generator)[: self.k].numpy()
         return Neighbours(list(self.ids[rows]), list(self.uris[rows]), [0.0] * len(rows))
 
 
 def thumbnail_of(image01: torch.Tensor, size: int) -> np.ndarray:
     """(C, H, W) in [0, 1] -> the centre-square bicubic thumbnail (size, size, 3) uint8 the corpus got."""
+    import torch
     from PIL import Image
 
     array = image01.detach().clamp(0, 1).mul(255).round().to("cpu", torch.uint8)

@@ -48,29 +48,25 @@ def reproduce_views(row: Mapping[str, Any], run: Run, storage_options: Mapping[s
     Same operator options and the same per-image degradation generator, so the noise is the
     job's own (tests check that the plain restoration's PSNR equals the job's naive_psnr).
     """
-    from adir_ops.physics.operators import observe
-    from adir_ops.rng import image_streams
     from adir_storage import read_bytes
-    from cluster.images import decode_rgb, to_tensor01
+    from cluster.images import decode_input, observe_input
 
     config = run.config
     task, image_id = row["task"], row["image_id"]
-    options = {} if config.get("noise_sigma_255") is None else {"noise_sigma_255": config["noise_sigma_255"]}
-    pixels = to_tensor01(decode_rgb(read_bytes(input_uri(row, run, storage_options=storage_options), storage_options)))
-    pixels = pixels.unsqueeze(0)
+    pixels = decode_input(read_bytes(input_uri(row, run, storage_options=storage_options), storage_options))
     truth = None
     if config.get("degraded") and config.get("reference"):
         uri = _reference_uris(run, storage_options).get(image_id)
         if uri:
-            truth = to_tensor01(decode_rgb(read_bytes(uri, storage_options))).unsqueeze(0)
-    # The worker's own observation: the same operator, options and degrade stream.
-    seen = observe(
+            truth = decode_input(read_bytes(uri, storage_options))
+    seen = observe_input(  # the worker's own degrade step: the same operator, options and stream
         task,
         pixels,
+        seed=row["seed"],
+        image_id=image_id,
         degraded=bool(config.get("degraded")),
         reference01=truth,
-        generator=image_streams(row["seed"], image_id)["degrade"],
-        **options,
+        noise_sigma_255=config.get("noise_sigma_255"),
     )
     operator, y, truth = seen.operator, seen.y, seen.truth01
     plain = operator.naive_inverse(y).add(1).div(2).clamp(0, 1)

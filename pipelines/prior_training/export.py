@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adir_ops.priors.registry import DiffusionPrior
+from adir_ops.priors.diffusion import DiffusionPrior
 from adir_ops.priors.weights import UNET64_DIR
 from pipelines.prior_training.data import to_model_range
 from pipelines.prior_training.trainer import Trainer

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from adir_ops.adaptation.losses import eps_mse_loss
-from adir_ops.priors.registry import DiffusionPrior, linear_betas
+from adir_ops.priors.diffusion import DiffusionPrior, linear_betas
 from pipelines.prior_training.config import FIXED_ON_RESUME, TrainConfig, build_unet
 from pipelines.prior_training.data import draw_batch, load_patches, validation_batch
 

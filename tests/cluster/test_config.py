@@ -24,6 +24,9 @@ def _config(**kw):
         ({"steps": 0}, "--steps must be"),
         ({"metrics": ["lpips"]}, "not results columns"),
         ({"out": ""}, "needs --out"),
+        ({"prior": "tiny:big"}, "integer resolution"),  # --prior is read by the loaders' own grammar
+        ({"prior": "clip:ViT-B-32"}, "unknown prior spec"),
+        ({"prior": "gd256:"}, "names no weights"),
     ],
 )
 def test_bad_options_are_refused_with_the_fix(options, message):
@@ -105,3 +108,23 @@ def test_a_lora_flag_overrides_the_job_files_nested_value(tmp_path):
     ]
     config = reconstruct.resolve_config(cli.build_parser().parse_args(argv))
     assert (config.lora.steps, config.lora.batch_size) == (5, 2)
+
+
+@pytest.mark.parametrize(
+    "prior, made",
+    [
+        ("ffdnet:w/f.pth", "ffdnet:{}/w/f.pth"),  # a local target becomes absolute and keeps its kind
+        ("gd256:w/f.pth", "gd256:{}/w/f.pth"),
+        ("w/f.pth", "{}/w/f.pth"),
+        ("gd256:s3://b/gd.pt", "gd256:s3://b/gd.pt"),  # a URL is where it is
+        ("tiny:16", "tiny:16"),  # no path to make absolute
+    ],
+)
+def test_resolve_config_makes_a_local_prior_absolute_and_keeps_its_kind(tmp_path, monkeypatch, prior, made):
+    from pipelines import cli, reconstruct
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "f.pth").write_bytes(b"")
+    argv = ["reconstruct", "--inputs", "i", "--out", "o", "--task", "sr4", "--mode", "baseline", "--prior", prior]
+    assert reconstruct.resolve_config(cli.build_parser().parse_args(argv)).prior == made.format(tmp_path)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cluster.config import ReconstructConfig, prior_kind
+from adir_ops.priors.registry import parse_prior
+from cluster.config import ReconstructConfig
 from cluster.worker import ReconstructionWorker, load_prior, load_upscaler
 from tests.adir_ops.priors.test_registry import small_gd_checkpoint
 from tests.cluster.helpers import job_options, write_pictures
@@ -16,15 +17,15 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_prior_specs_name_their_family():
-    assert prior_kind("gd256:/models/256x256_diffusion_uncond.pt") == ("gd256", "/models/256x256_diffusion_uncond.pt")
-    assert prior_kind("gd256:s3://b/gd.pt") == ("gd256", "s3://b/gd.pt")
-    assert prior_kind("sd-x4:stabilityai/stable-diffusion-x4-upscaler") == (
+    assert parse_prior("gd256:/models/256x256_diffusion_uncond.pt") == ("gd256", "/models/256x256_diffusion_uncond.pt")
+    assert parse_prior("gd256:s3://b/gd.pt") == ("gd256", "s3://b/gd.pt")
+    assert parse_prior("sd-x4:stabilityai/stable-diffusion-x4-upscaler") == (
         "sd-x4",
         "stabilityai/stable-diffusion-x4-upscaler",
     )
-    assert prior_kind("tiny:16") == ("tiny", "tiny:16") and prior_kind("org/name") == ("auto", "org/name")
-    assert prior_kind("default") == ("default", "default") and prior_kind("unet64") == ("unet64", "unet64")
-    assert prior_kind("ffdnet") == ("ffdnet", "") and prior_kind("ffdnet:/w/f.pth") == ("ffdnet", "/w/f.pth")
+    assert parse_prior("tiny:16") == ("tiny", "16") and parse_prior("org/name") == ("auto", "org/name")
+    assert parse_prior("default") == ("default", "") and parse_prior("unet64") == ("unet64", "")
+    assert parse_prior("ffdnet") == ("ffdnet", "") and parse_prior("ffdnet:/w/f.pth") == ("ffdnet", "/w/f.pth")
     with pytest.raises(ValueError, match="x4 upscaler: it does --task sr4 only, not deblur"):
         ReconstructConfig(inputs="in", out="out", task="deblur", mode="baseline", prior="sd-x4:tiny")
     with pytest.raises(ValueError, match="names no weights"):
@@ -73,7 +74,7 @@ def test_sd_x4_worker_upscales_one_image_and_adaptation_changes_it(tmp_path, cor
         out = str(tmp_path / mode)
         options = job_options(prior="sd-x4:tiny", mode=mode, steps=3, lora_steps=3, lora_learning_rate=3e-2)
         config = ReconstructConfig(inputs=str(tmp_path / "in"), out=out, index=index, **options)
-        row = ReconstructionWorker(config.to_dict()).process(item)
+        row = ReconstructionWorker(config).process(item)
         assert row["error"] is None, row["error"]
         assert (row["height"], row["width"]) == (30, 42) and row["tiles"] == 1
         pngs[mode] = np.asarray(Image.open(os.path.join(out, "images", "photo.png")), dtype=np.int16)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from adir_ops.adaptation import losses
-from adir_ops.priors.registry import DiffusionPrior
+from adir_ops.priors.diffusion import DiffusionPrior
 from pipelines import train_prior as tp
 from pipelines.photos import cut, load_photos
 from pipelines.prior_training import trainer as prior_trainer

@@ -3,14 +3,16 @@
 import pytest
 import torch
 
+from adir_ops.priors.diffusion import DiffusionPrior, linear_betas
+from adir_ops.priors.guided_diffusion import GUIDED_DIFFUSION_256_UNCOND, guided_diffusion_unet
 from adir_ops.priors.registry import (
-    GUIDED_DIFFUSION_256_UNCOND,
+    HUB_ID,
     PRIORS,
     TINY_RESOLUTION,
-    DiffusionPrior,
-    guided_diffusion_unet,
-    linear_betas,
+    format_prior,
     load_local_prior,
+    parse_prior,
+    tiny_resolution,
 )
 
 # A Guided Diffusion UNet of the real class and block layout, small enough for a test.
@@ -222,12 +224,64 @@ def test_unknown_spec_names_the_known_kinds(spec):
     assert all(entry.form in str(err.value) for entry in PRIORS.values())
 
 
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("default", ("default", "")),
+        ("unet64", ("unet64", "")),
+        ("tiny", ("tiny", "")),
+        ("tiny:8", ("tiny", "8")),
+        ("ffdnet", ("ffdnet", "")),
+        ("ffdnet:/w/ffdnet_color.pth", ("ffdnet", "/w/ffdnet_color.pth")),
+        ("gd256:s3://b/gd.pt", ("gd256", "s3://b/gd.pt")),
+        ("sd-x4:stabilityai/stable-diffusion-x4-upscaler", ("sd-x4", "stabilityai/stable-diffusion-x4-upscaler")),
+        ("org/name", ("auto", "org/name")),
+        ("s3://bucket/prior", ("auto", "s3://bucket/prior")),
+        ("/models/unet", ("auto", "/models/unet")),
+    ],
+)
+def test_the_grammar_reads_every_form_and_writes_it_back(spec, parsed):
+    assert parse_prior(spec) == parsed and format_prior(*parsed) == spec
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("tiny:big", "integer resolution"),
+        ("tiny:", "integer resolution"),
+        ("gd256:", "names no weights; give gd256:PATH"),
+        ("sd-x4", "names no weights; give sd-x4:WHERE"),
+        ("unet64:/x", "unknown prior spec"),
+        ("clip:ViT-B-32", "unknown prior spec"),
+        ("", "unknown prior spec"),
+    ],
+)
+def test_the_grammar_refuses_what_no_loader_takes(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_prior(spec)
+
+
+def test_a_path_with_a_colon_is_the_plain_form_only_where_it_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run:1").mkdir()
+    assert parse_prior("run:1") == ("auto", "run:1")
+    with pytest.raises(ValueError, match="unknown prior spec 'run:2'"):
+        parse_prior("run:2")
+
+
+def test_tiny_resolutions_and_hub_ids():
+    assert tiny_resolution("tiny") == TINY_RESOLUTION and tiny_resolution("tiny:8") == 8
+    assert tiny_resolution("unet64") is None
+    assert HUB_ID.match("stabilityai/stable-diffusion-x4-upscaler") and HUB_ID.match("org/name.v2")
+    assert not any(HUB_ID.match(path) for path in ("./models/x", "../x/y", "a/b/c", "name"))
+
+
 def test_misused_kinds_say_what_to_do_instead():
     with pytest.raises(ValueError, match="Stable Diffusion x4 upscaler.*load_pipeline.*not a DiffusionPrior"):
         load_local_prior("sd-x4:tiny")
     with pytest.raises(ValueError, match="integer resolution"):
         load_local_prior("tiny:big")
-    with pytest.raises(ValueError, match="names no local weights"):
+    with pytest.raises(ValueError, match="names no weights"):
         load_local_prior("gd256:")
     with pytest.raises(TypeError, match="takes no architecture arguments"):
         load_local_prior("tiny", image_size=32)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from adir_ops.priors.registry import DiffusionPrior, linear_betas
+from adir_ops.priors.diffusion import DiffusionPrior, linear_betas
 from adir_ops.priors.tiling import TiledPrior, TilingConfig, blend_window, tile_starts
 
 
