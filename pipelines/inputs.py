@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import stat
 import sys
 from typing import Any, Mapping
@@ -13,6 +12,7 @@ from adir_ops.physics.tasks import scale_factor
 from adir_storage import MAX_READ_BYTES, is_local, open_fs, redact_text, redact_url
 from cluster.results import assign_names
 from index_builder.sources import IMAGE_EXTENSIONS, list_source
+from pipelines.references import SCALE_MISMATCH, References, degraded_id
 
 
 def unreadable(uri: str, max_bytes: int = MAX_READ_BYTES) -> str | None:
@@ -76,15 +76,6 @@ def _listing(
     return readable, unlisted
 
 
-def degraded_id(image_id: str, task: str) -> str:
-    """DIV2K names its x4 inputs `0801x4.png`: the id is `0801`, the same as its ground truth's."""
-    factor = scale_factor(task)
-    if factor == 1:
-        return image_id
-    match = re.fullmatch(rf"(.+?)x{factor}", image_id)
-    return match.group(1) if match else image_id
-
-
 def list_inputs(
     url: str,
     *,
@@ -102,8 +93,23 @@ def list_inputs(
     instead of dying or hanging on it.
     """
     pairs, unlisted = _listing(url, storage_options, max_bytes)
-    if degraded:
-        pairs = [(degraded_id(i, task), u) for i, u in pairs]
+    factor = scale_factor(task) if degraded else 1
+    truths = (
+        References.listed(reference, *_listing(reference, storage_options, max_bytes, "--reference"))
+        if reference
+        else None
+    )
+    paired: dict[str, tuple[str | None, str | None]] = {}  # input uri -> (its ground truth, or why it has none)
+    if truths is not None:
+        own = {uri: image_id for image_id, uri in pairs}  # the input's own name, for a message
+        matched = []
+        for image_id, uri in pairs:
+            image_id, truth, why = truths.match(image_id, factor)
+            matched.append((image_id, uri))
+            paired[uri] = (truth, why)
+        pairs = matched
+    elif degraded:
+        pairs = [(degraded_id(i, factor), u) for i, u in pairs]
     seen: dict[str, str] = {}
     unique = []
     for image_id, uri in sorted(pairs):
@@ -128,14 +134,35 @@ def list_inputs(
         raise ValueError(
             f"no input images found at {url} (looked for {', '.join(IMAGE_EXTENSIONS)} files); check --inputs"
         )
-    truths = dict(_listing(reference, storage_options, max_bytes, "--reference")[0]) if reference else {}
+    if truths is not None:
+        _check_some_paired(url, truths, factor, [(own[u], *paired[u]) for _, u, e in everything if e is None])
     names = assign_names([i for i, _, _ in everything])
     items = []
     for (image_id, uri, error), name in zip(everything, names):
         item = {"image_id": image_id, "uri": uri, "name": name}
-        if error is not None:
+        if error is None and uri in paired:
+            truth, error = paired[uri]
+            item["reference_uri"] = truth
+        if error is not None:  # its error row names the file and the fix; the other inputs go on
+            item.pop("reference_uri", None)
             item.update(stage="read", error=f"{uri}: {error}")
-        elif reference:
-            item["reference_uri"] = truths.get(image_id)
         items.append(item)
     return items
+
+
+def _check_some_paired(
+    url: str, truths: References, factor: int, inputs: list[tuple[str, str | None, str | None]]
+) -> None:
+    """Not one input (own name, ground truth, why none) with a file to pair with is a wrong folder or task, not
+    missing files: one usage error before any work, instead of a job of error rows."""
+    if not inputs or any(n in truths.files for name, _, _ in inputs for n in truths.candidates(name, factor)):
+        return  # some input has a ground truth, or more than one, or one that cannot be read: its own row says
+    name, _, why = inputs[0]
+    if why and why.startswith(SCALE_MISMATCH):
+        raise ValueError(f"input {name}: {why}")
+    raise ValueError(
+        f"none of the {len(inputs)} input(s) under --inputs {url} has a ground truth in --reference {truths.url} "
+        f"(it holds e.g. {truths.example()}; {name} would pair with {' or '.join(truths.candidates(name, factor))}). "
+        "Point --reference at the high-resolution folder of the same images: DIV2K_valid_LR_bicubic/X4 pairs "
+        "with DIV2K_valid_HR"
+    )
