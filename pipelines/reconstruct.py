@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from adir_ops.priors.registry import PRIORS, format_prior, parse_prior
 from adir_storage import (
@@ -36,6 +36,7 @@ from cluster.run_folder import (  # noqa: F401  (check_* are this module's names
     write_config,
 )
 from pipelines.errors import JobFailed, UsageError
+from pipelines.progress import JobProgress
 from pipelines.reconstruct_checks import check_index_file, check_prior, check_sampler, check_tiling
 
 # CLI flag → config field; every flag defaults to None so that --config values are not overridden by defaults.
@@ -70,7 +71,6 @@ CLI_FIELDS = (
     "max_input_bytes",
     "max_pixels",
 )
-STAGE_COLUMNS = ("retrieval", "fetch", "adaptation", "sampling")
 
 
 def _read_yaml(url: str) -> dict[str, Any]:
@@ -152,33 +152,6 @@ def preflight(config: ReconstructConfig) -> tuple[ReconstructConfig, list[dict[s
 
 
 # ---------------------------------------------------------------------- the job
-class _Progress:
-    """done / total, per-stage mean seconds and ETA (tqdm), plus a count of error rows."""
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=total, initial=done, unit="img", desc="reconstruct", disable=not enabled, file=sys.stderr
-        )
-        self.sums = dict.fromkeys(STAGE_COLUMNS, 0.0)
-        self.count = 0
-        self.errors = 0
-
-    def __call__(self, row: Mapping[str, Any]) -> None:
-        self.count += 1
-        self.errors += row.get("error") is not None
-        for stage in STAGE_COLUMNS:
-            self.sums[stage] += row.get(f"{stage}_s") or 0.0
-        self.bar.set_postfix(
-            {**{s[:5]: f"{v / self.count:.2f}s" for s, v in self.sums.items()}, "errors": self.errors}
-        )
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def run(
     config: ReconstructConfig,
     *,
@@ -240,7 +213,7 @@ def _run_leased(
     todo = [item for item in todo if "error" not in item]
     if todo and config.mode == "mse-nn":
         build_corpus_thumbnails(config.out, config.index, config.mse_thumbnail, config.storage_options)
-    bar = _Progress(len(items), skipped + len(unlistable), progress)
+    bar = JobProgress(len(items), skipped + len(unlistable), progress)
     rows: list[dict[str, Any]] = []
     pool = None
     try:
@@ -259,6 +232,7 @@ def _run_leased(
                 if on_row is not None:
                     on_row(row, pool)
 
+            bar.start()  # the rate and ETA count work, not the actors' start-up
             rows = pool.run(todo, finished)
     finally:
         bar.close()
