@@ -6,7 +6,9 @@ import sys
 import time
 from typing import Any, Mapping
 
-STAGE_COLUMNS = ("retrieval", "fetch", "adaptation", "sampling")
+from cluster.results import PIPELINE_STAGES
+
+STAGE_COLUMNS = PIPELINE_STAGES  # the stage means the line shows: the method's own stages
 # tqdm's own rate and ETA count images; with images of 0.3 and 12 MP in one job they mislead, so the line
 # shows ours (from output pixels) in the postfix instead.
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"

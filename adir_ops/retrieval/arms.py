@@ -24,8 +24,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# The job's --mode, one per Table 5 arm (the one list: cluster.config, the CLI and the demo read it here, which
-# is why torch is imported only where an arm draws or resizes).
+# The job's --mode, one per Table 5 arm: the one list, which cluster.config, the CLI and the demo read here,
+# so this module imports torch only where an arm draws or resizes (`adir --help` stays torch-free).
 MODES = ("adir", "baseline", "random-nn", "mse-nn")
 
 
