@@ -102,3 +102,11 @@ def test_done_means_row_and_png_and_a_success_replaces_the_error_row(tmp_path):
 def test_a_row_with_an_undeclared_column_is_refused(tmp_path):
     with pytest.raises(ValueError, match="does not declare"):
         write_part(str(tmp_path), _row("a", not_a_column=1))
+
+
+def test_every_random_stream_and_stage_column_is_named_after_a_stage():
+    from adir_ops.rng import STREAMS
+    from cluster.results import PIPELINE_STAGES, RESULTS_SCHEMA, STAGES
+
+    assert set(STREAMS) <= set(STAGES) and set(PIPELINE_STAGES) <= set(STAGES)
+    assert [name[:-2] for name in RESULTS_SCHEMA.names if name.endswith("_s") and name != "total_s"] == list(STAGES)
