@@ -4,12 +4,11 @@ glibc serves an allocation above its mmap threshold (128 KiB, rising on its own 
 32 MiB) with a fresh mmap and unmaps it on free; a thread other than the main one allocates
 from an arena whose heaps are at most 64 MiB, so anything bigger is an mmap there whatever the
 threshold. A CPU forward allocates and frees tens of large activation tensors per batch, so
-every 4 KiB page of each is faulted in and zeroed by the kernel again, batch after batch.
-Measured on this project's 2-core machine (efficientnet-lite0, batch 64, 2 threads): 5.3
-million page faults and 10 s of kernel time per 256 images, the forward at 30 img/s; with the
-settings below, no faults in the steady state and 115-133 img/s (4x), for +400 MiB of peak
-RSS (1.75 -> 2.14 GiB). Ray Data runs a map_batches actor's calls in a thread of its own,
-so there the single arena matters as much as the thresholds.
+every 4 KiB page of each is faulted in and zeroed by the kernel again, batch after batch: most
+of a CPU forward's time went to the kernel, and the settings below made it several times faster
+for a few hundred MiB of peak RSS (docs/throughput.md, "What changed"). Ray Data runs a
+map_batches actor's calls in a thread of its own, so there the single arena matters as much as
+the thresholds.
 
 The settings: big blocks come from the heap (mmap threshold 1 GiB), the heap's top is never
 given back (trim threshold at its maximum), and all threads share the main arena, whose heap

@@ -52,8 +52,8 @@ def actor_resources(config: Any) -> dict[str, Any]:
 def actor_threads(config: Any, resources: dict[str, Any]) -> int:
     """torch threads of one embed actor: on CPU, the cluster's CPUs shared among the actors.
 
-    The forward is the job's bottleneck by far (efficientnet-lite0 on this 2-core box: ~75 ms
-    per image per core against ~4 ms to fetch, decode and resize it), so the actors' threads
+    The forward is the job's bottleneck by far (about 20 times a read's CPU per image on the
+    default encoder: docs/throughput.md, "Earlier measurements"), so the actors' threads
     take every CPU and the read tasks overlap them, instead of the forward running on its
     fractional reservation (0.5 CPU → 1 thread, half the machine). An explicit
     `torch_threads`, or OMP_NUM_THREADS in the driver's environment, wins (Ray sets

@@ -138,11 +138,9 @@ def lower_priority(nice: int) -> None:
 
     Why the read stage does this on a CPU node: the embed actors' threads take every core, and a
     decode that preempts one of them stalls the forward's whole parallel region, whose threads
-    meet at each layer. At nice 19 the scheduler favours the forward's threads over decode.
-    Measured in two back-to-back pairs, 3,000 images on 2 cores (`bench/index_build.py --sizes
-    3000 --read-nice 0|19`): the job's steady rate over the bare forward timed around it was
-    0.70 / 0.68 at nice 0 and 0.79 / 0.78 at nice 19 (the absolute rates moved with the host's load). Never lowered: that needs privileges, and a caller who
-    started us niced meant it.
+    meet at each layer. At nice 19 the scheduler favours the forward's threads over decode
+    (measured with `bench/index_build.py --read-nice 0|19`: docs/throughput.md, "Index job").
+    Never lowered: that needs privileges, and a caller who started us niced meant it.
     """
     if nice > 0 and os.getpriority(os.PRIO_PROCESS, 0) < nice:
         os.setpriority(os.PRIO_PROCESS, 0, min(nice, 19))

@@ -11,13 +11,10 @@ cleanly at `--max-steps` or after `--max-minutes` of this invocation, and then w
 the prior (`unet/`, `scheduler/`: load with `DiffusionPrior.from_diffusers`), `loss_curve.png`,
 `samples.png` (training patches beside unconditional samples) and `train_summary.json`.
 
-Size, measured (64 px, batch 16, 1 thread, on 2 cores shared with other jobs at load 7-11):
-UNet levels (16, 32, 64, 128) with 1 layer per block: 2.69M parameters, 1.89 s/step;
-the same with 2 layers per block (the default): 3.88M, 2.06 s/step; (32, 64, 128, 128) with
-1 layer: 4.33M, 3.24 s/step. With 2 threads the same models took 14-19 s/step on the loaded
-machine (the threads of one op wait for each other), hence `--threads`. The default costs
-4.2 GFLOP per image for forward + backward and is 7.8 MB in float16. 64 px is the issue's
-floor; 128 px costs four times as much per step.
+Size: the default UNet (levels 16, 32, 64, 128, 2 layers per block, 64 px) is 3.88M
+parameters; the sizes tried and their seconds per step, with one thread and with two (hence
+`--threads`), are in docs/priors.md, "Training the UNet prior". 64 px is the issue's floor;
+128 px costs four times as much per step.
 
 The weights saved are the EMA of the training weights (`--ema-decay`; 0 saves the raw
 weights): at every checkpoint both are scored on one fixed validation batch (fixed patches,

