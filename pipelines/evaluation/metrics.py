@@ -14,8 +14,10 @@ from pipelines.evaluation.views import ViewCache, read_output
 
 
 def _first_line(exc: BaseException) -> str:
+    # Long paths sit in the middle of our messages and the reason and fix at the end,
+    # so a long line loses its middle, never its end.
     text = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return text if len(text) <= 200 else text[:197] + "..."
+    return text if len(text) <= 300 else text[:150] + " ... " + text[-145:]
 
 
 def fill_metrics(

@@ -240,3 +240,13 @@ def test_csv_text_cells_never_start_a_formula_nor_carry_a_password():
     data = csv_bytes(["id", "value"], [["=HYPERLINK(1)", -1.5], ["http://u:pw@h/a\rb", None]])
     rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     assert rows == [["id", "value"], ["'=HYPERLINK(1)", "-1.5"], ["http://***@h/a\rb", ""]]
+
+
+def test_a_long_reason_keeps_its_end():
+    # The reason and the fix close our messages; a deep run folder must not cut them off.
+    from pipelines.evaluation.metrics import _first_line
+
+    exc = ValueError("row 'b' of /" + "d/" * 200 + "run names input 'x', outside the run's --inputs /in; refused")
+    line = _first_line(exc)
+    assert len(line) <= 300 and line.startswith("ValueError: row 'b'")
+    assert line.endswith("outside the run's --inputs /in; refused")
