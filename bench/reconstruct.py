@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_pictures(folder: str, count: int, height: int, width: int, seed0: int, fmt: str) -> None:
-    from tests.cluster.helpers import write_pictures
+    from bench.pictures import write_pictures
 
     write_pictures(
         folder, [(f"img{seed0 + i:04d}", seed0 + i) for i in range(count)], height=height, width=width, fmt=fmt
