@@ -12,6 +12,7 @@ from cluster.config import ReconstructConfig
 from cluster.results import new_row, utc_now, write_part
 
 Row = dict[str, Any]
+DEFAULT_CPU_SHARE = 0.5  # Ray num_cpus of a CPU actor unless --cpus-per-actor says otherwise (see actor_plan)
 REPROBE_S = 0.5  # how often to ask a restarting actor whether it is back
 START_GRACE_S = 60.0  # how long the first ready actor waits for the others before work starts
 
@@ -40,9 +41,41 @@ def actor_plan(
         per_actor = gpus_per_actor or 1.0
         count = num_actors or _at_most(max(1, int(gpus // per_actor)), work)
         return count, {"num_gpus": per_actor, "num_cpus": 1.0 if cpus_per_actor is None else cpus_per_actor}
-    per_actor = 0.5 if cpus_per_actor is None else cpus_per_actor
+    per_actor = DEFAULT_CPU_SHARE if cpus_per_actor is None else cpus_per_actor
     count = num_actors or _at_most(max(1, int(cpus)), work)
     return count, {"num_cpus": per_actor}
+
+
+def actor_threads(
+    resources: Mapping[str, float],
+    options: Mapping[str, float],
+    count: int,
+    node_cpus: float | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> int | None:
+    """Torch threads for each CPU actor, or None to keep Ray's rule (threads = the actor's num_cpus, at least 1).
+
+    The default half-CPU actors would each compute on one thread, so when there are fewer actors
+    than cores (one large image, `--num-actors 1`) the other cores sit idle. Then the cores are
+    shared out instead: `CPU // count` threads each, never more than the largest node has
+    (`node_cpus`; an actor's threads all run on its own node). Kept as Ray has it: GPU actors
+    (the GPU computes), a `--cpus-per-actor` the user chose, and an OMP_NUM_THREADS the user set.
+    """
+    if "num_gpus" in options or "OMP_NUM_THREADS" in environ or options.get("num_cpus") != DEFAULT_CPU_SHARE:
+        return None
+    threads = max(1, int(float(resources.get("CPU", 1)) // max(1, count)))
+    if node_cpus:
+        threads = min(threads, max(1, int(node_cpus)))
+    return threads if threads > 1 else None
+
+
+def _largest_node_cpus() -> float | None:
+    import ray
+
+    try:
+        return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
+    except Exception:  # a client that cannot list nodes: the cluster's total is the only bound left
+        return None
 
 
 def _at_most(count: int, work: int | None) -> int:
@@ -86,6 +119,9 @@ class WorkerPool:
         )
         # Reused, not re-faulted, tensor memory in the actors' forwards (adir_ops/allocator.py).
         env = worker_env()
+        self.threads = actor_threads(resources, self.options, self.count, node_cpus=_largest_node_cpus())
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.threads)  # torch's intra-op threads in the actor
         remote = ray.remote(worker_cls or ReconstructionWorker).options(
             max_restarts=config.max_restarts,
             max_task_retries=0,

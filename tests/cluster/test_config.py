@@ -3,7 +3,7 @@
 import pytest
 
 from cluster.config import ReconstructConfig
-from cluster.pool import actor_plan
+from cluster.pool import actor_plan, actor_threads
 
 
 def _config(**kw):
@@ -66,6 +66,21 @@ def test_pool_size_follows_the_cluster():
     assert actor_plan({"CPU": 16.0, "GPU": 4.0}, work=1) == (1, {"num_gpus": 1.0, "num_cpus": 1.0})
     assert actor_plan({"CPU": 2.0}, work=1)[0] == 1 and actor_plan({"CPU": 2.0}, work=0)[0] == 1
     assert actor_plan({"CPU": 2.0}, work=1, num_actors=2)[0] == 2
+
+
+def test_fewer_cpu_actors_than_cores_share_the_cores_as_threads():
+    # One large image on a 2-core node: its one actor computes on both cores, not one.
+    count, options = actor_plan({"CPU": 2.0}, work=1)
+    assert actor_threads({"CPU": 2.0}, options, count, node_cpus=2.0, environ={}) == 2
+    # As many actors as cores: Ray's one thread each stays.
+    count, options = actor_plan({"CPU": 2.0}, work=5)
+    assert actor_threads({"CPU": 2.0}, options, count, node_cpus=2.0, environ={}) is None
+    # Never more threads than one node has, however large the cluster.
+    assert actor_threads({"CPU": 64.0}, {"num_cpus": 0.5}, 2, node_cpus=16.0, environ={}) == 16
+    # The user's choices win: OMP_NUM_THREADS, --cpus-per-actor, GPU actors.
+    assert actor_threads({"CPU": 2.0}, {"num_cpus": 0.5}, 1, environ={"OMP_NUM_THREADS": "1"}) is None
+    assert actor_threads({"CPU": 2.0}, {"num_cpus": 1.0}, 1, environ={}) is None
+    assert actor_threads({"CPU": 16.0, "GPU": 1.0}, {"num_gpus": 1.0, "num_cpus": 1.0}, 1, environ={}) is None
 
 
 def test_the_lora_settings_are_one_nested_adapt_config_and_flat_names_still_read():
