@@ -1,7 +1,7 @@
 """Generated pictures for the benchmarks' corpora and inputs: smooth colour images, distinct per seed.
 
-The same pictures as tests/cluster/helpers.py draws (bench/ must not import tests/), so a bench
-corpus looks like the suite's.
+The suite draws its pictures from here too (tests/cluster/helpers.py), so a bench corpus looks like
+the suite's; bench/ never imports tests/.
 """
 
 from __future__ import annotations

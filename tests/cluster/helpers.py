@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
-from PIL import Image
+# The pictures are the benchmarks' own (bench/ must not import tests/, so tests import bench/).
+from bench.pictures import smooth_picture, write_pictures  # noqa: F401  (re-used by many tests)
 
 CORPUS_SIZE = 8
 _INDEXES: dict[str, str] = {}
-
-
-def smooth_picture(seed: int, height: int, width: int) -> np.ndarray:
-    """A distinct smooth colour picture: its structure survives x4 downsampling, blur and graying."""
-    rng = np.random.default_rng(seed)
-    grid = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
-    return np.asarray(grid.resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)
-
-
-def write_pictures(folder: str, names_and_seeds, height: int = 32, width: int = 40, fmt: str = "png") -> list[str]:
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for name, seed in names_and_seeds:
-        path = os.path.join(folder, f"{name}.{fmt}")
-        Image.fromarray(smooth_picture(seed, height, width)).save(path)
-        paths.append(path)
-    return paths
 
 
 def tiny_index(tmp_path_factory) -> tuple[str, str]:
