@@ -178,3 +178,24 @@ def test_the_evaluation_package_imports_in_its_declared_order():
         if target.startswith("pipelines.evaluation") and (target not in rank or rank[target] >= rank[module])
     ]
     assert not upward, "an evaluation module imports one at or above its own level:\n" + "\n".join(upward)
+
+
+def test_bench_never_imports_tests_and_the_packages_import_neither():
+    """bench/ runs from a checkout without the suite's fixtures; the packages ship in a wheel without either."""
+    wrong = []
+    for folder, forbidden in (("bench", {"tests"}), *((p, {"tests", "bench"}) for p in PACKAGES)):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
+                wrong += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {n}"
+                    for n in names
+                    if n.split(".")[0] in forbidden
+                ]
+    assert not wrong, "\n".join(wrong)
