@@ -10,7 +10,7 @@ from adir_ops.lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(
     __name__,
     """
-    pipeline: ADIRPipeline ADIRResult SamplerConfig StageError
+    pipeline: ADIRPipeline ADIRUpscalePipeline ADIRResult SamplerConfig StageError pipeline_for
     adaptation.training: adapt
     adaptation.config: AdaptConfig
     adaptation.adapter: Adapter

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from adir_ops.adaptation.training import AdaptConfig
     from adir_ops.metrics import quality
     from adir_ops.physics.operators import make_operator
-    from adir_ops.pipeline import ADIRPipeline, SamplerConfig
+    from adir_ops.pipeline import SamplerConfig, pipeline_for
     from adir_ops.priors.diffusion import DiffusionPrior
     from adir_ops.priors.registry import load_local_prior
     from adir_ops.retrieval.arms import GivenNeighbours, NoNeighbours
@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     sampler = SamplerConfig(
         steps=args.steps, **({} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale})
     )
-    plain = ADIRPipeline(prior, NoNeighbours(), sampler=sampler)(y, operator, seed=args.seed, image_id=image_id)
+    plain = pipeline_for(prior, NoNeighbours(), sampler=sampler)(y, operator, seed=args.seed, image_id=image_id)
     given = GivenNeighbours(list(args.neighbours))
-    adir = ADIRPipeline(
+    adir = pipeline_for(
         prior,
         given,
         adaptation=adapt_config,

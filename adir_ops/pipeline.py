@@ -4,6 +4,10 @@
     result = pipe(y, operator, seed=0, image_id="0801")
     result.image01, result.neighbours, result.adapter, result.timings, result.config
 
+`pipeline_for(prior, ...)` gives the pipeline of a prior's family behind that one call: ADIRPipeline
+for a pixel-space prior, ADIRUpscalePipeline for the Stable Diffusion x4 upscaler (adapted and
+sampled in latent space, by adir_ops.latent.upscale).
+
 One call: plain restoration of y → retrieve K neighbours (a Table 5 arm of adir_ops.retrieval.arms)
 → fetch them → adapt a fresh LoRA on them (eq. 18) → guided sampling with the adapted prior
 (eq. 16, or any sampler of adir_ops.sampling.samplers). The Ray worker, the example, the notebooks and
@@ -19,8 +23,10 @@ A failure is raised as StageError naming the stage it happened in (the worker's 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,15 +34,16 @@ from typing import Any
 
 import torch
 
+from adir_ops.adaptation.adapter import Adapter
 from adir_ops.adaptation.cache import AdapterCache, WarmStart, adaptation_stream, adapter_key, closest
-from adir_ops.adaptation.training import AdaptConfig, Adapter, adapt
+from adir_ops.adaptation.config import AdaptConfig
+from adir_ops.adaptation.training import adapt
 from adir_ops.priors.tiling import TiledPrior, TilingConfig
 from adir_ops.retrieval.arms import Neighbours, NoNeighbours
 from adir_ops.rng import generator_for, image_streams
 from adir_ops.sampling.samplers import GUIDED_SAMPLERS, SAMPLERS, default_sampler, get_sampler
 
 AUTO = "auto"
-_GUIDED = GUIDED_SAMPLERS  # the samplers that take eq. 16's scale s
 
 Fetch = Callable[[Sequence[str]], list[torch.Tensor]]
 
@@ -105,12 +112,11 @@ def _read_local(uris: Sequence[str]) -> list[torch.Tensor]:
     return images
 
 
-class ADIRPipeline:
-    """prior (a DiffusionPrior, or the SD x4 upscale pipeline) + retriever + adaptation and sampler settings.
+class ReconstructionPipeline(abc.ABC):
+    """The stages every prior family shares, in order: retrieval → fetch → adaptation → sampling (paper Alg. 1).
 
-    `tiling`: how the sampler covers an image of any size with prior-resolution tiles (a
-    TiledPrior over `prior`, blended inside eps(): no seams; an image of the prior's size is one
-    tile). `fetch(uris)`: the neighbours as (C, H, W) tensors in [-1, 1], skipping unreadable
+    A family's class says how it adapts (`adapt`) and samples (`sample`); `pipeline_for(prior)`
+    picks it. `fetch(uris)`: the neighbours as (C, H, W) tensors in [-1, 1], skipping unreadable
     ones (default: local image files). `adapters`: a cache of adapters by key (`adir_ops.adaptation.cache`):
     an image whose neighbours were adapted on before reads that adapter; with it the adaptation
     draws from the neighbours' stream, not the image's. `warm_start` (needs `adapters`): start
@@ -129,31 +135,34 @@ class ADIRPipeline:
         adapters: AdapterCache | None = None,
         warm_start: WarmStart | None = None,
     ):
+        if warm_start is not None and adapters is None:
+            raise ValueError(
+                "a warm start needs an adapter cache; turn on the adapter cache, or leave the warm start off"
+            )
         self.prior = prior
         self.adapters, self.warm_start = adapters, warm_start
         self.retriever = retriever if retriever is not None else NoNeighbours()
         self.adaptation, self.sampler, self.tiling = adaptation, sampler, tiling
         self.fetch = fetch or _read_local
-        self.is_upscaler = hasattr(prior, "vae") and hasattr(prior, "low_res_scheduler")
-        if warm_start is not None and (adapters is None or self.is_upscaler):
-            raise ValueError(
-                "a warm start needs an adapter cache and a pixel-space prior (not the SD x4 upscaler); "
-                "turn on the adapter cache, or leave the warm start off"
-            )
-        # A fully convolutional prior (a denoiser) takes the whole image; a UNet gets tiles of its size.
-        if self.is_upscaler:
-            self.sampling_prior = None
-        elif getattr(prior, "fully_convolutional", False):
-            self.sampling_prior = prior
-        else:
-            self.sampling_prior = TiledPrior(prior, tiling)
 
-    @classmethod
-    def from_spec(cls, prior: str = "default", retriever=None, **kw) -> ADIRPipeline:
-        """`prior`: a spec of adir_ops.priors.registry.PRIORS: 'default' (the embedded default), 'unet64', 'tiny[:res]' (tests), a folder."""
-        from adir_ops.priors.registry import load_local_prior
+    # ------------------------------------------------------------ what a family defines
+    @abc.abstractmethod
+    def adapt(self, images: list[torch.Tensor], generator, callback=None, *, initial=None, config=None) -> Adapter:
+        """A LoRA on `images` ((C, H, W) in [-1, 1]) from `generator` (paper eq. 18); fresh, or from `initial`."""
 
-        return cls(load_local_prior(prior).eval(), retriever, **kw)
+    @abc.abstractmethod
+    def sample(
+        self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None = None, callback=None
+    ) -> torch.Tensor:
+        """The reconstruction (1, C, H, W) in [0, 1] of y with the (adapted) prior, from the image's sampling stream."""
+
+    @abc.abstractmethod
+    def sampler_name(self, operator) -> str:
+        """The sampler this pipeline runs for `operator` (what the result's config records)."""
+
+    @abc.abstractmethod
+    def tile_count(self, height: int, width: int) -> int:
+        """Network evaluations per sampling step for an image of this size."""
 
     # ---------------------------------------------------------------- one image
     def __call__(
@@ -204,7 +213,6 @@ class ADIRPipeline:
         if len(samples) > 1:
             stack = torch.stack(samples)
             mean01, std01 = stack.mean(0), stack.std(0).mean(1, keepdim=True)
-        sampler = None if self.is_upscaler else self.sampler.resolve(operator.name)
         config = {
             "seed": seed,
             "image_id": image_id,
@@ -212,7 +220,7 @@ class ADIRPipeline:
             "retrieval": getattr(self.retriever, "mode", "custom"),
             "k": getattr(self.retriever, "k", 0),
             "adaptation": dataclasses.asdict(self.adaptation),
-            "sampler": {**dataclasses.asdict(self.sampler), "name": sampler or "sd-x4-upscaler"},
+            "sampler": {**dataclasses.asdict(self.sampler), "name": self.sampler_name(operator)},
             "prior": self._prior_config(),
             "adapter_cache": self.adapters is not None,
             "warm_start": None if self.warm_start is None else dataclasses.asdict(self.warm_start),
@@ -220,6 +228,15 @@ class ADIRPipeline:
             "tiling": None if getattr(self.prior, "fully_convolutional", False) else dataclasses.asdict(self.tiling),
         }
         return ADIRResult(image01, naive01, found, len(images), adapter, timings, config, mean01, std01, adaptation)
+
+    @staticmethod
+    def _finite01(image01: torch.Tensor) -> torch.Tensor:
+        """A sample clamped to [0, 1], refused when it holds NaN/inf (a broken sample must not become a PNG)."""
+        if not torch.isfinite(image01).all():
+            raise ValueError(
+                "the sampler produced non-finite pixels (NaN/inf); check the guidance scale and the prior's weights"
+            )
+        return image01.clamp(0, 1)
 
     def _prior_config(self) -> dict[str, Any]:
         return getattr(self.prior, "config", {"source": type(self.prior).__name__})
@@ -253,6 +270,33 @@ class ADIRPipeline:
         self.adapters.put(key, adapter, adapter.provenance)
         return adapter, {"source": "trained", "key": key, "init": init, "overlap": overlap, "steps": config.steps}
 
+
+class ADIRPipeline(ReconstructionPipeline):
+    """ADIR with a pixel-space prior (a DiffusionPrior or a denoiser) and a sampler of adir_ops.sampling.samplers.
+
+    `tiling`: how the sampler covers an image of any size with prior-resolution tiles (a
+    TiledPrior over `prior`, blended inside eps(): no seams; an image of the prior's size is one
+    tile). The other settings are ReconstructionPipeline's.
+    """
+
+    def __init__(self, prior, retriever=None, **settings):
+        super().__init__(prior, retriever, **settings)
+        # A fully convolutional prior (a denoiser) takes the whole image; a UNet gets tiles of its size.
+        self.sampling_prior = prior if getattr(prior, "fully_convolutional", False) else TiledPrior(prior, self.tiling)
+
+    @classmethod
+    def from_spec(cls, prior: str = "default", retriever=None, **kw) -> ADIRPipeline:
+        """`prior`: a spec of adir_ops.priors.registry.PRIORS: 'default' (the embedded default), 'unet64', 'tiny[:res]' (tests), a folder."""
+        from adir_ops.priors.registry import load_local_prior
+
+        return cls(load_local_prior(prior).eval(), retriever, **kw)
+
+    def sampler_name(self, operator) -> str:
+        return self.sampler.resolve(operator.name)
+
+    def tile_count(self, height: int, width: int) -> int:
+        return self.sampling_prior.tile_count(height, width)
+
     # ------------------------------------------------------------ the stages, callable alone
     def adapt(
         self,
@@ -264,38 +308,15 @@ class ADIRPipeline:
         config: AdaptConfig | None = None,
     ) -> Adapter:
         """A LoRA on `images` ((C, H, W) in [-1, 1]) from `generator` (paper eq. 18); fresh, or from `initial`."""
-        if self.is_upscaler:
-            from adir_ops.latent.upscale import adapt_upscaler
-
-            return adapt_upscaler(self.prior, images, self._upscale_config(), generator, callback=callback)
         return adapt(self.prior, images, config or self.adaptation, generator, callback=callback, initial=initial)
 
     def sample(
         self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None = None, callback=None
     ) -> torch.Tensor:
         """The reconstruction (1, C, H, W) in [0, 1] of y with the (adapted) prior, from the image's sampling stream."""
-        if self.is_upscaler:
-            image01 = self._upscale(y, operator, generator, adapter)
-        else:
-            name = self.sampler.resolve(operator.name)
-            guided = name in _GUIDED and self.sampler.guidance_scale is not None
-            options = {"guidance_scale": self.sampler.guidance_scale} if guided else {}
-            with adapter.applied(self.prior) if adapter is not None else contextlib.nullcontext():
-                x0 = get_sampler(name)(
-                    self.sampling_prior,
-                    y,
-                    operator,
-                    steps=self.sampler.steps,
-                    generator=[generator],
-                    callback=callback,
-                    **options,
-                )
-            image01 = x0.add(1).div(2)
-        if not torch.isfinite(image01).all():
-            raise ValueError(
-                "the sampler produced non-finite pixels (NaN/inf); check the guidance scale and the prior's weights"
-            )
-        return image01.clamp(0, 1)
+        with adapter.applied(self.prior) if adapter is not None else contextlib.nullcontext():
+            x0 = self._sampler(operator)(self.sampling_prior, y, operator, generator=[generator], callback=callback)
+        return self._finite01(x0.add(1).div(2))
 
     def sample_many(self, y: torch.Tensor, operator, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """Baseline mode for a batch: G measurements y (G, C, h, w) of one operator in one sampler call, unadapted.
@@ -303,33 +324,73 @@ class ADIRPipeline:
         Image g draws from `generators[g]` alone (its own sampling stream), so it is the image that
         `sample` gives it alone, to float rounding of the batched convolutions.
         """
-        if self.is_upscaler:
-            raise ValueError("sample_many runs the pixel-space samplers; the SD x4 upscaler samples one image a call")
         generators = list(generators)
         if y.ndim != 4 or y.shape[0] != len(generators):
             raise ValueError(
                 f"sample_many needs y of shape (G, C, h, w) and G generators; got {tuple(y.shape)}, {len(generators)}"
             )
-        name = self.sampler.resolve(operator.name)
-        guided = name in _GUIDED and self.sampler.guidance_scale is not None
-        options = {"guidance_scale": self.sampler.guidance_scale} if guided else {}
-        x0 = get_sampler(name)(
-            self.sampling_prior, y, operator, steps=self.sampler.steps, generator=generators, **options
-        )
-        image01 = x0.add(1).div(2)
-        if not torch.isfinite(image01).all():
-            raise ValueError(
-                "the sampler produced non-finite pixels (NaN/inf); check the guidance scale and the prior"
-            )
-        return image01.clamp(0, 1)
+        x0 = self._sampler(operator)(self.sampling_prior, y, operator, generator=generators)
+        return self._finite01(x0.add(1).div(2))
 
-    def _upscale_config(self):
+    def _sampler(self, operator) -> Callable[..., torch.Tensor]:
+        """The operator's sampler with this pipeline's steps (and eq. 16's scale s, where it takes one)."""
+        name = self.sampler_name(operator)
+        guided = name in GUIDED_SAMPLERS and self.sampler.guidance_scale is not None
+        options = {"guidance_scale": self.sampler.guidance_scale} if guided else {}
+        return functools.partial(get_sampler(name), steps=self.sampler.steps, **options)
+
+
+class ADIRUpscalePipeline(ReconstructionPipeline):
+    """ADIR with the SD x4 upscaler (a diffusers pipeline) as its prior: a LoRA in latent space, then the adapted upscale.
+
+    The upscaler is its own sampler: of the SamplerConfig only `steps` and `samples` apply. Its
+    LoRA is trained fresh per neighbour set (a warm start needs a pixel-space prior). The work is
+    adir_ops.latent.upscale's, imported on first use so diffusers' code stays off the pixel-space path.
+    """
+
+    def __init__(self, prior, retriever=None, **settings):
+        if settings.get("warm_start") is not None:
+            raise ValueError(
+                "a warm start needs a pixel-space prior; the SD x4 upscaler adapts in latent space: "
+                "leave the warm start off"
+            )
+        super().__init__(prior, retriever, **settings)
+
+    def upscale_config(self, lora: AdaptConfig | None = None):
+        """The upscaler's settings: this pipeline's LoRA and steps, crops as large as the upscaler was built for."""
         from adir_ops.latent.upscale import UpscaleConfig, default_crop_size
 
-        return UpscaleConfig(lora=self.adaptation, crop_size=default_crop_size(self.prior), steps=self.sampler.steps)
+        return UpscaleConfig(
+            lora=lora or self.adaptation, crop_size=default_crop_size(self.prior), steps=self.sampler.steps
+        )
 
-    def _upscale(self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None) -> torch.Tensor:
+    def sampler_name(self, operator) -> str:
+        return "sd-x4-upscaler"
+
+    def tile_count(self, height: int, width: int) -> int:
+        return 1  # the upscaler takes the whole image
+
+    def adapt(self, images: list[torch.Tensor], generator, callback=None, *, initial=None, config=None) -> Adapter:
+        """A fresh LoRA of the upscaler's UNet on `images` ((C, H, W) in [-1, 1]), by `adapt_upscaler`."""
+        from adir_ops.latent.upscale import adapt_upscaler
+
+        if initial is not None:
+            raise ValueError("the SD x4 upscaler's LoRA is trained fresh: it takes no starting adapter")
+        return adapt_upscaler(self.prior, images, self.upscale_config(config), generator, callback=callback)
+
+    def sample(
+        self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None = None, callback=None
+    ) -> torch.Tensor:
+        """x4 upscale of y (1, 3, h, w) in [-1, 1], cropped to the operator's image size; `callback` is not called."""
         from adir_ops.latent.upscale import upscale
 
-        x01 = upscale(self.prior, y.add(1).div(2).clamp(0, 1), self._upscale_config(), [generator], adapter=adapter)
-        return x01[..., : operator.image_size[0], : operator.image_size[1]]
+        x01 = upscale(self.prior, y.add(1).div(2).clamp(0, 1), self.upscale_config(), [generator], adapter=adapter)
+        return self._finite01(x01[..., : operator.image_size[0], : operator.image_size[1]])
+
+
+def pipeline_for(prior, retriever=None, **settings) -> ReconstructionPipeline:
+    """The pipeline of `prior`'s family with `retriever` and ReconstructionPipeline's settings (adaptation=, sampler=, ...)."""
+    # The SD x4 upscale pipeline (diffusers') has a VAE and the low-res noise scheduler a pixel-space prior has not.
+    upscaler = hasattr(prior, "vae") and hasattr(prior, "low_res_scheduler")
+    family = ADIRUpscalePipeline if upscaler else ADIRPipeline
+    return family(prior, retriever, **settings)

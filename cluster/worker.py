@@ -92,7 +92,7 @@ class ReconstructionWorker:
 
     def __init__(self, config: ReconstructConfig):
         from adir_ops.allocator import keep_freed_memory
-        from adir_ops.pipeline import ADIRPipeline, SamplerConfig
+        from adir_ops.pipeline import SamplerConfig, pipeline_for
         from adir_ops.priors.tiling import TilingConfig
         from adir_ops.retrieval.embedding import get_embedder
         from cluster.retrieval import make_retriever, thumbnails_url
@@ -104,13 +104,12 @@ class ReconstructionWorker:
         # Ray pins a GPU actor to its device through CUDA_VISIBLE_DEVICES: it sees cuda:0.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # The SD x4 upscaler replaces prior + eq. 16 sampler by its own pipeline (adapted in latent space).
-        self.upscaler = self.prior = None
         if cfg.prior_kind == "sd-x4":
-            self.upscaler = load_upscaler(cfg.prior, cfg.storage_options).to(self.device)
+            prior = load_upscaler(cfg.prior, cfg.storage_options).to(self.device)
         else:
-            self.prior = load_prior(cfg.prior, cfg.storage_options).to(self.device).eval()
+            prior = load_prior(cfg.prior, cfg.storage_options).to(self.device).eval()
             if self.device.type == "cuda":
-                self.prior.autocast_dtype = torch.bfloat16  # UNet forward (sampling and LoRA) in bf16
+                prior.autocast_dtype = torch.bfloat16  # UNet forward (sampling and LoRA) in bf16
         self.embedder = None
         if cfg.mode == "adir":
             if cfg.embedder is None:
@@ -142,8 +141,8 @@ class ReconstructionWorker:
             adapters = adapter_store(cfg.out, cfg.storage_options)
             if cfg.warm_start is not None:
                 warm_start = WarmStart(cfg.warm_start, cfg.warm_start_steps)
-        self.pipeline = ADIRPipeline(
-            self.upscaler if self.upscaler is not None else self.prior,
+        self.pipeline = pipeline_for(
+            prior,
             self.retriever,
             adaptation=cfg.lora,
             sampler=SamplerConfig(cfg.sampler, cfg.steps, cfg.guidance_scale, cfg.samples),
@@ -223,7 +222,7 @@ class ReconstructionWorker:
             lora_steps_run=result.adaptation.get("steps"),
             height=result01.shape[-2],
             width=result01.shape[-1],
-            tiles=1 if self.upscaler is not None else self.pipeline.sampling_prior.tile_count(*operator.image_size),
+            tiles=self.pipeline.tile_count(*operator.image_size),
             samples=cfg.samples,
         )
         if cfg.mode != "baseline":

@@ -6,7 +6,7 @@ operator); the low-res crop, noised to the upscaler's `noise_level` by its low-r
 scheduler, is the conditioning image concatenated to the latent, exactly as the pipeline
 feeds it; the high-res crop is VAE-encoded and noised by the pipeline's scheduler; the
 loss is the MSE to the scheduler's target (v for the real upscaler). The adapted pipeline
-then upscales y as usual.
+then upscales y as usual. adir_ops.pipeline.ADIRUpscalePipeline runs both behind the pipeline's one call.
 """
 
 from __future__ import annotations
