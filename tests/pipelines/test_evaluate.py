@@ -13,7 +13,7 @@ import yaml
 
 from cluster.results import CONFIG_NAME, RESULTS_NAME, row_table
 from pipelines import cli
-from pipelines.evaluate import EvaluateConfig, evaluate, paired_difference, write
+from pipelines.evaluation import EvaluateConfig, evaluate, paired_difference, write
 
 pytestmark = pytest.mark.timeout(300)
 

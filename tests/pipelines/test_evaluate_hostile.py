@@ -19,7 +19,7 @@ from PIL import Image
 
 from cluster.results import CONFIG_NAME, RESULTS_NAME, row_table
 from pipelines import cli
-from pipelines.evaluate import EvaluateConfig, evaluate, write
+from pipelines.evaluation import EvaluateConfig, evaluate, write
 from tests.cluster.helpers import smooth_picture, write_pictures
 
 pytestmark = pytest.mark.timeout(300)

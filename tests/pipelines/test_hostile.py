@@ -291,7 +291,7 @@ def test_a_second_job_on_a_live_out_is_refused_and_a_dead_ones_lease_is_taken_ov
 # ------------------------------------------------------------------ 4. a tampered run folder
 def test_evaluate_refuses_outputs_and_inputs_outside_the_run(tmp_path):
     from cluster.results import row_table
-    from pipelines.evaluate import EvaluateConfig, evaluate, write
+    from pipelines.evaluation import EvaluateConfig, evaluate, write
 
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"root:x:0:0:do-not-copy-me")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.evaluate import EvaluateConfig, evaluate, write
+from pipelines.evaluation import EvaluateConfig, evaluate, write
 from tests.pipelines.test_evaluate import tiny_runs
 
 pytestmark = pytest.mark.timeout(300)
