@@ -18,7 +18,8 @@ __getattr__, __all__ = lazy_exports(
     priors.registry: PRIORS load_local_prior
     priors.denoiser: DenoiserPrior FFDNet
     physics.operators: OPERATORS Observation make_operator observe
-    sampling.samplers: SAMPLERS adir_sample adir_sample_preconditioned ddnm_sample get_sampler default_sampler sample
+    sampling.samplers: SAMPLERS adir_sample adir_sample_preconditioned ddnm_sample get_sampler default_sampler
+    sampling.chain: sample
     retrieval.embedding: DEFAULT_EMBEDDER EMBEDDERS get_embedder
     retrieval.arms: RETRIEVERS Neighbours EncoderKNN RandomNeighbours PixelMSENeighbours NoNeighbours GivenNeighbours
     priors.tiling: TiledPrior TilingConfig

@@ -90,7 +90,7 @@ def save_png(image01, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adir_ops.adaptation.training import AdaptConfig
+    from adir_ops.adaptation.config import AdaptConfig
     from adir_ops.metrics import quality
     from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import SamplerConfig, pipeline_for

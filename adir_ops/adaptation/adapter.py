@@ -16,7 +16,7 @@ from torch import nn
 from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.adaptation.lora import ModuleState, inject_lora, refuse_if_adapted, remove_lora
 
-__all__ = ["WEIGHT_NAME", "AdaptConfig", "Adapter"]
+__all__ = ["WEIGHT_NAME", "Adapter"]
 
 # Key prefix of the UNet's entries in a diffusers pipeline LoRA file (`unet.<module>.lora_A.weight`).
 PREFIX = "unet"

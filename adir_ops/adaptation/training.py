@@ -1,8 +1,7 @@
 """LoRA adaptation of a diffusion prior on its retrieved neighbours (ADIR paper, eqs. 17-18): the crops and the training loop.
 
 The LoRA layers themselves are in `adir_ops.adaptation.lora`, the trained Adapter and its file in
-`adir_ops.adaptation.adapter`, the loss in `adir_ops.adaptation.losses`; their public names are importable from
-here too, where callers have always found them.
+`adir_ops.adaptation.adapter`, the loss in `adir_ops.adaptation.losses`, the settings in `adir_ops.adaptation.config`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adir_ops.adaptation.adapter import WEIGHT_NAME, AdaptConfig, Adapter
+from adir_ops.adaptation.adapter import Adapter
+from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.adaptation.lora import (
     ADAPTER_NAME,
     ModuleState,
@@ -28,18 +28,12 @@ from adir_ops.adaptation.lora import (
     remove_lora,
     replace_module,
 )
-from adir_ops.adaptation.losses import eps_mse_loss
 
 __all__ = [
-    "WEIGHT_NAME",
-    "AdaptConfig",
-    "Adapter",
     "LoraTraining",
     "adapt",
     "adapt_many",
     "check_warm_start",
-    "eps_mse_loss",
-    "lora_targets",
     "neighbour_pool",
     "random_crops",
     "train_lora",

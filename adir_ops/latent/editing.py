@@ -21,7 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adir_ops.adaptation.training import AdaptConfig, Adapter, neighbour_pool, random_crops
+from adir_ops.adaptation.adapter import Adapter
+from adir_ops.adaptation.config import AdaptConfig
+from adir_ops.adaptation.training import neighbour_pool, random_crops
 from adir_ops.latent.stable_diffusion import (
     check_pipeline_settings,
     encode_latents,

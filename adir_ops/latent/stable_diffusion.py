@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from adir_ops.adaptation import training
-from adir_ops.adaptation.training import AdaptConfig, Adapter
+from adir_ops.adaptation.adapter import Adapter
+from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.priors.registry import HUB_ID
 
 # The paper's models; what `load_pipeline` names in its messages.

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-from adir_ops.adaptation.training import AdaptConfig, Adapter, neighbour_pool, random_crops
+from adir_ops.adaptation.adapter import Adapter
+from adir_ops.adaptation.config import AdaptConfig
+from adir_ops.adaptation.training import neighbour_pool, random_crops
 from adir_ops.latent.stable_diffusion import (
     check_pipeline_settings,
     encode_latents,

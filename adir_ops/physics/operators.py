@@ -52,12 +52,9 @@ __all__ = [
     "OPERATORS",
     "Colorization",
     "Inpainting",
-    "Operator",
     "SuperResolution",
     "UniformBlur",
     "box_mask",
-    "box_matrix",
-    "imresize_matrix",
     "make_operator",
 ]
 

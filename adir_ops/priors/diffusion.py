@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adir_ops.priors.guided_diffusion import GUIDED_DIFFUSION_256_UNCOND, guided_diffusion_unet  # noqa: F401  (re-exported)
+from adir_ops.priors.guided_diffusion import GUIDED_DIFFUSION_256_UNCOND, guided_diffusion_unet
 from adir_ops.priors.weights import UNET64_DIR
 
 

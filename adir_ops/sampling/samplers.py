@@ -28,16 +28,12 @@ from collections.abc import Callable
 import torch
 
 from adir_ops.rng import Generators, randn_per_image
-from adir_ops.sampling.chain import (  # noqa: F401  the chain's names are part of this module's API
-    POWER_ITERATIONS,
+from adir_ops.sampling.chain import (
     Callback,
-    RespacedSchedule,
     operator_norm,
     posterior,
     prior_schedule,
     report,
-    respace,
-    sample,
     start_chain,
     with_noise,
 )

@@ -70,7 +70,7 @@ def write_sample_sheet(
     from PIL import Image
 
     from adir_ops.rng import generator_for
-    from adir_ops.sampling.samplers import sample
+    from adir_ops.sampling.chain import sample
 
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:num]
     generators = [generator_for(seed, f"sample-{i}") for i in range(num)]

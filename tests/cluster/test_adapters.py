@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from adir_ops.adaptation.cache import WarmStart
-from adir_ops.adaptation.training import AdaptConfig, adapt
+from adir_ops.adaptation.config import AdaptConfig
+from adir_ops.adaptation.training import adapt
 from adir_ops.physics.operators import observe
 from adir_ops.pipeline import ADIRPipeline, SamplerConfig
 from adir_ops.priors.denoiser import DenoiserPrior

@@ -48,7 +48,7 @@ def _png(path):
 
 
 def test_edit_retrieves_by_the_prompt_adapts_and_writes_both_arms(tmp_path, photo, openclip_index):
-    from adir_ops.adaptation.training import Adapter
+    from adir_ops.adaptation.adapter import Adapter
     from adir_ops.retrieval.embedding import get_embedder
     from index_builder.index_query import NeighborIndex
 

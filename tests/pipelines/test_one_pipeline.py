@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from adir_ops.adaptation.training import AdaptConfig
+from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.physics.operators import make_operator
 from adir_ops.pipeline import ADIRPipeline, SamplerConfig
 from adir_ops.retrieval.embedding import get_embedder

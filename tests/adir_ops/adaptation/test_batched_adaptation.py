@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adir_ops.adaptation.training import AdaptConfig, adapt, adapt_many
+from adir_ops.adaptation.config import AdaptConfig
+from adir_ops.adaptation.training import adapt, adapt_many
 from adir_ops.priors.denoiser import DenoiserPrior
 from adir_ops.priors.diffusion import DiffusionPrior
 from adir_ops.rng import generator_for

@@ -8,13 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from adir_ops.adaptation import losses
-from adir_ops.adaptation.training import (
-    AdaptConfig,
-    Adapter,
-    adapt,
-    lora_targets,
-    upscale_to_resolution,
-)
+from adir_ops.adaptation.adapter import Adapter
+from adir_ops.adaptation.config import AdaptConfig
+from adir_ops.adaptation.lora import lora_targets
+from adir_ops.adaptation.training import adapt, upscale_to_resolution
 from adir_ops.priors.diffusion import DiffusionPrior, linear_betas
 from adir_ops.priors.guided_diffusion import guided_diffusion_unet
 

@@ -6,7 +6,8 @@ import time
 import pytest
 import torch
 
-from adir_ops.adaptation.training import AdaptConfig, Adapter
+from adir_ops.adaptation.adapter import Adapter
+from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.latent.editing import EditConfig, adapt_inpainting, edit, random_masks
 from adir_ops.latent.stable_diffusion import load_pipeline, tiny_pipeline
 from adir_ops.latent.upscale import UpscaleConfig, adapt_upscaler, upscale

@@ -291,7 +291,7 @@ def test_closed_form_gram_solve_agrees_with_the_conjugate_gradient_fallback(name
 
 
 def test_blur_is_separable_as_its_closed_form_assumes():
-    from adir_ops.physics.operators import box_matrix
+    from adir_ops.physics.separable import box_matrix
 
     op = make_operator("deblur", image_size=(17, 23))
     tap = float(op.filter[0, 0, 0, 0]) ** 0.5

@@ -14,7 +14,7 @@ from adir_ops.retrieval.arms import (
     RandomNeighbours,
     thumbnail_of,
 )
-from adir_ops.retrieval.embedding import OfflineLowpassEmbedder
+from adir_ops.retrieval.embedders_offline import OfflineLowpassEmbedder
 
 N, K, THUMB = 12, 4, 8
 

@@ -8,14 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from adir_ops.physics.operators import make_operator
-from adir_ops.retrieval.embedding import (
-    DEFAULT_EMBEDDER,
-    EMBEDDERS,
-    OfflineContentEmbedder,
-    OfflineLowpassEmbedder,
-    OpenClipEmbedder,
-    get_embedder,
-)
+from adir_ops.retrieval.embedders_offline import OfflineContentEmbedder, OfflineLowpassEmbedder
+from adir_ops.retrieval.embedders_pretrained import OpenClipEmbedder
+from adir_ops.retrieval.embedding import DEFAULT_EMBEDDER, EMBEDDERS, get_embedder
 
 # Distinct real photos and textures shipped inside scikit-image: (name, crops per image).
 CORPUS = [

@@ -5,7 +5,8 @@ import torch
 
 from adir_ops.physics.operators import make_operator
 from adir_ops.priors.diffusion import DiffusionPrior
-from adir_ops.sampling.samplers import adir_sample, respace, sample
+from adir_ops.sampling.chain import respace, sample
+from adir_ops.sampling.samplers import adir_sample
 
 R = 16
 
