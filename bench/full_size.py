@@ -6,8 +6,10 @@ Each photo is resized (Lanczos, aspect kept) to each size in megapixels of the *
 the job degrades), then one real `adir reconstruct` run per size (the default prior, the task's defaults)
 goes through the command line on a local Ray cluster. While it runs, the resident memory of every process
 of the job (the driver and each Ray actor, found by their command lines) is sampled every 0.2 s. Printed per
-size: s/MP of each stage from results.parquet, the whole run's wall s/MP, the peak RSS of the driver and of
-the largest actor, PSNR of the reconstruction and of the naive inverse (bicubic, ...) and their difference.
+size: s/MP of each stage from results.parquet, the whole run's wall s/MP, sampling's distance from the
+compute limit (sampling s/MP over a bare forward of the prior's network per MP x steps: 1.0 would mean the
+sampler costs nothing but its network), the peak RSS of the driver and of the largest actor, PSNR of the
+reconstruction and of the naive inverse (bicubic, ...) and their difference.
 
 Full-size photographs come from a Debian package (no root needed):
     apt-get download plasma-workspace-wallpapers && dpkg-deb -x plasma-workspace-wallpapers*.deb wp
@@ -84,6 +86,29 @@ class PeakMemory:
             self._stop.wait(SAMPLE_S)
 
 
+def forward_s_per_mp(threads: int, side: int = 704, repeats: int = 3) -> float:
+    """Seconds per megapixel of one bare forward of the default prior (its eps, no guidance, no tiling).
+
+    Timed here, in the bench's process, with the actor's thread count: sampling time over
+    (this x steps) says how far the sampler is from the compute limit of its network.
+    """
+    import torch
+
+    from adir_ops.priors.registry import load_local_prior
+
+    torch.set_num_threads(threads)
+    prior = load_local_prior("default")
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    t = torch.full((1,), prior.valid_timesteps // 2, dtype=torch.long)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):  # the first pays one-time costs; the fastest is the machine's limit
+            start = time.perf_counter()
+            prior.eps(x, t)
+            best = min(best, time.perf_counter() - start)
+    return best / (side * side / 1e6)
+
+
 def run_one(args, inputs: str, out: str) -> tuple[float, PeakMemory]:
     command = [
         sys.executable, "-m", "pipelines.cli", "reconstruct", "--inputs", inputs, "--out", out,
@@ -102,7 +127,9 @@ def run_one(args, inputs: str, out: str) -> tuple[float, PeakMemory]:
 
 def main(argv=None) -> None:
     import pyarrow.parquet as pq
+    import yaml
 
+    from cluster.pool import DEFAULT_CPU_SHARE, actor_threads
     from cluster.results import STAGES
 
     args = parse_args(argv)
@@ -111,10 +138,15 @@ def main(argv=None) -> None:
     gib = 2**30
     print(f"task {args.task}, mode {args.mode}, steps {args.steps or 'default'}, {args.num_actors} actor(s), "
           f"{os.cpu_count()} CPUs; os.getloadavg() at start: {os.getloadavg()[0]:.1f}")  # fmt: skip
+    # The actors' threads as the job sets them (cluster.pool.actor_threads), for the compute limit.
+    threads = actor_threads({"CPU": float(os.cpu_count())}, {"num_cpus": DEFAULT_CPU_SHARE}, args.num_actors) or 1
+    forward = forward_s_per_mp(threads)
+    print(f"bare forward of the default prior: {forward:.2f} s/MP on {threads} thread(s)")
     header = [
         "MP",
         "wall s/MP",
         *[f"{s} s/MP" for s in STAGES],
+        "sampling / (forward x steps)",
         "driver GiB",
         "actor GiB",
         "PSNR",
@@ -135,8 +167,10 @@ def main(argv=None) -> None:
         stage = [sum(row[f"{s}_s"] or 0.0 for row in rows) / mp for s in STAGES]
         psnr = sum(row["psnr"] for row in rows) / len(rows)
         naive = sum(row["naive_psnr"] for row in rows) / len(rows)
+        steps = yaml.safe_load(open(os.path.join(work, f"out-{size}", "config.yaml")))["steps"]
         cells = [f"{mp / len(rows):.2f}", f"{wall / mp:.1f}", *[f"{v:.1f}" for v in stage]]
         cells += [
+            f"{stage[STAGES.index('sampling')] / (forward * steps):.2f}",
             f"{peak.driver / gib:.2f}",
             f"{peak.actor / gib:.2f}",
             f"{psnr:.2f}",

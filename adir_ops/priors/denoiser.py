@@ -83,13 +83,13 @@ class FFDNet(nn.Module):
         """
         rows, cols = x.shape[-2:]
         if rows <= self.tile and cols <= self.tile:
-            return self.model(x)
+            return self._model(x)
         out = None
         for top in range(0, rows, self.tile):
             for left in range(0, cols, self.tile):
                 t0, l0 = max(0, top - self.halo), max(0, left - self.halo)
                 b0, r0 = min(rows, top + self.tile + self.halo), min(cols, left + self.tile + self.halo)
-                part = self.model(x[..., t0:b0, l0:r0])
+                part = self._model(x[..., t0:b0, l0:r0])
                 if out is None:
                     out = part.new_empty(*part.shape[:2], rows, cols)
                 core_h, core_w = min(self.tile, rows - top), min(self.tile, cols - left)
@@ -97,6 +97,12 @@ class FFDNet(nn.Module):
                     ..., top - t0 : top - t0 + core_h, left - l0 : left - l0 + core_w
                 ]
         return out
+
+
+    def _model(self, x: torch.Tensor) -> torch.Tensor:
+        # Channels-last activations: oneDNN's 3x3 convolutions run 12-15% faster on this CPU at 0.26 MP
+        # (docs/full-size.md), the same values to float rounding (4e-5 on eps). Weights stay as they are.
+        return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
 def ffdnet_weights_path() -> str:
