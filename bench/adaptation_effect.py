@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     import torch
     from PIL import Image
 
-    from adir_ops.adaptation.training import AdaptConfig
+    from adir_ops.adaptation.config import AdaptConfig
     from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig
     from adir_ops.priors.registry import load_local_prior

@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     import torch
     from PIL import Image
 
-    from adir_ops.adaptation.training import AdaptConfig, adapt_many
+    from adir_ops.adaptation.config import AdaptConfig
+    from adir_ops.adaptation.training import adapt_many
     from adir_ops.allocator import keep_freed_memory
     from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig

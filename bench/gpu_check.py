@@ -149,7 +149,9 @@ def bench_sampler(prior, params, sizes, device, precision, log):
 def bench_lora(prior, sizes, device, precision, log):
     import torch
 
-    from adir_ops.adaptation.training import AdaptConfig, adapt, lora_targets
+    from adir_ops.adaptation.config import AdaptConfig
+    from adir_ops.adaptation.lora import lora_targets
+    from adir_ops.adaptation.training import adapt
 
     size, steps = sizes["size"], sizes["lora_steps"]
     neighbours = (
@@ -178,7 +180,8 @@ def bench_batched(prior, sizes, device, precision, log):
     """Batched adaptation (adapt_many): G images' LoRAs in one forward, images/s against G = 1 (issue 14)."""
     import torch
 
-    from adir_ops.adaptation.training import AdaptConfig, adapt_many
+    from adir_ops.adaptation.config import AdaptConfig
+    from adir_ops.adaptation.training import adapt_many
 
     size, steps = sizes["size"], sizes["lora_steps"]
     config = AdaptConfig(steps=steps, batch_size=sizes["lora_batch"])

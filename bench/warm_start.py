@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from adir_ops.adaptation.cache import adaptation_stream, jaccard
-    from adir_ops.adaptation.training import AdaptConfig
+    from adir_ops.adaptation.config import AdaptConfig
     from adir_ops.metrics.quality import compute_metrics
     from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import ADIRPipeline, SamplerConfig
