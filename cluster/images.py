@@ -10,13 +10,11 @@ from PIL import Image
 
 # The index builder's decoder, reused so inputs, neighbours and the corpus are read alike
 # (decompression-bomb guard, EXIF rotation, any mode → 8-bit RGB).
-from index_builder.reader import DecodeError, decode_image, decode_rgb
+from index_builder.reader import decode_image, decode_rgb
 
 __all__ = [
-    "DecodeError",
     "check_pixels",
     "decode_input",
-    "decode_rgb",
     "decode_thumbnail",
     "encode_png",
     "observe_input",

@@ -144,7 +144,8 @@ def retrieve_by_text(job: EditJob) -> tuple[list[str], list[str], list[float]]:
 def fetch_neighbours(uris: list[str], storage_options: Mapping[str, Any] | None):
     """The neighbours as (3, H, W) tensors in [-1, 1]; unreadable ones are reported and skipped."""
     from adir_storage import fetch_many
-    from cluster.images import decode_rgb, to_tensor01
+    from cluster.images import to_tensor01
+    from index_builder.reader import decode_rgb
 
     images = []
     for uri, data in zip(uris, fetch_many(list(uris), storage_options)):
@@ -219,7 +220,8 @@ def run(job: EditJob, *, log=print) -> dict[str, Any]:
     from adir_ops.latent.editing import EditConfig, adapt_inpainting, edit
     from adir_ops.rng import generator_for
     from adir_storage import commit_bytes, join_url, read_bytes
-    from cluster.images import decode_rgb, encode_png, to_tensor01
+    from cluster.images import encode_png, to_tensor01
+    from index_builder.reader import decode_rgb
 
     start = time.perf_counter()
     check_out_apart(job)

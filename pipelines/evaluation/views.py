@@ -149,7 +149,8 @@ def _listed(run: Run, root: str, storage_options: Mapping[str, Any] | None) -> f
 def read_output(row: Mapping[str, Any], run: Run, storage_options: Mapping[str, Any] | None = None):
     """The reconstruction PNG of a row as (3, H, W) in [0, 1]."""
     from adir_storage import read_bytes
-    from cluster.images import decode_rgb, to_tensor01
+    from cluster.images import to_tensor01
+    from index_builder.reader import decode_rgb
 
     return to_tensor01(decode_rgb(read_bytes(output_url(row, run), storage_options)))
 

@@ -58,7 +58,7 @@ from pipelines.photos.catalogue import (  # the tables of what is a photo
     PLASMA_PHOTOS,
     REDISTRIBUTABLE,
 )
-from pipelines.photos.stanzas import canonical_url, licence_id, parse_credit_stanzas  # noqa: F401  (re-exported)
+from pipelines.photos.stanzas import canonical_url, licence_id, parse_credit_stanzas
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CREDITS = "CREDITS.tsv"

@@ -220,7 +220,8 @@ def test_a_real_run_evaluates_every_arm_and_rebuilds_what_the_job_saw(real_runs,
 
     from adir_ops.metrics.quality import compute_metrics
     from adir_storage import read_bytes
-    from cluster.images import decode_rgb, to_tensor01
+    from cluster.images import to_tensor01
+    from index_builder.reader import decode_rgb
 
     out = tmp_path / "eval"
     assert (

@@ -14,8 +14,9 @@ from adir_ops.pipeline import ADIRPipeline, SamplerConfig
 from adir_ops.retrieval.embedding import get_embedder
 from adir_ops.rng import image_streams
 from cluster.config import ReconstructConfig
-from cluster.images import decode_rgb, encode_png, to_tensor01
+from cluster.images import encode_png, to_tensor01
 from cluster.retrieval import make_retriever
+from index_builder.reader import decode_rgb
 from pipelines import cli, reconstruct
 from tests.cluster.helpers import write_pictures
 
