@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     from adir_ops.physics.operators import make_operator
     from adir_ops.priors.registry import load_local_prior
     from adir_ops.rng import generator_for
-    from adir_ops.sampling.samplers import DEFAULT_SAMPLER_BY_TASK, SAMPLERS, get_sampler
+    from adir_ops.sampling.defaults import DEFAULT_SAMPLER_BY_TASK
+    from adir_ops.sampling.samplers import SAMPLERS, get_sampler
 
     lines: list[str] = []
 

@@ -12,6 +12,7 @@ from adir_ops.physics.tasks import TASKS  # the operator registry's names, torch
 from adir_ops.priors.registry import parse_prior, tiny_resolution  # the --prior grammar, torch-free too
 from adir_ops.priors.weights import DEFAULT_PRIOR_NAME
 from adir_ops.retrieval.arms import MODES  # the paper's Table 5 arms, torch-free too
+from adir_ops.sampling.defaults import default_steps  # torch-free too
 from adir_ops.validation import check_fields, config_from_dict, short_repr
 from adir_storage import MAX_READ_BYTES, redact_options, redact_url
 
@@ -77,7 +78,9 @@ class ReconstructConfig:
     prior: str = DEFAULT_PRIOR_NAME
     mode: str = "adir"
     k: int = 20
-    steps: int = 100
+    # None: the task's measured default for the prior (adir_ops.sampling.defaults), resolved here so
+    # config.yaml records the number that ran.
+    steps: int | None = None
     lora: AdaptConfig = field(
         default_factory=AdaptConfig
     )  # the paper's: rank 16, alpha 8, lr 1e-4, 400 steps, batch 6
@@ -130,6 +133,8 @@ class ReconstructConfig:
             if not getattr(self, name):
                 raise ValueError(f"reconstruct needs --{name} (on the command line or in --config job.yaml)")
         check_fields(self)  # YAML's 'no' is a truthy string, `seed: abc` a string, .nan a float
+        if self.steps is None and self.task in TASKS:
+            object.__setattr__(self, "steps", default_steps(self.task, self.prior_kind))
         object.__setattr__(self, "storage_options", dict(self.storage_options))
         if self.task not in TASKS:
             raise ValueError(f"unknown task {short_repr(self.task)}; choose one of {', '.join(TASKS)}")

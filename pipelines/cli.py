@@ -117,6 +117,7 @@ def _debug_on_every_command(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_reconstruct(commands) -> None:
+    from adir_ops.sampling.defaults import DEFAULT_STEPS_BY_TASK, PAPER_STEPS  # plain constants too
     from cluster.config import MODES, TASKS  # plain constants: keeps `adir --help` instant
 
     p = commands.add_parser(
@@ -146,7 +147,13 @@ def _add_reconstruct(commands) -> None:
     p.add_argument(
         "--mode", choices=MODES, help="adir (encoder K-NN, default), baseline (no adaptation), random-nn, mse-nn"
     )
-    p.add_argument("--steps", type=int, help="respaced sampling steps (default 100)")
+    measured = ", ".join(f"{n} for {task}" for task, n in DEFAULT_STEPS_BY_TASK.items())
+    p.add_argument(
+        "--steps",
+        type=int,
+        help=f"respaced sampling steps (default: {measured} with the embedded prior, as measured in "
+        f"docs/full-size.md; else {PAPER_STEPS})",
+    )
     p.add_argument("--lora-steps", type=int, help="LoRA adaptation iterations (default 400)")
     p.add_argument(
         "--lora-learning-rate",

@@ -16,7 +16,7 @@ callback=None, ...)`, and the registry `SAMPLERS` (`get_sampler(name)`):
   (none); for colorization, whose y says nothing about it.
 The last two (and `adir_sample` with `final_projection=True`) end with a data-consistency
 step, noise-aware in the same way: no sampler fits a noisy y below its noise floor.
-`DEFAULT_SAMPLER_BY_TASK` is the sampler chosen per task by bench/sampler.py (docs/sampler.md).
+The sampler and steps chosen per task by measurement are in adir_ops.sampling.defaults.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from adir_ops.sampling.chain import (
     start_chain,
     with_noise,
 )
+from adir_ops.sampling.defaults import DEFAULT_SAMPLER_BY_TASK
 
 # Largest guided step, as a fraction of the step that solves the consistency term exactly
 # along A's top singular direction (2 s Sigma_t ||A^T A|| = 1); steps of 2 or more diverge.
@@ -295,15 +296,6 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 GUIDED_SAMPLERS = ("eq16", "eq16-preconditioned")
 # Samplers that fit only some tasks: a neutral cast leaves the global colour free, which only colorize does not measure.
 SAMPLER_TASKS: dict[str, tuple[str, ...]] = {"ddnm-neutral-cast": ("colorize",)}
-
-# Chosen by measurement: bench/sampler.py on the embedded default's held-out images (docs/sampler.md).
-DEFAULT_SAMPLER_BY_TASK: dict[str, str] = {
-    "sr4": "ddnm",
-    "sr8": "ddnm",
-    "deblur": "ddnm",
-    "colorize": "ddnm-neutral-cast",
-    "inpaint": "ddnm",
-}
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:

@@ -68,6 +68,17 @@ def test_pool_size_follows_the_cluster():
     assert actor_plan({"CPU": 2.0}, work=1, num_actors=2)[0] == 2
 
 
+def test_steps_left_out_resolve_to_the_measured_default_and_the_config_records_the_number():
+    from adir_ops.sampling.defaults import default_steps
+
+    config = _config(task="sr4", prior="default")
+    assert config.steps == default_steps("sr4", "default") and config.to_dict()["steps"] == config.steps
+    # A run folder's config.yaml carries the number, so a later default cannot change what it resumes.
+    assert ReconstructConfig.from_dict(config.to_dict()).steps == config.steps
+    assert _config(task="sr4", prior="tiny").steps == 100
+    assert _config(task="sr4", prior="default", steps=7).steps == 7
+
+
 def test_fewer_cpu_actors_than_cores_share_the_cores_as_threads():
     # One large image on a 2-core node: its one actor computes on both cores, not one.
     count, options = actor_plan({"CPU": 2.0}, work=1)

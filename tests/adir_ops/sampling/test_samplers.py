@@ -155,8 +155,8 @@ def test_bad_arguments_are_refused_with_the_fix(prior):
 # ---- the samplers of the registry: eq. 16, eq. 16 preconditioned, DDNM ------------------------
 
 from adir_ops.physics.operators import OPERATORS  # noqa: E402
+from adir_ops.sampling.defaults import DEFAULT_SAMPLER_BY_TASK  # noqa: E402
 from adir_ops.sampling.samplers import (  # noqa: E402
-    DEFAULT_SAMPLER_BY_TASK,
     SAMPLERS,
     adir_sample_preconditioned,
     data_consistency,
