@@ -10,7 +10,8 @@ from adir_ops.lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(
     __name__,
     """
-    pipeline: ADIRPipeline ADIRUpscalePipeline ADIRResult SamplerConfig StageError pipeline_for
+    pipeline: ADIRPipeline ADIRUpscalePipeline ADIRResult StageError pipeline_for
+    sampling.config: SamplerConfig
     adaptation.training: adapt
     adaptation.config: AdaptConfig
     adaptation.adapter: Adapter
@@ -20,6 +21,7 @@ __getattr__, __all__ = lazy_exports(
     physics.operators: OPERATORS Observation make_operator observe
     sampling.samplers: SAMPLERS adir_sample adir_sample_preconditioned ddnm_sample get_sampler default_sampler
     sampling.chain: sample
+    sampling.regions: sample_in_regions
     retrieval.embedding: DEFAULT_EMBEDDER EMBEDDERS get_embedder
     retrieval.arms: RETRIEVERS Neighbours EncoderKNN RandomNeighbours PixelMSENeighbours NoNeighbours GivenNeighbours
     priors.tiling: TiledPrior TilingConfig

@@ -93,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     from adir_ops.adaptation.config import AdaptConfig
     from adir_ops.metrics import quality
     from adir_ops.physics.operators import make_operator
-    from adir_ops.pipeline import SamplerConfig, pipeline_for
+    from adir_ops.pipeline import pipeline_for
     from adir_ops.priors.diffusion import DiffusionPrior
     from adir_ops.priors.registry import load_local_prior
     from adir_ops.retrieval.arms import GivenNeighbours, NoNeighbours
     from adir_ops.rng import image_streams
+    from adir_ops.sampling.config import SamplerConfig
 
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)

@@ -41,9 +41,9 @@ from adir_ops.adaptation.training import adapt
 from adir_ops.priors.tiling import TiledPrior, TilingConfig
 from adir_ops.retrieval.arms import Neighbours, NoNeighbours
 from adir_ops.rng import generator_for, image_streams
-from adir_ops.sampling.samplers import GUIDED_SAMPLERS, SAMPLERS, default_sampler, get_sampler
-
-AUTO = "auto"
+from adir_ops.sampling.config import SamplerConfig
+from adir_ops.sampling.regions import regional, sample_in_regions
+from adir_ops.sampling.samplers import GUIDED_SAMPLERS, get_sampler
 
 Fetch = Callable[[Sequence[str]], list[torch.Tensor]]
 
@@ -55,29 +55,6 @@ class StageError(RuntimeError):
         super().__init__(f"{type(error).__name__}: {error}")
         self.stage, self.error = stage, error
         self.timings = timings if timings is not None else {}  # seconds of the stages run, this one included
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """name: a key of adir_ops.sampling.samplers.SAMPLERS, or 'auto' (the measured default for the operator's task)."""
-
-    name: str = AUTO
-    steps: int = 100
-    guidance_scale: float | None = None  # eq. 16's s, for the eq16 samplers; None: the sampler's own default
-    # Posterior samples per image (beyond the paper): their mean is the distortion-optimal estimate,
-    # their per-pixel std where the reconstruction is uncertain. Sample 0 is the single-sample result.
-    samples: int = 1
-
-    def __post_init__(self):
-        if self.name != AUTO and self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; choose 'auto' or one of {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise ValueError(f"sampler steps must be >= 1; got {self.steps}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples must be an integer >= 1; got {self.samples!r}")
-
-    def resolve(self, task: str) -> str:
-        return default_sampler(task) if self.name == AUTO else self.name
 
 
 @dataclass
@@ -314,8 +291,16 @@ class ADIRPipeline(ReconstructionPipeline):
         self, y: torch.Tensor, operator, generator: torch.Generator, adapter: Adapter | None = None, callback=None
     ) -> torch.Tensor:
         """The reconstruction (1, C, H, W) in [0, 1] of y with the (adapted) prior, from the image's sampling stream."""
+        sampler = self._sampler(operator)
+
+        def run(y, operator, generator):
+            return sampler(self.sampling_prior, y, operator, generator=[generator], callback=callback)
+
         with adapter.applied(self.prior) if adapter is not None else contextlib.nullcontext():
-            x0 = self._sampler(operator)(self.sampling_prior, y, operator, generator=[generator], callback=callback)
+            if regional(operator, self.sampler.region):
+                x0 = sample_in_regions(run, y, operator, generator, self.sampler.region)
+            else:
+                x0 = run(y, operator, generator)
         return self._finite01(x0.add(1).div(2))
 
     def sample_many(self, y: torch.Tensor, operator, generators: Sequence[torch.Generator]) -> torch.Tensor:

@@ -73,11 +73,12 @@ def main(argv=None) -> int:
 
     from adir_ops.adaptation.config import AdaptConfig
     from adir_ops.physics.operators import make_operator
-    from adir_ops.pipeline import ADIRPipeline, SamplerConfig
+    from adir_ops.pipeline import ADIRPipeline
     from adir_ops.priors.registry import load_local_prior
     from adir_ops.retrieval.arms import GivenNeighbours, NoNeighbours
     from adir_ops.retrieval.embedding import get_embedder
     from adir_ops.rng import generator_for, image_streams
+    from adir_ops.sampling.config import SamplerConfig
     from pipelines import default_assets
     from pipelines.demo import pick_test_images
 

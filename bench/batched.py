@@ -47,9 +47,10 @@ def main(argv=None) -> int:
     from adir_ops.adaptation.training import adapt_many
     from adir_ops.allocator import keep_freed_memory
     from adir_ops.physics.operators import make_operator
-    from adir_ops.pipeline import ADIRPipeline, SamplerConfig
+    from adir_ops.pipeline import ADIRPipeline
     from adir_ops.priors.registry import load_local_prior
     from adir_ops.rng import generator_for, image_streams
+    from adir_ops.sampling.config import SamplerConfig
     from pipelines import default_assets
     from pipelines.demo import pick_test_images
 

@@ -12,7 +12,7 @@ from adir_ops.physics.tasks import TASKS  # the operator registry's names, torch
 from adir_ops.priors.registry import parse_prior, tiny_resolution  # the --prior grammar, torch-free too
 from adir_ops.priors.weights import DEFAULT_PRIOR_NAME
 from adir_ops.retrieval.arms import MODES  # the paper's Table 5 arms, torch-free too
-from adir_ops.sampling.defaults import default_steps  # torch-free too
+from adir_ops.sampling.defaults import DEFAULT_REGION, MIN_REGION, default_steps  # torch-free too
 from adir_ops.validation import check_fields, config_from_dict, short_repr
 from adir_storage import MAX_READ_BYTES, redact_options, redact_url
 
@@ -88,6 +88,9 @@ class ReconstructConfig:
     # adir_ops.sampling.samplers.SAMPLERS name, or "auto": the sampler measured best for the task (DEFAULT_SAMPLER_BY_TASK).
     sampler: str = "auto"
     samples: int = 1  # posterior samples per image: > 1 also writes their mean and a per-pixel std map
+    # Images with a side beyond this are sampled in blended windows of it (adir_ops.sampling.regions): the
+    # actor's memory is bounded by it, not by the photo. 0: always whole.
+    sampling_region: int = DEFAULT_REGION
     # Amortized adaptation (cluster.adapters, adir_ops.adaptation.cache): adapters kept in OUT/adapters by key,
     # drawn from the neighbours' stream, reused by any image that retrieves the same neighbours.
     adapter_cache: bool = False
@@ -191,6 +194,11 @@ class ReconstructConfig:
             _in_range("num_actors", self.num_actors, 1, MAX_ACTORS)
         if self.tile_overlap is not None:
             _in_range("tile_overlap", self.tile_overlap, 0, MAX_TILE_OVERLAP)
+        if self.sampling_region and not MIN_REGION <= self.sampling_region <= 1 << 20:
+            raise ValueError(
+                f"--sampling-region is a side in pixels, 0 (whole images) or from {MIN_REGION} to {1 << 20:,}; "
+                f"got {self.sampling_region}"
+            )
         _in_range("max_input_bytes", self.max_input_bytes, 1, 2**40)
         _in_range("max_pixels", self.max_pixels, 1, 2**40)
         for name in ("cpus_per_actor", "gpus_per_actor"):

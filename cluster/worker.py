@@ -92,9 +92,10 @@ class ReconstructionWorker:
 
     def __init__(self, config: ReconstructConfig):
         from adir_ops.allocator import keep_freed_memory
-        from adir_ops.pipeline import SamplerConfig, pipeline_for
+        from adir_ops.pipeline import pipeline_for
         from adir_ops.priors.tiling import TilingConfig
         from adir_ops.retrieval.embedding import get_embedder
+        from adir_ops.sampling.config import SamplerConfig
         from cluster.retrieval import make_retriever, thumbnails_url
 
         keep_freed_memory()  # this actor's process runs forwards all day: reuse freed tensor memory
@@ -145,7 +146,7 @@ class ReconstructionWorker:
             prior,
             self.retriever,
             adaptation=cfg.lora,
-            sampler=SamplerConfig(cfg.sampler, cfg.steps, cfg.guidance_scale, cfg.samples),
+            sampler=SamplerConfig(cfg.sampler, cfg.steps, cfg.guidance_scale, cfg.samples, cfg.sampling_region),
             fetch=self._fetch,
             tiling=TilingConfig(overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch, small_images=cfg.small_images),
             adapters=adapters,

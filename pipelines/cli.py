@@ -117,7 +117,7 @@ def _debug_on_every_command(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_reconstruct(commands) -> None:
-    from adir_ops.sampling.defaults import DEFAULT_STEPS_BY_TASK, PAPER_STEPS  # plain constants too
+    from adir_ops.sampling.defaults import DEFAULT_REGION, DEFAULT_STEPS_BY_TASK, PAPER_STEPS  # plain constants too
     from cluster.config import MODES, TASKS  # plain constants: keeps `adir --help` instant
 
     p = commands.add_parser(
@@ -210,6 +210,11 @@ def _add_reconstruct(commands) -> None:
     )
     p.add_argument("--embedder", help="encoder (default: the index's own; a different one is refused)")
     p.add_argument("--tile-batch", type=int, help="UNet tiles per call for images larger than the prior (default 4)")
+    region_help = (
+        f"images with a side beyond PX px are sampled in blended windows of PX: memory bounded by it "
+        f"(default {DEFAULT_REGION}; 0: whole)"
+    )
+    p.add_argument("--sampling-region", type=int, metavar="PX", help=region_help)
     p.add_argument("--tile-overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
     p.add_argument("--num-actors", type=int, help="actors (default: one per GPU, else one per CPU core)")
     p.add_argument("--cpus-per-actor", type=float, help="Ray num_cpus per actor (default 1 with GPUs, 0.5 without)")

@@ -64,6 +64,7 @@ CLI_FIELDS = (
     "embedder",
     "tile_batch",
     "tile_overlap",
+    "sampling_region",
     "num_actors",
     "cpus_per_actor",
     "gpus_per_actor",

@@ -90,12 +90,12 @@ def check_hub_prior(hub_id: str, config_file: str) -> None:
 # ---------------------------------------------------------------- sampler and tiling
 def check_sampler(config: ReconstructConfig) -> None:
     """The sampler exists and fits the task, and --guidance-scale is only given to a sampler that uses it."""
-    from adir_ops.pipeline import SamplerConfig
+    from adir_ops.sampling.config import SamplerConfig
     from adir_ops.sampling.defaults import DEFAULT_SAMPLER_BY_TASK
     from adir_ops.sampling.samplers import GUIDED_SAMPLERS, SAMPLER_TASKS
 
     # The name checked by the very SamplerConfig each actor builds from these fields: one rule, said once.
-    SamplerConfig(config.sampler, config.steps, config.guidance_scale, config.samples)
+    SamplerConfig(config.sampler, config.steps, config.guidance_scale, config.samples, config.sampling_region)
     if config.prior_kind == "sd-x4":
         given = [
             flag

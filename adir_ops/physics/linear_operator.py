@@ -67,6 +67,29 @@ class Operator(nn.Module):
         """The plain restoration a report shows beside the reconstruction; image-shaped."""
         raise NotImplementedError
 
+    # -- regions: the same operator on a window of the image (adir_ops.sampling.regions) ----------
+    # A window's top and left must be multiples of this, so its measurement is a window of y too.
+    alignment: int = 1
+
+    def region(self, top: int, left: int, height: int, width: int) -> "Operator | None":
+        """This operator for the image window [top, top+height) x [left, left+width), or None.
+
+        None: the task's A is not local (each pixel of y depends on few pixels of x), so the image
+        cannot be reconstructed window by window. Local operators return one of their own kind.
+        """
+        return None
+
+    def measurement_window(self, top: int, left: int, height: int, width: int) -> tuple[slice, slice]:
+        """(rows, cols) of y that a window's operator measures (see `region`); y's own grid."""
+        a = self.alignment
+        if top % a or left % a:
+            raise ValueError(f"{self.name}: a window must start on multiples of {a}; got ({top}, {left})")
+        h, w = self._measurement_size()
+        return (
+            slice(top // a, min(h, -(-(top + height) // a))),
+            slice(left // a, min(w, -(-(left + width) // a))),
+        )
+
     # -- the public contract ---------------------------------------------------------------
     def measurement_shape(self, channels: int = 3) -> tuple[int, int, int]:
         """(C, h, w) of y for a clean image with `channels` channels."""

@@ -82,6 +82,16 @@ class SuperResolution(Separable, Operator):
     def _measurement_size(self) -> tuple[int, int]:
         return (self.rows.shape[0], self.cols.shape[0])
 
+    @property
+    def alignment(self) -> int:
+        return self.factor
+
+    def region(self, top, left, height, width):
+        # imresize's kernel reaches 2 LR pixels past a window's edge: the window's own operator
+        # mirrors there instead, an error that stays within a few pixels of the edge (the region
+        # loop's overlap and blend take it out).
+        return SuperResolution((height, width), self.factor, self.noise_sigma_255)
+
     def _A(self, x):
         return self.rows.to(x.dtype) @ x @ self.cols.to(x.dtype).T
 
@@ -117,6 +127,9 @@ class UniformBlur(Separable, Operator):
             )
         self.kernel_size = kernel_size
         self.register_buffer("filter", torch.full((1, 1, kernel_size, kernel_size), 1.0 / kernel_size**2))
+
+    def region(self, top, left, height, width):
+        return UniformBlur((height, width), self.noise_sigma_255, self.kernel_size)
 
     def _gram_factors(self):
         # The box with reflect padding is separable (checked against A in the tests); the 1-D tap
@@ -162,6 +175,9 @@ class Colorization(Operator):
         if channels != 3:
             raise ValueError(f"colorize needs RGB images (3 channels); got {channels}")
         return 1
+
+    def region(self, top, left, height, width):
+        return Colorization((height, width), self.noise_sigma_255)
 
     def _A(self, x):
         self._measurement_channels(x.shape[1])

@@ -98,7 +98,6 @@ class FFDNet(nn.Module):
                 ]
         return out
 
-
     def _model(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last activations: oneDNN's 3x3 convolutions run 12-15% faster on this CPU at 0.26 MP
         # (docs/full-size.md), the same values to float rounding (4e-5 on eps). Weights stay as they are.

@@ -30,3 +30,10 @@ def default_steps(task: str, prior_kind: str) -> int:
     if prior_kind in MEASURED_PRIOR_KINDS:
         return DEFAULT_STEPS_BY_TASK.get(task, PAPER_STEPS)
     return PAPER_STEPS
+
+
+# Side in pixels of the largest window sampled at once (adir_ops.sampling.regions): an image with a side
+# beyond it is sampled region by region, so memory stops growing with the image. 2048 keeps DIV2K
+# (2040 x 1356) whole; docs/full-size.md has what it costs and saves. 0: always the whole image.
+DEFAULT_REGION = 2048
+MIN_REGION = 256  # room for the blend's overlap on both sides and a core between

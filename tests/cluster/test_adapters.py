@@ -15,9 +15,10 @@ from adir_ops.adaptation.cache import WarmStart
 from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.adaptation.training import adapt
 from adir_ops.physics.operators import observe
-from adir_ops.pipeline import ADIRPipeline, SamplerConfig
+from adir_ops.pipeline import ADIRPipeline
 from adir_ops.priors.denoiser import DenoiserPrior
 from adir_ops.retrieval.arms import GivenNeighbours
+from adir_ops.sampling.config import SamplerConfig
 from cluster.adapters import AdapterStore
 from tests.cluster.helpers import smooth_picture
 

@@ -10,9 +10,10 @@ from PIL import Image
 
 from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.physics.operators import make_operator
-from adir_ops.pipeline import ADIRPipeline, SamplerConfig
+from adir_ops.pipeline import ADIRPipeline
 from adir_ops.retrieval.embedding import get_embedder
 from adir_ops.rng import image_streams
+from adir_ops.sampling.config import SamplerConfig
 from cluster.config import ReconstructConfig
 from cluster.images import encode_png, to_tensor01
 from cluster.retrieval import make_retriever

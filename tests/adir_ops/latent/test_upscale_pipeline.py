@@ -10,10 +10,11 @@ from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.latent.stable_diffusion import tiny_pipeline
 from adir_ops.latent.upscale import UpscaleConfig, adapt_upscaler, default_crop_size, upscale
 from adir_ops.physics.operators import observe
-from adir_ops.pipeline import ADIRPipeline, ADIRUpscalePipeline, SamplerConfig, pipeline_for
+from adir_ops.pipeline import ADIRPipeline, ADIRUpscalePipeline, pipeline_for
 from adir_ops.priors.registry import load_local_prior
 from adir_ops.retrieval.arms import GivenNeighbours
 from adir_ops.rng import image_streams
+from adir_ops.sampling.config import SamplerConfig
 
 LORA = AdaptConfig(steps=2, batch_size=2, learning_rate=3e-2)
 SAMPLER = SamplerConfig(steps=3)

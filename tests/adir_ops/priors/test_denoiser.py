@@ -9,11 +9,12 @@ import torch
 from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.adaptation.training import adapt
 from adir_ops.physics.operators import make_operator
-from adir_ops.pipeline import ADIRPipeline, SamplerConfig
+from adir_ops.pipeline import ADIRPipeline
 from adir_ops.priors.denoiser import FFDNET_SIGMA_MAX, DenoiserPrior, FFDNet, load_ffdnet
 from adir_ops.priors.registry import load_local_prior
 from adir_ops.retrieval.arms import NoNeighbours
 from adir_ops.sampling.chain import prior_schedule, sample
+from adir_ops.sampling.config import SamplerConfig
 from adir_ops.sampling.samplers import ddnm_sample
 
 
