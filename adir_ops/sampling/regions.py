@@ -20,26 +20,34 @@ from collections.abc import Callable
 
 import torch
 
-from adir_ops.priors.tiling import blend_window, tile_starts
+from adir_ops.priors.tiling import blend_window
 
 # Pixels of the image shared by neighbouring windows; the blend ramps across them. Far more than
 # the few pixels a window's edge is wrong by (imresize's kernel, the 5x5 box).
 DEFAULT_OVERLAP = 64
 
 
+def _spans(length: int, side: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, size) of the fewest windows of at most `side` covering `length` with `overlap` shared.
+
+    The windows are shrunk to fit evenly rather than kept at `side` with the slack piled into the
+    overlaps: every pixel sampled twice is paid for, so overlaps stay near `overlap`.
+    """
+    if length <= side:
+        return [(0, length)]
+    count = -(-(length - overlap) // (side - overlap))
+    size = -(-(length + (count - 1) * overlap) // count)
+    return [(round(i * (length - size) / (count - 1)), size) for i in range(count)]
+
+
 def windows(height: int, width: int, side: int, overlap: int, alignment: int = 1) -> list[tuple[int, int, int, int]]:
     """(top, left, height, width) of windows of at most `side` px covering the image, starts on `alignment`."""
     if side < 2 * overlap + alignment:
         raise ValueError(f"a sampling region of {side} px cannot hold an overlap of {overlap} px on each side")
-    grid = lambda n: -(-n // alignment)  # noqa: E731  (the measurement's grid: one cell per `alignment` px)
-    rows = tile_starts(grid(height), side // alignment, overlap // alignment)
-    cols = tile_starts(grid(width), side // alignment, overlap // alignment)
-    out = []
-    for r in rows:
-        for c in cols:
-            top, left = r * alignment, c * alignment
-            out.append((top, left, min(side, height - top), min(side, width - left)))
-    return out
+    a = alignment  # the measurement's grid: one cell per `alignment` image pixels
+    rows = _spans(-(-height // a), side // a, overlap // a)
+    cols = _spans(-(-width // a), side // a, overlap // a)
+    return [(r * a, c * a, min(h * a, height - r * a), min(w * a, width - c * a)) for r, h in rows for c, w in cols]
 
 
 def sample_in_regions(

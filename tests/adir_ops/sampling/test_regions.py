@@ -16,9 +16,13 @@ def test_windows_cover_the_image_on_the_measurement_grid_and_overlap(height, wid
         assert top % alignment == 0 and left % alignment == 0 and h <= side and w <= side
         covered[top : top + h, left : left + w] += 1
     assert int(covered.min()) >= 1
-    tops = sorted({c[0] for c in cells})
-    for a, b in zip(tops, tops[1:]):  # neighbouring rows share at least the overlap
-        assert a + side - b >= overlap
+    rows = sorted({(top, h) for top, _, h, _ in cells})
+    for (a, h), (b, _) in zip(rows, rows[1:]):  # neighbouring rows share the overlap, and not much more
+        assert overlap <= a + h - b < overlap + 2 * alignment
+    # The pixels sampled are the image's plus about one overlap per seam, not whole windows' worth.
+    seam = overlap + 2 * alignment
+    n_rows, n_cols = len(rows), len(cells) // len(rows)
+    assert sum(h * w for _, _, h, w in cells) <= (height + (n_rows - 1) * seam) * (width + (n_cols - 1) * seam)
 
 
 def test_a_pointwise_operator_in_regions_equals_the_whole_image_exactly():
