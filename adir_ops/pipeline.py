@@ -208,12 +208,13 @@ class ReconstructionPipeline(abc.ABC):
 
     @staticmethod
     def _finite01(image01: torch.Tensor) -> torch.Tensor:
-        """A sample clamped to [0, 1], refused when it holds NaN/inf (a broken sample must not become a PNG)."""
+        """A sample clamped to [0, 1] in place (the caller's own tensor: no image-sized copy), refused when it
+        holds NaN/inf (a broken sample must not become a PNG)."""
         if not torch.isfinite(image01).all():
             raise ValueError(
                 "the sampler produced non-finite pixels (NaN/inf); check the guidance scale and the prior's weights"
             )
-        return image01.clamp(0, 1)
+        return image01.clamp_(0, 1)
 
     def _prior_config(self) -> dict[str, Any]:
         return getattr(self.prior, "config", {"source": type(self.prior).__name__})
@@ -301,7 +302,7 @@ class ADIRPipeline(ReconstructionPipeline):
                 x0 = sample_in_regions(run, y, operator, generator, self.sampler.region)
             else:
                 x0 = run(y, operator, generator)
-        return self._finite01(x0.add(1).div(2))
+        return self._finite01(x0.add_(1).div_(2))
 
     def sample_many(self, y: torch.Tensor, operator, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """Baseline mode for a batch: G measurements y (G, C, h, w) of one operator in one sampler call, unadapted.
@@ -315,7 +316,7 @@ class ADIRPipeline(ReconstructionPipeline):
                 f"sample_many needs y of shape (G, C, h, w) and G generators; got {tuple(y.shape)}, {len(generators)}"
             )
         x0 = self._sampler(operator)(self.sampling_prior, y, operator, generator=generators)
-        return self._finite01(x0.add(1).div(2))
+        return self._finite01(x0.add_(1).div_(2))
 
     def _sampler(self, operator) -> Callable[..., torch.Tensor]:
         """The operator's sampler with this pipeline's steps (and eq. 16's scale s, where it takes one)."""

@@ -89,7 +89,7 @@ def observe_input(
 
 def encode_png(image01: torch.Tensor) -> bytes:
     """(C, H, W) float in [0, 1] (C in {1, 3}) → PNG bytes, RGB."""
-    array = image01.detach().clamp(0, 1).mul(255).round().to("cpu", torch.uint8)
+    array = image01.detach().clamp(0, 1).mul_(255).round_().to("cpu", torch.uint8)  # one float copy, not three
     if array.shape[0] == 1:
         array = array.expand(3, -1, -1)
     sink = io.BytesIO()

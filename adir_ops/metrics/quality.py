@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from adir_ops.metrics.strips import in_strips, metric_in_strips
+
 # The paper's tables: PSNR/SSIM/LPIPS against the ground truth, MUSIQ (AVA and KonIQ
 # heads) and NIQE without it.
 PAPER_METRICS = ("psnr", "ssim", "lpips", "musiq-ava", "musiq-koniq", "niqe")
@@ -48,12 +50,6 @@ DEFAULT_REPORT_METRICS = ("psnr", "ssim", "niqe", "brisque", "piqe", "stlpips")
 _MIN_SIDE = {"niqe": 96, "ssim": 11, "ssimc": 11}
 _MIN_SIDE_WHY = {"niqe": "it scores 96 px blocks", "ssim": "its 11 x 11 window", "ssimc": "its 11 x 11 window"}
 
-# SSIM is the mean of a per-pixel map over 11 x 11 windows ('valid' filtering, no downsampling in
-# pyiqa's default): row strips that overlap by 10 rows give that exact map, strip by strip. pyiqa
-# holds ~1 KB per pixel while it computes one (a 2000 x 1500 image: 2.9 GB); above this many
-# pixels it runs in strips, so a large image costs ~STRIP_PIXELS KB whatever its size.
-_STRIPPED = {"ssim": 11, "ssimc": 11}  # metric -> window side
-STRIP_PIXELS = 2**18
 
 # Our names where they differ from pyiqa's ("musiq" in pyiqa is the KonIQ-10k head).
 _PYIQA_NAMES = {"musiq-koniq": "musiq"}
@@ -328,8 +324,8 @@ def metric_values(name: str, x: torch.Tensor, reference: torch.Tensor | None = N
     metric = get_metric(name, x.device, **kw)
     try:
         with torch.no_grad():
-            if pyiqa_name in _STRIPPED and x.shape[-2] * x.shape[-1] > STRIP_PIXELS:
-                out = _in_strips(metric, x, reference.to(x.device), _STRIPPED[pyiqa_name])
+            if is_full_reference(name) and in_strips(pyiqa_name, x):
+                out = metric_in_strips(pyiqa_name, metric, x, reference.to(x.device))
             else:
                 out = metric(x, reference.to(x.device)) if is_full_reference(name) else metric(x)
     except Exception as err:  # pyiqa signals bad inputs with asserts and shape errors
@@ -350,20 +346,6 @@ def metric_values(name: str, x: torch.Tensor, reference: torch.Tensor | None = N
             "the metric is degenerate on this input (a constant image is the usual cause)"
         )
     return values
-
-
-def _in_strips(metric: torch.nn.Module, x: torch.Tensor, reference: torch.Tensor, window: int) -> torch.Tensor:
-    """A windowed mean-map metric (SSIM) over row strips that overlap by window - 1 rows: the exact
-    value (each strip's map rows are a disjoint part of the whole map, weighted by their count)."""
-    height = x.shape[-2]
-    map_rows = height - window + 1
-    step = max(1, STRIP_PIXELS // x.shape[-1])
-    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    for top in range(0, map_rows, step):
-        rows = min(step, map_rows - top)
-        part = metric(x[..., top : top + rows + window - 1, :], reference[..., top : top + rows + window - 1, :])
-        total += part.detach().double().reshape(-1) * rows
-    return total / map_rows
 
 
 def compute_metrics(

@@ -205,16 +205,3 @@ def test_an_image_above_max_pixels_is_refused_at_read_with_its_size_and_the_fix(
     assert row["stage"] == "read"
     assert "60 x 40" in row["error"] and "2400" in row["error"] and "--max-pixels 2000" in row["error"]
     assert row["sampling_s"] is None  # refused before any work
-
-
-def test_ssim_of_a_large_image_is_computed_in_strips_with_the_same_value(monkeypatch):
-    import torch
-
-    from adir_ops.metrics import quality
-
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 3, 120, 90, generator=generator)
-    y = (x + 0.1 * torch.rand(1, 3, 120, 90, generator=generator)).clamp(0, 1)
-    whole = quality.compute_metrics(x, y, names=["ssim"])["ssim"][0]
-    monkeypatch.setattr(quality, "STRIP_PIXELS", 900)  # strips of 10 rows
-    assert quality.compute_metrics(x, y, names=["ssim"])["ssim"][0] == pytest.approx(whole, abs=1e-9)
