@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mode", default="baseline", help="adir needs an index (the default one is built on first use)")
     p.add_argument("--steps", type=int, default=None, help="respaced steps (default: the job's default)")
     p.add_argument("--num-actors", type=int, default=1)
+    p.add_argument(
+        "--sampling-region", type=int, default=None, help="the job's --sampling-region (default: its default)"
+    )
     p.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temp dir)")
     return p.parse_args(argv)
 
@@ -116,6 +119,8 @@ def run_one(args, inputs: str, out: str) -> tuple[float, PeakMemory]:
     ]  # fmt: skip
     if args.steps:
         command += ["--steps", str(args.steps)]
+    if args.sampling_region is not None:
+        command += ["--sampling-region", str(args.sampling_region)]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with PeakMemory(process.pid) as peak:
