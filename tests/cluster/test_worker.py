@@ -101,6 +101,21 @@ def test_every_task_reconstructs_at_the_input_size(tmp_path, task):
     assert row["psnr"] is not None
 
 
+def test_the_jobs_sampling_region_reaches_the_sampler_and_stays_seamless(tmp_path):
+    # A 640 x 520 photo with --sampling-region 256 is sampled in windows: another image than whole, as good.
+    [path] = write_pictures(str(tmp_path / "in"), [("photo", 5)], height=640, width=520)
+    rows = {}
+    for region in (0, 256):
+        worker, out = _worker(
+            tmp_path / f"r{region}", None, mode="baseline", prior="default", steps=3, sampling_region=region
+        )
+        row = worker.process(_item(path))
+        assert row["error"] is None, row["error"]
+        rows[region] = (row["psnr"], _png(out, "photo"))
+    assert not np.array_equal(rows[0][1], rows[256][1])
+    assert rows[256][0] > rows[0][0] - 0.5, (rows[0][0], rows[256][0])
+
+
 def test_div2k_degraded_inputs_pair_with_their_ground_truth(tmp_path):
     import torch.nn.functional as F
 
