@@ -68,16 +68,16 @@ class Operator(nn.Module):
         raise NotImplementedError
 
     # -- regions: the same operator on a window of the image (adir_ops.sampling.regions) ----------
+    # Local: each pixel of y depends on a few nearby pixels of x, so a window of the image can be
+    # reconstructed from a window of y with the operator `region` gives. Not local (inpainting, whose
+    # hole needs its context): always sampled whole.
+    local: bool = False
     # A window's top and left must be multiples of this, so its measurement is a window of y too.
     alignment: int = 1
 
-    def region(self, top: int, left: int, height: int, width: int) -> "Operator | None":
-        """This operator for the image window [top, top+height) x [left, left+width), or None.
-
-        None: the task's A is not local (each pixel of y depends on few pixels of x), so the image
-        cannot be reconstructed window by window. Local operators return one of their own kind.
-        """
-        return None
+    def region(self, top: int, left: int, height: int, width: int) -> "Operator":
+        """This operator for the image window [top, top+height) x [left, left+width) (local operators only)."""
+        raise NotImplementedError(f"{self.name} is not local: it has no operator for a window of the image")
 
     def measurement_window(self, top: int, left: int, height: int, width: int) -> tuple[slice, slice]:
         """(rows, cols) of y that a window's operator measures (see `region`); y's own grid."""

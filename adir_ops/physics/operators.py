@@ -82,6 +82,8 @@ class SuperResolution(Separable, Operator):
     def _measurement_size(self) -> tuple[int, int]:
         return (self.rows.shape[0], self.cols.shape[0])
 
+    local = True
+
     @property
     def alignment(self) -> int:
         return self.factor
@@ -127,6 +129,8 @@ class UniformBlur(Separable, Operator):
             )
         self.kernel_size = kernel_size
         self.register_buffer("filter", torch.full((1, 1, kernel_size, kernel_size), 1.0 / kernel_size**2))
+
+    local = True
 
     def region(self, top, left, height, width):
         return UniformBlur((height, width), self.noise_sigma_255, self.kernel_size)
@@ -175,6 +179,8 @@ class Colorization(Operator):
         if channels != 3:
             raise ValueError(f"colorize needs RGB images (3 channels); got {channels}")
         return 1
+
+    local = True
 
     def region(self, top, left, height, width):
         return Colorization((height, width), self.noise_sigma_255)

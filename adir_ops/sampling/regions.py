@@ -10,8 +10,8 @@ consistency stays local, as the sampler's projection is for these operators; the
 where its operator mirrors what lies outside, is in the overlap the blend fades out.
 
 Each window draws from its own generator, seeded from the image's sampling stream in window order:
-the result depends on the image, its seed and `side`/`overlap` (recorded in the result's config),
-never on how many images run together. An image within `side` is sampled whole, as before.
+the result depends on the image, its seed, `side` (the result's config records it as the sampler's
+`region`) and DEFAULT_OVERLAP, never on how many images run together. An image within `side` is sampled whole, as before.
 """
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ def sample_in_regions(
     """x0 (1, C, H, W) from `sample(y_window, window_operator, window_generator)` over the image's windows.
 
     `sample` returns one window's x0 in [-1, 1]. The caller checks first that the image is larger
-    than `side` and that `operator.region` exists for its task (`regional(operator, side)`).
+    than `side` and that its operator is local (`regional(operator, side)`).
     """
     height, width = operator.image_size
     cells = windows(height, width, side, overlap, operator.alignment)
     # One seed per window, drawn in window order from the image's stream: reproducible and batch-free.
-    seeds = torch.randint(0, 2**62, (len(cells),), generator=generator).tolist()
+    seeds = torch.randint(0, 2**62, (len(cells),), generator=generator, device=generator.device).tolist()
     out = weights = None
     for (top, left, h, w), seed in zip(cells, seeds):
         rows, cols = operator.measurement_window(top, left, h, w)
@@ -90,6 +90,4 @@ def regional(operator, side: int | None) -> bool:
     if not side:
         return False
     height, width = operator.image_size
-    if height <= side and width <= side:
-        return False
-    return operator.region(0, 0, min(side, height), min(side, width)) is not None
+    return operator.local and (height > side or width > side)
