@@ -196,6 +196,7 @@ class ReconstructionPipeline(abc.ABC):
             "operator": dict(operator.config),
             "retrieval": getattr(self.retriever, "mode", "custom"),
             "k": getattr(self.retriever, "k", 0),
+            "retrieval_region": getattr(self.retriever, "region", 0),
             "adaptation": dataclasses.asdict(self.adaptation),
             "sampler": {**dataclasses.asdict(self.sampler), "name": self.sampler_name(operator)},
             "prior": self._prior_config(),

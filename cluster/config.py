@@ -12,6 +12,7 @@ from adir_ops.physics.tasks import TASKS  # the operator registry's names, torch
 from adir_ops.priors.registry import parse_prior, tiny_resolution  # the --prior grammar, torch-free too
 from adir_ops.priors.weights import DEFAULT_PRIOR_NAME
 from adir_ops.retrieval.arms import MODES  # the paper's Table 5 arms, torch-free too
+from adir_ops.retrieval.regions import DEFAULT_RETRIEVAL_REGION, MIN_RETRIEVAL_REGION  # torch-free too
 from adir_ops.sampling.defaults import DEFAULT_REGION, MIN_REGION, default_steps  # torch-free too
 from adir_ops.validation import check_fields, config_from_dict, short_repr
 from adir_storage import MAX_READ_BYTES, redact_options, redact_url
@@ -91,6 +92,9 @@ class ReconstructConfig:
     # Images with a side beyond this are sampled in blended windows of it (adir_ops.sampling.regions): the
     # actor's memory is bounded by it, not by the photo. 0: always whole.
     sampling_region: int = DEFAULT_REGION
+    # adir: an image with a side beyond this (output px) queries the index window by window and adapts on
+    # the union of the windows' neighbours (adir_ops.retrieval.regions). 0: queried whole.
+    retrieval_region: int = DEFAULT_RETRIEVAL_REGION
     # Amortized adaptation (cluster.adapters, adir_ops.adaptation.cache): adapters kept in OUT/adapters by key,
     # drawn from the neighbours' stream, reused by any image that retrieves the same neighbours.
     adapter_cache: bool = False
@@ -198,6 +202,11 @@ class ReconstructConfig:
             raise ValueError(
                 f"--sampling-region is a side in pixels, 0 (whole images) or from {MIN_REGION} to {1 << 20:,}; "
                 f"got {self.sampling_region}"
+            )
+        if self.retrieval_region and not MIN_RETRIEVAL_REGION <= self.retrieval_region <= 1 << 20:
+            raise ValueError(
+                f"--retrieval-region is a side in pixels, 0 (query whole images) or from {MIN_RETRIEVAL_REGION} "
+                f"to {1 << 20:,}; got {self.retrieval_region}"
             )
         _in_range("max_input_bytes", self.max_input_bytes, 1, 2**40)
         _in_range("max_pixels", self.max_pixels, 1, 2**40)

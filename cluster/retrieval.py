@@ -72,9 +72,13 @@ def make_retriever(
     embedder=None,
     thumbnails: str | None = None,
     gray: bool = False,
+    region: int = 0,
     storage_options: Mapping[str, Any] | None = None,
 ):
-    """The adir_ops retriever of a Table 5 arm, with its corpus read from storage (once per actor)."""
+    """The adir_ops retriever of a Table 5 arm, with its corpus read from storage (once per actor).
+
+    `region`: adir's regional retrieval (output pixels per query window; 0: the whole image).
+    """
     if mode == "baseline":
         return NoNeighbours()
     if mode == "adir":
@@ -83,6 +87,7 @@ def make_retriever(
             embedder,
             k,
             where=f"the index at {index}",
+            region=region,
         )
     ids, uris = read_corpus_ids(index, storage_options)
     if mode == "random-nn":

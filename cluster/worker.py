@@ -132,6 +132,7 @@ class ReconstructionWorker:
             embedder=self.embedder,
             thumbnails=thumbnails,
             gray=cfg.task == "colorize",
+            region=cfg.retrieval_region,
             storage_options=cfg.storage_options,
         )
         adapters = warm_start = None

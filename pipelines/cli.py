@@ -117,6 +117,7 @@ def _debug_on_every_command(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_reconstruct(commands) -> None:
+    from adir_ops.retrieval.regions import DEFAULT_RETRIEVAL_REGION
     from adir_ops.sampling.defaults import DEFAULT_REGION, DEFAULT_STEPS_BY_TASK, PAPER_STEPS  # plain constants too
     from cluster.config import MODES, TASKS  # plain constants: keeps `adir --help` instant
 
@@ -144,9 +145,8 @@ def _add_reconstruct(commands) -> None:
         "or tiny[:res] (random weights: tests only)",
     )
     p.add_argument("--k", type=int, help="neighbours per image (default 20)")
-    p.add_argument(
-        "--mode", choices=MODES, help="adir (encoder K-NN, default), baseline (no adaptation), random-nn, mse-nn"
-    )
+    mode_help = "adir (encoder K-NN, default), baseline (no adaptation), random-nn, mse-nn"
+    p.add_argument("--mode", choices=MODES, help=mode_help)
     measured = ", ".join(f"{n} for {task}" for task, n in DEFAULT_STEPS_BY_TASK.items())
     p.add_argument(
         "--steps",
@@ -155,14 +155,9 @@ def _add_reconstruct(commands) -> None:
         f"docs/full-size.md; else {PAPER_STEPS})",
     )
     p.add_argument("--lora-steps", type=int, help="LoRA adaptation iterations (default 400)")
-    p.add_argument(
-        "--lora-learning-rate",
-        type=float,
-        help="Adam learning rate of the LoRA (default 1e-4, the paper's for 400 steps)",
-    )
-    p.add_argument(
-        "--seed", type=int, help="run seed; image i's generators are seeded from (seed, image id) (default 0)"
-    )
+    lr_help = "Adam learning rate of the LoRA (default 1e-4, the paper's for 400 steps)"
+    p.add_argument("--lora-learning-rate", type=float, help=lr_help)
+    p.add_argument("--seed", type=int, help="run seed; image i's generators are seeded from it and its id (default 0)")
     p.add_argument(
         "--degraded",
         action="store_true",
@@ -215,6 +210,11 @@ def _add_reconstruct(commands) -> None:
         f"(default {DEFAULT_REGION}; 0: whole)"
     )
     p.add_argument("--sampling-region", type=int, metavar="PX", help=region_help)
+    region_help = (
+        f"adir: images with a side beyond PX px query the index by windows of PX and adapt on the union of "
+        f"their neighbours, docs/full-size.md (default {DEFAULT_RETRIEVAL_REGION}; 0: the whole image)"
+    )
+    p.add_argument("--retrieval-region", type=int, metavar="PX", help=region_help)
     p.add_argument("--tile-overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
     p.add_argument("--num-actors", type=int, help="actors (default: one per GPU, else one per CPU core)")
     p.add_argument("--cpus-per-actor", type=float, help="Ray num_cpus per actor (default 1 with GPUs, 0.5 without)")

@@ -65,6 +65,7 @@ CLI_FIELDS = (
     "tile_batch",
     "tile_overlap",
     "sampling_region",
+    "retrieval_region",
     "num_actors",
     "cpus_per_actor",
     "gpus_per_actor",

@@ -65,16 +65,29 @@ class GivenNeighbours:
 
 
 class EncoderKNN:
+    """The encoder's K nearest corpus images of y; with `region`, of y's windows (regional retrieval).
+
+    `region` (output pixels, 0: off): an image with a side beyond it is queried window by window
+    (windows of about `region` px of the output, on y's own grid, covering it evenly), and its K
+    neighbours are the windows' union taken rank by rank (every window's best, then every window's
+    second, ...), so each region of a large photo brings images like *it* rather than the whole
+    image's centre-cropped gist. The corpus holds crops of photos at thumbnail scale; a window of a
+    full-size photo shows a comparable part of a scene (adir_ops.retrieval.regions).
+    """
+
     mode = "adir"
 
-    def __init__(self, index, embedder, k: int, where: str = "the index"):
+    def __init__(self, index, embedder, k: int, where: str = "the index", *, region: int = 0):
         _check_k(k, len(index), where)
-        self.index, self.embedder, self.k = index, embedder, k
+        self.index, self.embedder, self.k, self.region = index, embedder, k, int(region)
 
     def neighbours(self, y01, naive01, generator) -> Neighbours:
-        ids, uris, scores = self.index.search(self.embedder.embed_images(y01.unsqueeze(0)), self.k)
-        found = ids[0] != ""  # approximate indexes may return fewer than k
-        return Neighbours(list(ids[0][found]), list(uris[0][found]), [float(s) for s in scores[0][found]])
+        from adir_ops.retrieval.regions import merge_by_rank, query_windows
+
+        crops = query_windows(y01, tuple(naive01.shape[-2:]), self.region) if self.region else y01.unsqueeze(0)
+        # One search for every window: the union is ranked from K candidates per window.
+        ids, uris, scores = self.index.search(self.embedder.embed_images(crops), self.k)
+        return Neighbours(*merge_by_rank(ids, uris, scores, self.k))
 
 
 class RandomNeighbours:

@@ -116,6 +116,20 @@ def test_the_jobs_sampling_region_reaches_the_sampler_and_stays_seamless(tmp_pat
     assert rows[256][0] > rows[0][0] - 0.5, (rows[0][0], rows[256][0])
 
 
+def test_the_jobs_retrieval_region_queries_the_index_by_windows(tmp_path, corpus_and_index):
+    # A 32 x 160 image queried in 64 px windows retrieves the windows' union: other neighbours than whole.
+    _, index = corpus_and_index
+    [path] = write_pictures(str(tmp_path / "in"), [("wide", 3)], height=32, width=160)
+    found = {}
+    for region in (0, 64):
+        worker, out = _worker(tmp_path / f"r{region}", index, retrieval_region=region, lora_steps=0)
+        row = worker.process(_item(path))
+        assert row["error"] is None, row["error"]
+        found[region] = row["neighbour_ids"]
+        assert len(found[region]) == 3 and len(set(found[region])) == 3
+    assert found[0] != found[64]
+
+
 def test_div2k_degraded_inputs_pair_with_their_ground_truth(tmp_path):
     import torch.nn.functional as F
 
