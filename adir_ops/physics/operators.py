@@ -29,6 +29,11 @@ tests/adir_ops/physics/test_operators.py, the figures docs/operators.md):
   with deepinv's `imresize_matlab` (borders included) and with PIL's bicubic resize (away
   from the borders).
 
+Other kernels, for real photos whose degradation is estimated (`--degradation auto`,
+adir_ops.physics.estimate): SR by area or Gaussian downscaling (`kernel=` of SR_KERNELS), and
+deblur by a Gaussian, box or motion-line kernel (`kernel=`, `width=`: KernelBlur). Each is two small
+matrices, A x = R x C^T, as the bicubic SR is: exact adjoint, closed-form Gram solves.
+
 The linear-operator base (A, A^T, the Gram solves, projections) is adir_ops.physics.linear_operator;
 the separable resampling matrices are adir_ops.physics.separable.
 """
@@ -44,14 +49,25 @@ from dataclasses import dataclass
 import torch
 
 from adir_ops.physics.linear_operator import ImageSize, Operator, as_image_size
-from adir_ops.physics.separable import Separable, box_matrix, imresize_matrix
+from adir_ops.physics.separable import (
+    Separable,
+    area_matrix,
+    box_matrix,
+    conv_matrix,
+    gaussian_down_matrix,
+    gaussian_taps,
+    imresize_matrix,
+)
 from adir_ops.physics.tasks import TASKS, scale_factor
 from adir_ops.rng import Generators
 
 __all__ = [
+    "BLUR_KERNELS",
     "OPERATORS",
+    "SR_KERNELS",
     "Colorization",
     "Inpainting",
+    "KernelBlur",
     "SuperResolution",
     "UniformBlur",
     "box_mask",
@@ -59,21 +75,43 @@ __all__ = [
 ]
 
 
-class SuperResolution(Separable, Operator):
-    """Antialiased bicubic downscaling by `factor`, as MATLAB imresize(x, 1/factor) (DIV2K's LR images)."""
+# Downscaling kernels of SuperResolution (what a real low-resolution photo may have been made with):
+# MATLAB's antialiased bicubic (DIV2K; the paper's), the box mean of each f x f block (OpenCV INTER_AREA,
+# PIL BOX), a Gaussian of std (f - 1) / 2 then sampling (scikit-image's anti-aliased rescale).
+SR_KERNELS = ("bicubic", "area", "gaussian")
 
-    def __init__(self, image_size: ImageSize, factor: int, noise_sigma_255: float = 0.0):
+
+def sr_matrix(in_length: int, factor: int, kernel: str) -> torch.Tensor:
+    """One axis of SuperResolution's A for a kernel of SR_KERNELS: (ceil(in/f), in), rows summing to 1."""
+    if kernel == "bicubic":
+        return imresize_matrix(in_length, math.ceil(in_length / factor), 1 / factor)
+    if kernel == "area":
+        return area_matrix(in_length, factor)
+    if kernel == "gaussian":
+        return gaussian_down_matrix(in_length, factor, (factor - 1) / 2)
+    raise ValueError(f"unknown super-resolution kernel {kernel!r}; choose one of {', '.join(SR_KERNELS)}")
+
+
+class SuperResolution(Separable, Operator):
+    """Antialiased downscaling by `factor`: by default bicubic as MATLAB imresize(x, 1/factor) (DIV2K's LR images).
+
+    `kernel` (SR_KERNELS): 'bicubic' (the paper's), 'area' or 'gaussian', on the same LR grid.
+    """
+
+    def __init__(self, image_size: ImageSize, factor: int, noise_sigma_255: float = 0.0, kernel: str = "bicubic"):
         self.name = f"sr{factor}"
         super().__init__(image_size, noise_sigma_255)
         if not isinstance(factor, int) or factor < 2:
             raise ValueError(f"{self.name} needs an integer factor >= 2; got {factor!r}")
+        if kernel not in SR_KERNELS:
+            raise ValueError(f"{self.name}: unknown kernel {kernel!r}; choose one of {', '.join(SR_KERNELS)}")
         H, W = self.image_size
         if H < factor or W < factor:
             raise ValueError(f"{self.name} needs an image of at least {factor}x{factor} pixels; got {H}x{W}")
-        self.factor = factor
-        h, w = math.ceil(H / factor), math.ceil(W / factor)  # imresize's output size
-        self.register_buffer("rows", imresize_matrix(H, h, 1 / factor))
-        self.register_buffer("cols", imresize_matrix(W, w, 1 / factor))
+        self.factor, self.kernel = factor, kernel
+        h, w = math.ceil(H / factor), math.ceil(W / factor)  # imresize's output size, every kernel's
+        self.register_buffer("rows", sr_matrix(H, factor, kernel))
+        self.register_buffer("cols", sr_matrix(W, factor, kernel))
         # MATLAB's bicubic x f upscaling of the LR image, cropped back to (H, W): LR pixel k
         # sits over HR pixels [k f, k f + f), the same grid the downscaling used.
         self.register_buffer("up_rows", imresize_matrix(h, h * factor, factor)[:H])
@@ -92,7 +130,7 @@ class SuperResolution(Separable, Operator):
         # imresize's kernel reaches 2 LR pixels past a window's edge: the window's own operator
         # mirrors there instead, an error that stays within a few pixels of the edge (the region
         # loop's overlap and blend take it out).
-        return SuperResolution((height, width), self.factor, self.noise_sigma_255)
+        return SuperResolution((height, width), self.factor, self.noise_sigma_255, self.kernel)
 
     def _A(self, x):
         return self.rows.to(x.dtype) @ x @ self.cols.to(x.dtype).T
@@ -110,7 +148,7 @@ class SuperResolution(Separable, Operator):
 
     @property
     def config(self) -> dict:
-        return {**super().config, "factor": self.factor}
+        return {**super().config, "factor": self.factor, "kernel": self.kernel}
 
 
 class UniformBlur(Separable, Operator):
@@ -162,6 +200,88 @@ class UniformBlur(Separable, Operator):
     @property
     def config(self) -> dict:
         return {**super().config, "kernel_size": self.kernel_size}
+
+
+# Blur kernels of KernelBlur, each with one width: a Gaussian's std, a box's side, a motion line's length
+# (horizontal or vertical: other angles are not separable, and not estimated).
+BLUR_KERNELS = ("gaussian", "box", "motion-h", "motion-v")
+
+
+def blur_taps(kernel: str, width: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row taps, column taps) of a KernelBlur kernel: the 2-D kernel is their outer product."""
+    identity = torch.ones(1, dtype=torch.float64)
+    if kernel == "gaussian":
+        taps = gaussian_taps(width)
+        return taps, taps
+    if kernel not in BLUR_KERNELS:
+        raise ValueError(f"unknown blur kernel {kernel!r}; choose one of {', '.join(BLUR_KERNELS)}")
+    if width != int(width) or width < 1 or width % 2 == 0:
+        raise ValueError(f"a {kernel} kernel needs an odd whole width in pixels (a centred filter); got {width}")
+    line = torch.full((int(width),), 1.0 / width, dtype=torch.float64)
+    if kernel == "box":
+        return line, line
+    # motion-h smears along a row (the column taps), motion-v along a column.
+    return (identity, line) if kernel == "motion-h" else (line, identity)
+
+
+class KernelBlur(Separable, Operator):
+    """Blur by a separable kernel of BLUR_KERNELS (a Gaussian of std `width`, a box, a motion line), reflect padding.
+
+    What `--degradation auto` builds for a blurred photo (adir_ops.physics.estimate); A x = R x C^T with
+    reflect-padded 1-D filters, so the adjoint is exact and the Gram solves closed form, as for UniformBlur.
+    """
+
+    name = "deblur"
+
+    def __init__(
+        self, image_size: ImageSize, kernel: str = "gaussian", width: float = 1.6, noise_sigma_255: float = 10.0
+    ):
+        super().__init__(image_size, noise_sigma_255)
+        rows, cols = blur_taps(kernel, float(width))
+        self.kernel, self.width = kernel, float(width)
+        H, W = self.image_size
+        self.register_buffer("rows", conv_matrix(H, rows))
+        self.register_buffer("cols", conv_matrix(W, cols))
+
+    local = True
+
+    def region(self, top, left, height, width):
+        return KernelBlur((height, width), self.kernel, self.width, self.noise_sigma_255)
+
+    def _A(self, x):
+        return self.rows.to(x.dtype) @ x @ self.cols.to(x.dtype).T
+
+    def _A_adjoint(self, y):
+        return self.rows.to(y.dtype).T @ y @ self.cols.to(y.dtype)
+
+    def _gram_factors(self):
+        return self.rows, self.cols
+
+    def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """The blurred, noisy observation itself."""
+        self._check(y, self.image_size, "measurement")
+        return y
+
+    @property
+    def config(self) -> dict:
+        return {**super().config, "kernel": self.kernel, "width": self.width}
+
+
+def deblur(
+    image_size: ImageSize,
+    noise_sigma_255: float = 10.0,
+    kernel_size: int = 5,
+    kernel: str | None = None,
+    width: float | None = None,
+) -> Operator:
+    """The deblur task's operator: the paper's 5x5 box (UniformBlur), or with `kernel` a KernelBlur of that kernel and width."""
+    if kernel is None:
+        if width is not None:
+            raise ValueError("deblur: width goes with kernel (one of " + ", ".join(BLUR_KERNELS) + ")")
+        return UniformBlur(image_size, noise_sigma_255, kernel_size)
+    if kernel_size != 5:
+        raise ValueError("deblur: kernel_size is the paper box's side; with kernel, give its width instead")
+    return KernelBlur(image_size, kernel, 1.6 if width is None else width, noise_sigma_255)
 
 
 class Colorization(Operator):
@@ -299,7 +419,7 @@ class Inpainting(Operator):
 OPERATORS: dict[str, Callable[..., Operator]] = {
     "sr4": functools.partial(SuperResolution, factor=4),
     "sr8": functools.partial(SuperResolution, factor=8),
-    "deblur": UniformBlur,
+    "deblur": deblur,
     "colorize": Colorization,
     "inpaint": Inpainting,
 }

@@ -83,3 +83,68 @@ class Separable:
             return u_r.to(s.dtype) @ s @ u_c.T.to(s.dtype)
 
         return to_basis, from_basis, d
+
+
+def _reflect(index: torch.Tensor, length: int) -> torch.Tensor:
+    """torch's 'reflect' padding (edge pixel not repeated) for any distance past the edge."""
+    if length == 1:
+        return torch.zeros_like(index)
+    period = 2 * (length - 1)
+    index = torch.remainder(index, period)
+    return torch.where(index < length, index, period - index)
+
+
+def conv_matrix(length: int, taps: torch.Tensor) -> torch.Tensor:
+    """The (length, length) float64 matrix of a 1-D filter of odd length, centred, with reflect padding.
+
+    `box_matrix` for any taps (a Gaussian, a motion line), and for kernels longer than the side too
+    (torch's reflect padding refuses those; the mirror here bounces as often as needed).
+    """
+    taps = torch.as_tensor(taps, dtype=torch.float64).flatten()
+    if taps.numel() % 2 == 0:
+        raise ValueError(f"conv_matrix needs an odd number of taps (a centred filter); got {taps.numel()}")
+    radius = taps.numel() // 2
+    offsets = torch.arange(-radius, radius + 1)
+    index = _reflect(torch.arange(length)[:, None] + offsets, length)
+    weights = taps.expand(length, -1).contiguous()
+    return torch.zeros(length, length, dtype=torch.float64).scatter_add_(1, index, weights)
+
+
+def gaussian_taps(width: float) -> torch.Tensor:
+    """A sampled Gaussian of std `width` pixels, out to 3 std, summing to 1 (width 0: the identity)."""
+    if not width >= 0:
+        raise ValueError(f"a Gaussian kernel needs a width (std in pixels) >= 0; got {width}")
+    radius = math.ceil(3 * width)
+    n = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (n / max(width, 1e-12)) ** 2)
+    return taps / taps.sum()
+
+
+def area_matrix(in_length: int, factor: int) -> torch.Tensor:
+    """(ceil(in/f), in) float64: each output pixel the mean of its f input pixels (a short last block: of those it has).
+
+    OpenCV's INTER_AREA and PIL's BOX at an integer factor; the same grid as imresize (LR pixel k over
+    HR pixels [k f, k f + f)).
+    """
+    out_length = math.ceil(in_length / factor)
+    block = torch.arange(in_length) // factor
+    matrix = torch.zeros(out_length, in_length, dtype=torch.float64)
+    matrix[block, torch.arange(in_length)] = 1.0
+    return matrix / matrix.sum(dim=1, keepdim=True)
+
+
+def gaussian_down_matrix(in_length: int, factor: int, width: float) -> torch.Tensor:
+    """(ceil(in/f), in) float64: a Gaussian of std `width` HR pixels centred on each LR pixel's block, then sampled.
+
+    scikit-image's anti-aliased `rescale` / `resize` (Gaussian of std (f - 1) / 2, then sampling at the
+    block centres), on imresize's grid; imresize's symmetric boundary (edge pixel repeated); rows sum to 1.
+    """
+    out_length = math.ceil(in_length / factor)
+    centres = torch.arange(out_length, dtype=torch.float64) * factor + (factor - 1) / 2
+    radius = math.ceil(3 * width) + 1
+    taps = torch.floor(centres)[:, None] + torch.arange(-radius, radius + 2, dtype=torch.float64)
+    weights = torch.exp(-0.5 * ((taps - centres[:, None]) / width) ** 2)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    mirror = torch.cat([torch.arange(in_length), torch.arange(in_length).flip(0)])
+    index = mirror[torch.remainder(taps.long(), 2 * in_length)]
+    return torch.zeros(out_length, in_length, dtype=torch.float64).scatter_add_(1, index, weights)
