@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from adir_ops.adaptation.config import AdaptConfig, fold_flat_names
-from adir_ops.physics.tasks import TASKS  # the operator registry's names, torch-free for the command line
+from adir_ops.physics.tasks import DEGRADATIONS, TASKS  # torch-free for the command line
 from adir_ops.priors.registry import parse_prior, tiny_resolution  # the --prior grammar, torch-free too
 from adir_ops.priors.weights import DEFAULT_PRIOR_NAME
 from adir_ops.retrieval.arms import MODES  # the paper's Table 5 arms, torch-free too
@@ -108,6 +108,8 @@ class ReconstructConfig:
     noise_sigma_255: float | None = None
     seed: int = 0
     degraded: bool = False
+    # "known": the task's operator; "auto": each --degraded input's noise and kernel estimated (adir_ops.physics.estimate).
+    degradation: str = "known"
     reference: str | None = None
     embedder: str | None = None
     tile_overlap: int | None = None
@@ -155,6 +157,15 @@ class ReconstructConfig:
             raise ValueError(
                 "inpaint with --degraded would need the mask of each input, which the job cannot recover; "
                 "run inpaint on clean images (the job masks them) instead"
+            )
+        if self.degradation not in DEGRADATIONS:
+            raise ValueError(
+                f"--degradation must be one of {', '.join(DEGRADATIONS)}; got {short_repr(self.degradation)}"
+            )
+        if self.degradation == "auto" and not self.degraded:
+            raise ValueError(
+                "--degradation auto estimates the degradation of already-degraded photos: add --degraded "
+                "(clean inputs are degraded by the job with the task's known operator)"
             )
         if self.reference and not self.degraded:
             raise ValueError(

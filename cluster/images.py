@@ -72,19 +72,29 @@ def observe_input(
     degraded: bool = False,
     reference01: torch.Tensor | None = None,
     noise_sigma_255: float | None = None,
+    degradation: str = "known",
 ):
     """The job's observation of one decoded input (adir_ops.physics.operators.Observation: operator, y, truth01).
 
     The worker's degrade stage, and what the evaluation report rebuilds (pipelines.evaluation.views): one
     function, so the report's y is the worker's to the bit. The degradation draws from the image's own
     stream (adir_ops.rng.image_streams), the same in every mode: the arms differ by their neighbours alone.
+    degradation="auto" estimates a degraded input's operator from it (deterministic: the report rebuilds the same).
     """
     from adir_ops.physics.operators import observe
     from adir_ops.rng import image_streams
 
     options = {} if noise_sigma_255 is None else {"noise_sigma_255": noise_sigma_255}
     stream = image_streams(seed, image_id)["degrade"]
-    return observe(task, pixels01, degraded=degraded, reference01=reference01, generator=stream, **options)
+    return observe(
+        task,
+        pixels01,
+        degraded=degraded,
+        reference01=reference01,
+        generator=stream,
+        degradation=degradation,
+        **options,
+    )
 
 
 def encode_png(image01: torch.Tensor) -> bytes:

@@ -101,6 +101,12 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("input_sha256", pa.string()),
         pa.field("reference_sha256", pa.string()),
         pa.field("naive_psnr", pa.float64()),  # the plain restoration (bicubic, ...) for comparison
+        # --degradation auto: the estimated noise (0..255) and kernel the operator was built with, why the
+        # estimate may be wrong (null: no doubt), and the whole estimate as JSON (every candidate's criterion).
+        pa.field("noise_sigma_est", pa.float64()),
+        pa.field("kernel_est", pa.string()),
+        pa.field("degradation_unsure", pa.string()),
+        pa.field("degradation_estimate", pa.string()),
         pa.field("stage", pa.string()),  # where an error happened
         pa.field("error", pa.string()),
         pa.field("worker_pid", pa.int64()),
@@ -190,6 +196,16 @@ def new_row(config, item: Mapping[str, Any], attempt: int, **fields: Any) -> dic
     )
     row.update(fields)
     return row
+
+
+def estimate_columns(estimate) -> dict[str, Any]:
+    """The row's columns of a DegradationEstimate (adir_ops.physics.estimate)."""
+    return {
+        "noise_sigma_est": estimate.noise.sigma_255,
+        "kernel_est": None if estimate.kernel is None else estimate.kernel.name,
+        "degradation_unsure": estimate.unsure,
+        "degradation_estimate": estimate.to_json(),
+    }
 
 
 def error_row(config, item: Mapping[str, Any]) -> dict[str, Any]:

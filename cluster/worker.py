@@ -19,7 +19,7 @@ import torch
 from adir_storage import commit_bytes, is_local, join_url, local_copy, read_bytes, scrub
 from cluster.config import ReconstructConfig
 from cluster.images import check_pixels, decode_input, decode_rgb, encode_png, observe_input, to_tensor01
-from cluster.results import IMAGES_DIR, STD_SCALE, image_url, new_row, utc_now, write_part
+from cluster.results import IMAGES_DIR, STD_SCALE, estimate_columns, image_url, new_row, utc_now, write_part
 
 MAX_ERROR_CHARS = 2000
 
@@ -203,8 +203,11 @@ class ReconstructionWorker:
                 degraded=cfg.degraded,
                 reference01=reference,
                 noise_sigma_255=cfg.noise_sigma_255,
+                degradation=cfg.degradation,
             )
             operator, y, reference = seen.operator.to(self.device), seen.y.to(self.device), seen.truth01
+            if seen.estimate is not None:
+                out.update(estimate_columns(seen.estimate))
         try:
             result = self.pipeline(y, operator, seed=cfg.seed, image_id=image_id)
         except StageError as exc:

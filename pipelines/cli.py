@@ -117,6 +117,7 @@ def _debug_on_every_command(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_reconstruct(commands) -> None:
+    from adir_ops.physics.tasks import DEGRADATION_HELP, DEGRADATIONS, DEGRADED_HELP  # plain constants too
     from adir_ops.retrieval.regions import DEFAULT_RETRIEVAL_REGION
     from adir_ops.sampling.defaults import DEFAULT_REGION, DEFAULT_STEPS_BY_TASK, PAPER_STEPS  # plain constants too
     from cluster.config import MODES, TASKS  # plain constants: keeps `adir --help` instant
@@ -158,12 +159,8 @@ def _add_reconstruct(commands) -> None:
     lr_help = "Adam learning rate of the LoRA (default 1e-4, the paper's for 400 steps)"
     p.add_argument("--lora-learning-rate", type=float, help=lr_help)
     p.add_argument("--seed", type=int, help="run seed; image i's generators are seeded from it and its id (default 0)")
-    p.add_argument(
-        "--degraded",
-        action="store_true",
-        default=None,
-        help="inputs are already degraded (real use), e.g. DIV2K_valid_LR_bicubic/X4",
-    )
+    p.add_argument("--degraded", action="store_true", default=None, help=DEGRADED_HELP)
+    p.add_argument("--degradation", choices=DEGRADATIONS, help=DEGRADATION_HELP)
     p.add_argument("--reference", help="with --degraded: folder of ground truths for metrics, e.g. DIV2K_valid_HR")
     p.add_argument(
         "--guidance-scale",

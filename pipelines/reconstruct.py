@@ -53,6 +53,7 @@ CLI_FIELDS = (
     "lora_learning_rate",
     "seed",
     "degraded",
+    "degradation",
     "reference",
     "guidance_scale",
     "sampler",

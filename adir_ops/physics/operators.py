@@ -48,16 +48,9 @@ from dataclasses import dataclass
 
 import torch
 
+from adir_ops.physics.kernels import BLUR_KERNELS, SR_KERNELS, blur_taps, sr_matrix
 from adir_ops.physics.linear_operator import ImageSize, Operator, as_image_size
-from adir_ops.physics.separable import (
-    Separable,
-    area_matrix,
-    box_matrix,
-    conv_matrix,
-    gaussian_down_matrix,
-    gaussian_taps,
-    imresize_matrix,
-)
+from adir_ops.physics.separable import Separable, box_matrix, conv_matrix, imresize_matrix
 from adir_ops.physics.tasks import TASKS, scale_factor
 from adir_ops.rng import Generators
 
@@ -73,23 +66,6 @@ __all__ = [
     "box_mask",
     "make_operator",
 ]
-
-
-# Downscaling kernels of SuperResolution (what a real low-resolution photo may have been made with):
-# MATLAB's antialiased bicubic (DIV2K; the paper's), the box mean of each f x f block (OpenCV INTER_AREA,
-# PIL BOX), a Gaussian of std (f - 1) / 2 then sampling (scikit-image's anti-aliased rescale).
-SR_KERNELS = ("bicubic", "area", "gaussian")
-
-
-def sr_matrix(in_length: int, factor: int, kernel: str) -> torch.Tensor:
-    """One axis of SuperResolution's A for a kernel of SR_KERNELS: (ceil(in/f), in), rows summing to 1."""
-    if kernel == "bicubic":
-        return imresize_matrix(in_length, math.ceil(in_length / factor), 1 / factor)
-    if kernel == "area":
-        return area_matrix(in_length, factor)
-    if kernel == "gaussian":
-        return gaussian_down_matrix(in_length, factor, (factor - 1) / 2)
-    raise ValueError(f"unknown super-resolution kernel {kernel!r}; choose one of {', '.join(SR_KERNELS)}")
 
 
 class SuperResolution(Separable, Operator):
@@ -200,28 +176,6 @@ class UniformBlur(Separable, Operator):
     @property
     def config(self) -> dict:
         return {**super().config, "kernel_size": self.kernel_size}
-
-
-# Blur kernels of KernelBlur, each with one width: a Gaussian's std, a box's side, a motion line's length
-# (horizontal or vertical: other angles are not separable, and not estimated).
-BLUR_KERNELS = ("gaussian", "box", "motion-h", "motion-v")
-
-
-def blur_taps(kernel: str, width: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row taps, column taps) of a KernelBlur kernel: the 2-D kernel is their outer product."""
-    identity = torch.ones(1, dtype=torch.float64)
-    if kernel == "gaussian":
-        taps = gaussian_taps(width)
-        return taps, taps
-    if kernel not in BLUR_KERNELS:
-        raise ValueError(f"unknown blur kernel {kernel!r}; choose one of {', '.join(BLUR_KERNELS)}")
-    if width != int(width) or width < 1 or width % 2 == 0:
-        raise ValueError(f"a {kernel} kernel needs an odd whole width in pixels (a centred filter); got {width}")
-    line = torch.full((int(width),), 1.0 / width, dtype=torch.float64)
-    if kernel == "box":
-        return line, line
-    # motion-h smears along a row (the column taps), motion-v along a column.
-    return (identity, line) if kernel == "motion-h" else (line, identity)
 
 
 class KernelBlur(Separable, Operator):
@@ -451,6 +405,8 @@ class Observation:
     operator: Operator
     y: torch.Tensor  # (1, C, h, w) in [-1, 1]
     truth01: torch.Tensor | None  # (1, 3, H, W) in [0, 1]
+    # With degradation="auto": what adir_ops.physics.estimate found (a DegradationEstimate) and built the operator from.
+    estimate: object | None = None
 
 
 def observe(
@@ -460,6 +416,7 @@ def observe(
     degraded: bool = False,
     reference01: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    degradation: str = "known",
     **options,
 ) -> Observation:
     """The operator of `task` sized for one input and its measurement.
@@ -468,7 +425,9 @@ def observe(
     drawn from `generator` (the image's degrade stream). Degraded input (real use): `image01` is
     y itself; a gray image decoded as RGB becomes its channel mean for colorization; the clean
     size is the reference's when given (which must pair with y), else y's size times the task's
-    scale factor. `options` go to the operator (e.g. noise_sigma_255).
+    scale factor. `options` go to the operator (e.g. noise_sigma_255). degradation="auto" (degraded input
+    only): the noise level and kernel are estimated from y (adir_ops.physics.estimate; a given
+    noise_sigma_255 is kept) and the operator built from them; the Observation carries the estimate.
     """
     if not degraded:
         operator = make_operator(task, image_size=tuple(image01.shape[-2:]), **options)
@@ -481,13 +440,21 @@ def observe(
         size = tuple(reference01.shape[-2:])
         if (-(-size[0] // factor), -(-size[1] // factor)) != (h, w):
             raise ValueError(f"reference is {size[0]}x{size[1]} but the {task} input is {h}x{w}; they are not a pair")
-    operator = make_operator(task, image_size=size, **options)
     y = image01 * 2 - 1
     if task == "colorize":
         y = y.mean(dim=1, keepdim=True)
+    estimate = None
+    if degradation == "auto":
+        from adir_ops.physics.estimate import estimate_degradation
+
+        estimate = estimate_degradation(task, y.add(1).div(2).detach().cpu(), options.get("noise_sigma_255"))
+        options = {**options, **estimate.operator_options()}
+    elif degradation != "known":
+        raise ValueError(f"degradation must be 'known' or 'auto'; got {degradation!r}")
+    operator = make_operator(task, image_size=size, **options)
     expected = operator.measurement_shape(3)
     if tuple(y.shape[1:]) != tuple(expected):
         raise ValueError(
             f"the input is {tuple(y.shape[1:])} but {task} of a {size[0]}x{size[1]} image gives {tuple(expected)}"
         )
-    return Observation(operator, y, reference01)
+    return Observation(operator, y, reference01, estimate)

@@ -67,6 +67,7 @@ def reproduce_views(row: Mapping[str, Any], run: Run, storage_options: Mapping[s
         degraded=bool(config.get("degraded")),
         reference01=truth,
         noise_sigma_255=config.get("noise_sigma_255"),
+        degradation=config.get("degradation") or "known",
     )
     operator, y, truth = seen.operator, seen.y, seen.truth01
     plain = operator.naive_inverse(y).add(1).div(2).clamp(0, 1)
