@@ -12,8 +12,8 @@ What `adir reconstruct --degraded --degradation auto` builds its operator from (
   coefficients are taken as independent Gaussians with variance S_c = (natural image spectrum
   a / |w|^alpha) x |A_c's transfer|^2 (summed over the aliases for SR) + the noise's variance, and the
   candidate's criterion is their negative log-likelihood (Whittle's), the image's a and alpha fitted per
-  candidate. The lowest wins; when a different candidate comes within UNSURE_NATS of it, the estimate says
-  it is unsure (and why) rather than guessing silently.
+  candidate. The lowest wins; when a different candidate comes within a margin of it
+  (UNSURE_NATS_PER_COEFFICIENT), the estimate says it is unsure (and why) rather than guessing silently.
 
 What it cannot estimate: kernels outside the searched families (a defocus disc, a motion line at another
 angle than horizontal or vertical, a camera's own sharpening), spatially varying blur, noise that is not
@@ -34,9 +34,12 @@ import numpy as np
 GAUSSIAN_WIDTHS = tuple(round(0.5 + 0.1 * i, 1) for i in range(31))  # 0.5 .. 3.5
 BOX_WIDTHS = (3, 5, 7, 9)
 MOTION_LENGTHS = (3, 5, 7, 9, 11, 13, 15)
-# A rival candidate this close in negative log-likelihood (nats, over all of y's coefficients) makes the
-# estimate unsure; chosen from docs/blind.md's measurement (below it the pick was often wrong).
-UNSURE_NATS = 3.0
+# A rival candidate closer than this in negative log-likelihood (nats per coefficient of y, times their count)
+# makes the estimate unsure. Calibrated on the embedded default's held-out photos (docs/blind.md): blur at
+# 96 x 96 (30 nats: right 85% of the time when sure, against 59% when unsure), SR x4 at 24 x 24 (10 nats:
+# 54% against 37%; three kernels, so chance is 33%). The likelihood's model of a photo is rough, so its gaps
+# grow with the image: per coefficient, the margin grows with it.
+UNSURE_NATS_PER_COEFFICIENT = {"blur": 30 / 96**2, "SR kernel": 10 / 24**2}
 # Gaussian widths within this many pixels of the best count as the same answer, not as rivals.
 WIDTH_TOLERANCE = 0.3
 # Patch side of the noise estimator: 4 x 4 x channels measured best across sizes (docs/blind.md); fewer
@@ -223,7 +226,7 @@ def _choose(scores: dict[str, float], rivals_of, what: str, margin: float) -> tu
         if rivals[rival] < margin:
             unsure = (
                 f"{what}: {rival} explains y almost as well as {best} "
-                f"({rivals[rival]:.1f} nats apart, under {margin:g}); the choice may be wrong"
+                f"({rivals[rival]:.1f} nats apart, under {margin:.1f}); the choice may be wrong"
             )
     return best, relative, unsure
 
@@ -251,7 +254,7 @@ def _same_blur(best: str, other: str) -> bool:
 
 
 def estimate_blur(
-    y01, noise_sigma_255: float, candidates: list[tuple[str, float]] | None = None, margin: float = UNSURE_NATS
+    y01, noise_sigma_255: float, candidates: list[tuple[str, float]] | None = None, margin: float | None = None
 ) -> KernelEstimate:
     """The blur kernel (family and width, of KernelBlur's) that best explains y's spectrum; y is the blurred photo."""
     y = as_channels(y01)
@@ -273,6 +276,7 @@ def estimate_blur(
         scores[candidate_name(family, size)] = _fit(
             power, wk2[keep][None], wl2[keep][None], transfer[keep][None], noise_var
         )
+    margin = UNSURE_NATS_PER_COEFFICIENT["blur"] * power.size if margin is None else margin
     best, relative, unsure = _choose(scores, _same_blur, "blur", margin)
     family, size = _parse(best)
     if family == "gaussian" and size in (GAUSSIAN_WIDTHS[0], GAUSSIAN_WIDTHS[-1]) and candidates is None:
@@ -285,7 +289,7 @@ def estimate_blur(
 
 # ---------------------------------------------------------------- super-resolution
 def estimate_sr_kernel(
-    y01, factor: int, noise_sigma_255: float, kernels: tuple[str, ...] | None = None, margin: float = UNSURE_NATS
+    y01, factor: int, noise_sigma_255: float, kernels: tuple[str, ...] | None = None, margin: float | None = None
 ) -> KernelEstimate:
     """The downscaling kernel (of SR_KERNELS) that best explains the low-resolution y's aliased spectrum."""
     from adir_ops.physics.kernels import SR_KERNELS
@@ -316,6 +320,7 @@ def estimate_sr_kernel(
             aliases, height, width
         )[:, keep]
         scores[family] = _fit(power, uk2, ul2, transfer, noise_var)
+    margin = UNSURE_NATS_PER_COEFFICIENT["SR kernel"] * power.size if margin is None else margin
     best, relative, unsure = _choose(scores, lambda a, b: True, "SR kernel", margin)
     return KernelEstimate(best, None, relative, unsure)
 
