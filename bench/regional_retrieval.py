@@ -1,7 +1,7 @@
 """Regional against whole-image retrieval on full-size photos (issue 22 §3): which neighbours adapt ADIR better, paired.
 
     .venv/bin/python bench/regional_retrieval.py PHOTO [PHOTO ...] [--crop 1024x640] [--region 512]
-        [--arms whole,regional,baseline] [--workdir DIR] [--steps N] [--lora-steps N]
+        [--arms whole,regional,baseline] [--workdir DIR] [--steps N] [--lora-steps N] [--lora-learning-rate LR]
 
 Each photo's centre is cut at its native scale (no resizing: a full-size photo's own pixels) to --crop
 and reconstructed, SR x4 with the embedded default prior and the embedded corpus's index, by one real
@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the job's)")
     p.add_argument("--lora-steps", type=int, default=None, help="LoRA steps (default: the job's)")
+    p.add_argument("--lora-learning-rate", type=float, default=None, help="LoRA learning rate (default: the job's)")
     p.add_argument("--workdir", default="regional-retrieval", help="inputs, runs and evaluations (resumable)")
     return p.parse_args(argv)
 
@@ -74,6 +75,8 @@ def run_arm(args, arm: str, inputs: Path, out: Path) -> None:
         command += ["--steps", str(args.steps)]
     if args.lora_steps is not None:
         command += ["--lora-steps", str(args.lora_steps)]
+    if args.lora_learning_rate is not None:
+        command += ["--lora-learning-rate", str(args.lora_learning_rate)]
     subprocess.run(command, cwd=ROOT, check=True)
 
 
