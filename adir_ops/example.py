@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from adir_ops.physics.operators import make_operator
     from adir_ops.pipeline import pipeline_for
     from adir_ops.priors.diffusion import DiffusionPrior
+    from adir_ops.priors.precision import set_precision
     from adir_ops.priors.registry import load_local_prior
     from adir_ops.retrieval.arms import GivenNeighbours, NoNeighbours
     from adir_ops.rng import image_streams
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         prior = DiffusionPrior.tiny(resolution=args.tiny_resolution)
     else:
         prior = load_local_prior(args.prior)
+    set_precision(prior)  # the job's default ('auto'): the same pixels as `adir reconstruct` on this machine
     size = prior.resolution
 
     truth = center_square(load_image(args.photo), size).unsqueeze(0)  # (1, 3, S, S) in [0, 1]

@@ -38,6 +38,7 @@ from adir_ops.adaptation.adapter import Adapter
 from adir_ops.adaptation.cache import AdapterCache, WarmStart, adaptation_stream, adapter_key, closest
 from adir_ops.adaptation.config import AdaptConfig
 from adir_ops.adaptation.training import adapt
+from adir_ops.priors.precision import precision_name
 from adir_ops.priors.tiling import TiledPrior, TilingConfig
 from adir_ops.retrieval.arms import Neighbours, NoNeighbours
 from adir_ops.rng import generator_for, image_streams
@@ -141,6 +142,10 @@ class ReconstructionPipeline(abc.ABC):
     def tile_count(self, height: int, width: int) -> int:
         """Network evaluations per sampling step for an image of this size."""
 
+    def precision(self, device: torch.device) -> str:
+        """What the prior's network runs in on `device`: 'bf16' or 'fp32' (its autocast dtype, set by the caller)."""
+        return precision_name(getattr(self.prior, "autocast_dtype", None))
+
     # ---------------------------------------------------------------- one image
     def __call__(
         self, y: torch.Tensor, operator, *, seed: int, image_id: str, callback=None, on_adapt_step=None
@@ -200,6 +205,7 @@ class ReconstructionPipeline(abc.ABC):
             "adaptation": dataclasses.asdict(self.adaptation),
             "sampler": {**dataclasses.asdict(self.sampler), "name": self.sampler_name(operator)},
             "prior": self._prior_config(),
+            "precision": self.precision(y.device),
             "adapter_cache": self.adapters is not None,
             "warm_start": None if self.warm_start is None else dataclasses.asdict(self.warm_start),
             # A fully convolutional prior sees the whole image: no tiles to record.
@@ -264,11 +270,15 @@ class ADIRPipeline(ReconstructionPipeline):
         self.sampling_prior = prior if getattr(prior, "fully_convolutional", False) else TiledPrior(prior, self.tiling)
 
     @classmethod
-    def from_spec(cls, prior: str = "default", retriever=None, **kw) -> ADIRPipeline:
-        """`prior`: a spec of adir_ops.priors.registry.PRIORS: 'default' (the embedded default), 'unet64', 'tiny[:res]' (tests), a folder."""
+    def from_spec(cls, prior: str = "default", retriever=None, *, precision: str = "auto", **kw) -> ADIRPipeline:
+        """`prior`: a spec of adir_ops.priors.registry.PRIORS: 'default' (the embedded default), 'unet64', 'tiny[:res]' (tests), a folder.
+
+        `precision`: the network's, as the job's --precision (adir_ops.priors.precision), on the CPU.
+        """
+        from adir_ops.priors.precision import set_precision
         from adir_ops.priors.registry import load_local_prior
 
-        return cls(load_local_prior(prior).eval(), retriever, **kw)
+        return cls(set_precision(load_local_prior(prior).eval(), precision), retriever, **kw)
 
     def sampler_name(self, operator) -> str:
         return self.sampler.resolve(operator.name)
@@ -356,6 +366,11 @@ class ADIRUpscalePipeline(ReconstructionPipeline):
 
     def tile_count(self, height: int, width: int) -> int:
         return 1  # the upscaler takes the whole image
+
+    def precision(self, device: torch.device) -> str:
+        from adir_ops.latent.stable_diffusion import autocast_dtype
+
+        return precision_name(autocast_dtype(device, self.upscale_config().mixed_precision))
 
     def adapt(self, images: list[torch.Tensor], generator, callback=None, *, initial=None, config=None) -> Adapter:
         """A fresh LoRA of the upscaler's UNet on `images` ((C, H, W) in [-1, 1]), by `adapt_upscaler`."""

@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--sampling-region", type=int, default=None, help="the job's --sampling-region (default: its default)"
     )
+    p.add_argument("--precision", default=None, help="the job's --precision (default: its default, auto)")
     p.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temp dir)")
     return p.parse_args(argv)
 
@@ -89,18 +90,19 @@ class PeakMemory:
             self._stop.wait(SAMPLE_S)
 
 
-def forward_s_per_mp(threads: int, side: int = 704, repeats: int = 3) -> float:
+def forward_s_per_mp(threads: int, precision: str, side: int = 704, repeats: int = 3) -> float:
     """Seconds per megapixel of one bare forward of the default prior (its eps, no guidance, no tiling).
 
-    Timed here, in the bench's process, with the actor's thread count: sampling time over
+    Timed here, in the bench's process, with the actor's thread count and precision: sampling time over
     (this x steps) says how far the sampler is from the compute limit of its network.
     """
     import torch
 
+    from adir_ops.priors.precision import set_precision
     from adir_ops.priors.registry import load_local_prior
 
     torch.set_num_threads(threads)
-    prior = load_local_prior("default")
+    prior = set_precision(load_local_prior("default"), precision)
     x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     t = torch.full((1,), prior.valid_timesteps // 2, dtype=torch.long)
     best = float("inf")
@@ -121,6 +123,8 @@ def run_one(args, inputs: str, out: str) -> tuple[float, PeakMemory]:
         command += ["--steps", str(args.steps)]
     if args.sampling_region is not None:
         command += ["--sampling-region", str(args.sampling_region)]
+    if args.precision is not None:
+        command += ["--precision", args.precision]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with PeakMemory(process.pid) as peak:
@@ -145,8 +149,9 @@ def main(argv=None) -> None:
           f"{os.cpu_count()} CPUs; os.getloadavg() at start: {os.getloadavg()[0]:.1f}")  # fmt: skip
     # The actors' threads as the job sets them (cluster.pool.actor_threads), for the compute limit.
     threads = actor_threads({"CPU": float(os.cpu_count())}, {"num_cpus": DEFAULT_CPU_SHARE}, args.num_actors) or 1
-    forward = forward_s_per_mp(threads)
-    print(f"bare forward of the default prior: {forward:.2f} s/MP on {threads} thread(s)")
+    precision = args.precision or "auto"
+    forward = forward_s_per_mp(threads, precision)
+    print(f"bare forward of the default prior: {forward:.2f} s/MP on {threads} thread(s), precision {precision}")
     header = [
         "MP",
         "wall s/MP",
@@ -157,6 +162,7 @@ def main(argv=None) -> None:
         "PSNR",
         "naive",
         "gain",
+        "precision",
     ]
     print(" | ".join(header))
     for size in sizes:
@@ -181,6 +187,7 @@ def main(argv=None) -> None:
             f"{psnr:.2f}",
             f"{naive:.2f}",
             f"{psnr - naive:+.2f}",
+            ",".join(sorted({str(row.get("precision")) for row in rows})),
         ]
         print(" | ".join(cells), flush=True)
     print(f"os.getloadavg() at end: {os.getloadavg()[0]:.1f}; outputs in {work}")

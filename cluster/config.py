@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from adir_ops.adaptation.config import AdaptConfig, fold_flat_names
 from adir_ops.physics.tasks import DEGRADATIONS, TASKS  # torch-free for the command line
+from adir_ops.priors.precision import DEFAULT_PRECISION, PRECISIONS  # torch-free too
 from adir_ops.priors.registry import parse_prior, tiny_resolution  # the --prior grammar, torch-free too
 from adir_ops.priors.weights import DEFAULT_PRIOR_NAME
 from adir_ops.retrieval.arms import MODES  # the paper's Table 5 arms, torch-free too
@@ -114,6 +115,9 @@ class ReconstructConfig:
     embedder: str | None = None
     tile_overlap: int | None = None
     tile_batch: int = 4
+    # The pixel prior's network: "auto" (bf16 autocast where the device multiplies bf16 natively: CUDA,
+    # AVX512-BF16/AMX CPUs; else fp32), "fp32" (bit-reproducible anywhere) or "bf16" (adir_ops.priors.precision).
+    precision: str = DEFAULT_PRECISION
     small_images: str = "pad"
     mse_thumbnail: int = 32
     metrics: tuple[str, ...] = ("psnr", "ssim")
@@ -193,7 +197,14 @@ class ReconstructConfig:
             raise ValueError(f"--order must be one of {', '.join(ORDERS)}; got {short_repr(self.order)}")
         if self.small_images not in ("pad", "native"):
             raise ValueError(f"small_images must be 'pad' or 'native'; got {short_repr(self.small_images)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}; got {short_repr(self.precision)}")
         kind = self.prior_kind  # a spec that no loader takes is refused here, naming the known forms
+        if kind == "sd-x4" and self.precision != "auto":
+            raise ValueError(
+                "--precision sets a pixel prior's network; the SD x4 upscaler keeps its own (bf16 on CUDA, fp32 "
+                "elsewhere): leave --precision out"
+            )
         if kind == "sd-x4" and self.task != "sr4":
             raise ValueError(
                 f"--prior {self.prior} is the Stable Diffusion x4 upscaler: it does --task sr4 only, not {self.task}"

@@ -78,6 +78,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("tiles", pa.int32()),  # UNet tiles per sampling step
         pa.field("sampler", pa.string()),  # the sampler that ran (config "auto" resolved for the task)
+        pa.field("precision", pa.string()),  # the prior network's: bf16 or fp32 (--precision resolved on the actor)
         pa.field("samples", pa.int32()),  # posterior samples drawn; the row's psnr/ssim are sample 0's
         pa.field("mean_output", pa.string()),  # with samples > 1: images/mean/<name>.png, their mean
         pa.field("std_output", pa.string()),  # ... and images/std/<name>.png, per-pixel std x STD_SCALE

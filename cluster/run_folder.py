@@ -189,13 +189,19 @@ def _defaults() -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(values))
 
 
+# Options an older config.yaml lacks whose default has since changed what runs, at what those runs used:
+# before --precision every CPU run was fp32 (its default 'auto' now means bf16 on a bf16 CPU), so such a
+# run resumes with --precision fp32 and is refused, naming it, otherwise.
+LEGACY_VALUES = {"precision": "fp32"}
+
+
 def resolved(previous: Mapping[str, Any]) -> dict[str, Any]:
     """An earlier config.yaml's result-deciding options, each key it lacks at its default (as ours are compared)."""
     from adir_ops.adaptation.config import FLAT_NAMES
 
     defaults = _defaults()
     names = {f.name for f in dataclasses.fields(ReconstructConfig)}
-    values = {**dict.fromkeys(names), **defaults, **{k: v for k, v in previous.items() if k in names}}
+    values = {**dict.fromkeys(names), **defaults, **LEGACY_VALUES, **{k: v for k, v in previous.items() if k in names}}
     lora = previous.get("lora") if isinstance(previous.get("lora"), Mapping) else {}
     flat = {FLAT_NAMES[k]: v for k, v in previous.items() if k in FLAT_NAMES}  # older runs' lora_steps, ...
     values["lora"] = {**defaults["lora"], **lora, **flat}

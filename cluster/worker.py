@@ -108,9 +108,11 @@ class ReconstructionWorker:
         if cfg.prior_kind == "sd-x4":
             prior = load_upscaler(cfg.prior, cfg.storage_options).to(self.device)
         else:
+            from adir_ops.priors.precision import set_precision
+
             prior = load_prior(cfg.prior, cfg.storage_options).to(self.device).eval()
-            if self.device.type == "cuda":
-                prior.autocast_dtype = torch.bfloat16  # UNet forward (sampling and LoRA) in bf16
+            # The network's forward (sampling and LoRA) on this actor's own device: the rows say which ran.
+            set_precision(prior, cfg.precision)
         self.embedder = None
         if cfg.mode == "adir":
             if cfg.embedder is None:
@@ -217,6 +219,7 @@ class ReconstructionWorker:
         result01, naive01 = result.image01, result.naive01
         out.update(
             sampler=result.config["sampler"]["name"],
+            precision=result.config["precision"],
             neighbour_ids=result.neighbours.ids,
             neighbour_scores=result.neighbours.scores,
             lora_final_loss=result.lora_final_loss,

@@ -118,6 +118,7 @@ def _debug_on_every_command(parser: argparse.ArgumentParser) -> None:
 
 def _add_reconstruct(commands) -> None:
     from adir_ops.physics.tasks import DEGRADATION_HELP, DEGRADATIONS, DEGRADED_HELP  # plain constants too
+    from adir_ops.priors.precision import PRECISION_HELP, PRECISIONS
     from adir_ops.retrieval.regions import DEFAULT_RETRIEVAL_REGION
     from adir_ops.sampling.defaults import DEFAULT_REGION, DEFAULT_STEPS_BY_TASK, PAPER_STEPS  # plain constants too
     from cluster.config import MODES, TASKS  # plain constants: keeps `adir --help` instant
@@ -202,6 +203,7 @@ def _add_reconstruct(commands) -> None:
     )
     p.add_argument("--embedder", help="encoder (default: the index's own; a different one is refused)")
     p.add_argument("--tile-batch", type=int, help="UNet tiles per call for images larger than the prior (default 4)")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     region_help = (
         f"images with a side beyond PX px are sampled in blended windows of PX: memory bounded by it "
         f"(default {DEFAULT_REGION}; 0: whole)"

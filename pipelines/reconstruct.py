@@ -64,6 +64,7 @@ CLI_FIELDS = (
     "order",
     "embedder",
     "tile_batch",
+    "precision",
     "tile_overlap",
     "sampling_region",
     "retrieval_region",

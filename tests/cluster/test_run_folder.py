@@ -57,6 +57,15 @@ def test_a_key_an_older_config_lacks_counts_as_its_default(tmp_path):
         check_previous_run(_config(tmp_path, samples=2))
 
 
+def test_a_run_from_before_precision_resumes_in_the_fp32_it_ran(tmp_path):
+    _earlier_run(_config(tmp_path), precision=None)
+    with pytest.raises(ValueError, match=r"precision: 'fp32' -> 'auto'"):
+        check_previous_run(_config(tmp_path))  # auto may be bf16 on this CPU: refused, not mixed
+    check_previous_run(_config(tmp_path, precision="fp32"))
+    _earlier_run(_config(tmp_path / "new"))  # a run that wrote its precision is compared as written
+    check_previous_run(_config(tmp_path / "new"))
+
+
 def test_an_older_configs_flat_lora_keys_are_compared(tmp_path):
     _earlier_run(_config(tmp_path), lora=None, lora_steps=5)
     with pytest.raises(ValueError, match=r"lora"):

@@ -130,6 +130,22 @@ def test_the_jobs_retrieval_region_queries_the_index_by_windows(tmp_path, corpus
     assert found[0] != found[64]
 
 
+def test_the_jobs_precision_runs_the_prior_in_it_and_the_row_says_which(tmp_path):
+    from adir_ops.priors.precision import native_bf16
+
+    [path] = write_pictures(str(tmp_path / "in"), [("photo", 4)], height=48, width=40)
+    rows = {}
+    for precision in ("fp32", "bf16", "auto"):
+        worker, out = _worker(tmp_path / precision, None, mode="baseline", prior="default", precision=precision)
+        row = worker.process(_item(path))
+        assert row["error"] is None, row["error"]
+        rows[precision] = (row["precision"], row["psnr"], _png(out, "photo"))
+    assert rows["fp32"][0] == "fp32" and rows["bf16"][0] == "bf16"
+    assert rows["auto"][0] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    assert not np.array_equal(rows["fp32"][2], rows["bf16"][2])  # bf16 did run
+    assert abs(rows["fp32"][1] - rows["bf16"][1]) < 0.3
+
+
 def test_div2k_degraded_inputs_pair_with_their_ground_truth(tmp_path):
     import torch.nn.functional as F
 
