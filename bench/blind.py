@@ -82,6 +82,7 @@ def main(argv=None) -> int:
 
         records = [r for path in args.report.split(",") for r in json.loads(Path(path).read_text())["records"]]
         print(table(records, paired_difference))
+        print(calibration(records))
         return 0
     import numpy as np
     import torch
@@ -159,6 +160,7 @@ def main(argv=None) -> int:
             )
     print(f"os.getloadavg() at end: {os.getloadavg()[0]:.1f}; {time.perf_counter() - start:.0f} s")
     print(table(records, paired_difference))
+    print(calibration(records))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "records": records}, indent=1))
     return 0
@@ -208,3 +210,44 @@ def table(records: list[dict], paired_difference) -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def calibration(records: list[dict], side: int = 96) -> str:
+    """How right the kernel is when the estimate is sure, for margins around the one the job uses.
+
+    The gap of a record: the nearest rival's criterion (its negative log-likelihood above the choice's, rivals
+    as the estimator counts them), per coefficient of y (side x side for blur, (side / 4)^2 for SR x4, less
+    the mean), in the units of adir_ops.physics.estimate.UNSURE_NATS_PER_COEFFICIENT.
+    """
+    import numpy as np
+
+    from adir_ops.physics.estimate import UNSURE_NATS_PER_COEFFICIENT, _same_blur
+
+    lines = ["| kernel | margin (x the job's) | sure | right when sure | right when unsure |", "|---|---|---|---|---|"]
+    for task, what, pixels in (("deblur", "blur", side * side), ("sr4", "SR kernel", (side // 4) ** 2)):
+        rows = [r for r in records if r["setting"].startswith(task + " ")]
+        if not rows:
+            continue
+        gaps, right = [], []
+        for r in rows:
+            kernel = r["estimate"]["kernel"]
+            chosen = r["kernel_est"]
+            rivals = [gap for name, gap in kernel["criteria"].items() if name != chosen]
+            if task == "deblur":
+                rivals = [
+                    gap for name, gap in kernel["criteria"].items() if name != chosen and _same_blur(chosen, name)
+                ]
+            gaps.append(min(rivals) / (pixels - 1))
+            right.append(r["kernel_right"])
+        gaps, right = np.array(gaps), np.array(right)
+        for factor in (0.0, 0.5, 1.0, 2.0, 4.0):
+            sure = gaps >= factor * UNSURE_NATS_PER_COEFFICIENT[what]
+            cells = [
+                what,
+                f"{factor:g}",
+                f"{sure.mean():.2f}",
+                f"{right[sure].mean():.2f}" if sure.any() else "n/a",
+                f"{right[~sure].mean():.2f}" if (~sure).any() else "n/a",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

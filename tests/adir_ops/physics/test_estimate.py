@@ -105,3 +105,24 @@ def test_the_estimate_builds_the_operator_and_records_itself():
     )
     with pytest.raises(ValueError, match="estimates sr4, sr8, deblur, colorize"):
         estimate_degradation("inpaint", y)
+
+
+def test_a_large_photo_is_read_in_its_central_window(monkeypatch):
+    import adir_ops.physics.estimate as estimate
+
+    monkeypatch.setattr(estimate, "ESTIMATE_SIDE", 48)
+    y = _degrade(_photo(side=96)[..., :, :80], "deblur", 5, kernel="gaussian", width=1.6)
+    found = estimate_degradation("deblur", y)
+    assert found.window == (24, 16, 48, 48) and json.loads(found.to_json())["window"] == [24, 16, 48, 48]
+    assert abs(found.noise.sigma_255 - 5) < 1.5
+
+
+@pytest.mark.parametrize("task", ["deblur", "sr4", "colorize"])
+def test_images_with_no_photo_in_them_give_an_estimate_not_an_error(task):
+    """Flat, pure noise, stripes: the fit stays bounded (a far-off simplex vertex once overflowed)."""
+    rng = np.random.default_rng(0)
+    stripes = np.tile((np.arange(32) % 2).astype(np.float64), (3, 32, 1))
+    for y in (np.full((3, 32, 32), 0.5), rng.random((3, 32, 32)), stripes, stripes.transpose(0, 2, 1)):
+        found = estimate_degradation(task, y)
+        assert np.isfinite(found.noise.sigma_255)
+    assert estimate_degradation(task, rng.random((3, 32, 32))).noise.sigma_255 == pytest.approx(255 / 12**0.5, rel=0.1)
