@@ -43,7 +43,7 @@ from adir_ops.priors.tiling import TiledPrior, TilingConfig
 from adir_ops.retrieval.arms import Neighbours, NoNeighbours
 from adir_ops.rng import generator_for, image_streams
 from adir_ops.sampling.config import SamplerConfig
-from adir_ops.sampling.regions import regional, sample_in_regions
+from adir_ops.sampling.regions import DEFAULT_OVERLAP, regional, sample_in_regions, windows
 from adir_ops.sampling.samplers import GUIDED_SAMPLERS, get_sampler
 
 Fetch = Callable[[Sequence[str]], list[torch.Tensor]]
@@ -139,8 +139,8 @@ class ReconstructionPipeline(abc.ABC):
         """The sampler this pipeline runs for `operator` (what the result's config records)."""
 
     @abc.abstractmethod
-    def tile_count(self, height: int, width: int) -> int:
-        """Network evaluations per sampling step for an image of this size."""
+    def tile_count(self, operator) -> int:
+        """Network evaluations per sampling step for an image of `operator` (its size, and its regions if any)."""
 
     def precision(self, device: torch.device) -> str:
         """What the prior's network runs in on `device`: 'bf16' or 'fp32' (its autocast dtype, set by the caller)."""
@@ -283,8 +283,11 @@ class ADIRPipeline(ReconstructionPipeline):
     def sampler_name(self, operator) -> str:
         return self.sampler.resolve(operator.name)
 
-    def tile_count(self, height: int, width: int) -> int:
-        return self.sampling_prior.tile_count(height, width)
+    def tile_count(self, operator) -> int:
+        if regional(operator, self.sampler.region):
+            cells = windows(*operator.image_size, self.sampler.region, DEFAULT_OVERLAP, operator.alignment)
+            return sum(self.sampling_prior.tile_count(h, w) for _, _, h, w in cells)
+        return self.sampling_prior.tile_count(*operator.image_size)
 
     # ------------------------------------------------------------ the stages, callable alone
     def adapt(
@@ -364,7 +367,7 @@ class ADIRUpscalePipeline(ReconstructionPipeline):
     def sampler_name(self, operator) -> str:
         return "sd-x4-upscaler"
 
-    def tile_count(self, height: int, width: int) -> int:
+    def tile_count(self, operator) -> int:
         return 1  # the upscaler takes the whole image
 
     def precision(self, device: torch.device) -> str:

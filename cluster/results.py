@@ -76,7 +76,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("input_height", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
-        pa.field("tiles", pa.int32()),  # UNet tiles per sampling step
+        pa.field("tiles", pa.int32()),  # network evaluations per sampling step (tiles, over every sampling region)
         pa.field("sampler", pa.string()),  # the sampler that ran (config "auto" resolved for the task)
         pa.field("precision", pa.string()),  # the prior network's: bf16 or fp32 (--precision resolved on the actor)
         pa.field("samples", pa.int32()),  # posterior samples drawn; the row's psnr/ssim are sample 0's

@@ -230,7 +230,7 @@ class ReconstructionWorker:
             lora_steps_run=result.adaptation.get("steps"),
             height=result01.shape[-2],
             width=result01.shape[-1],
-            tiles=self.pipeline.tile_count(*operator.image_size),
+            tiles=self.pipeline.tile_count(operator),
             samples=cfg.samples,
         )
         if cfg.mode != "baseline":

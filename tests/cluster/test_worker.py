@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from adir_ops.sampling.regions import DEFAULT_OVERLAP, windows
 from cluster.config import ReconstructConfig
 from cluster.results import STAGES, finished_names, part_url
 from cluster.retrieval import build_corpus_thumbnails
@@ -111,9 +112,11 @@ def test_the_jobs_sampling_region_reaches_the_sampler_and_stays_seamless(tmp_pat
         )
         row = worker.process(_item(path))
         assert row["error"] is None, row["error"]
-        rows[region] = (row["psnr"], _png(out, "photo"))
+        rows[region] = (row["psnr"], _png(out, "photo"), row["tiles"])
     assert not np.array_equal(rows[0][1], rows[256][1])
     assert rows[256][0] > rows[0][0] - 0.5, (rows[0][0], rows[256][0])
+    # The row's network evaluations per step count the windows' (one tile each here), not the whole image's.
+    assert (rows[0][2], rows[256][2]) == (1, len(windows(640, 520, 256, DEFAULT_OVERLAP))) and rows[256][2] > 1
 
 
 def test_the_jobs_retrieval_region_queries_the_index_by_windows(tmp_path, corpus_and_index):
