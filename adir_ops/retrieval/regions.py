@@ -20,7 +20,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# The job's default (cluster.config): 0, images are queried whole, until regions are measured better.
+# The job's default (cluster.config): 0, images are queried whole: on full-size photos regions measured no better
+# (docs/full-size.md, "Regional retrieval").
 DEFAULT_RETRIEVAL_REGION = 0
 # Output pixels. A smaller window shows texture, not content (and SR x4 leaves it 16 px of y).
 MIN_RETRIEVAL_REGION = 64
