@@ -52,14 +52,6 @@ def load_upscaler(spec: str, storage_options: Mapping[str, Any] | None = None):
     return load_pipeline("sd-x4", target)
 
 
-def _as_8bit(image01: torch.Tensor | None) -> torch.Tensor | None:
-    """`image01` as uint8 when uint8 / 255 (to_tensor01's arithmetic) gives it back exactly, else itself."""
-    if image01 is None:
-        return None
-    image8 = image01.mul(255).round_().to(torch.uint8)
-    return image8 if torch.equal(image8.float().div_(255.0), image01) else image01
-
-
 def _error_text(exc: BaseException, size: tuple[int, int] | None = None) -> str:
     text = f"{type(exc).__name__}: {exc}"
     text = text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
@@ -215,13 +207,9 @@ class ReconstructionWorker:
                 noise_sigma_255=cfg.noise_sigma_255,
                 degradation=cfg.degradation,
             )
-            operator, y = seen.operator.to(self.device), seen.y.to(self.device)
-            # The truth waits for the metrics as the 8-bit image it was decoded from, a quarter of its float copy
-            # while the sampler runs (216 MB at 24 MP); kept as floats if that would not give it back bit for bit.
-            truth8 = _as_8bit(seen.truth01)
+            operator, y, reference = seen.operator.to(self.device), seen.y.to(self.device), seen.truth01
             if seen.estimate is not None:
                 out.update(estimate_columns(seen.estimate))
-            del pixels, reference, seen
         try:
             result = self.pipeline(y, operator, seed=cfg.seed, image_id=image_id)
         except StageError as exc:
@@ -247,10 +235,8 @@ class ReconstructionWorker:
         )
         if cfg.mode != "baseline":
             out["neighbours_used"] = result.neighbours_used
-        if truth8 is not None:
+        if reference is not None:
             with watch.stage("metrics"):
-                reference = truth8.float().div_(255.0) if truth8.dtype == torch.uint8 else truth8
-                del truth8
                 out.update(self._metrics(result01, naive01, reference.to(self.device)))
                 if result.mean01 is not None:
                     mean = self._metrics(result.mean01, naive01, reference.to(self.device))

@@ -190,14 +190,3 @@ def test_bad_images_become_error_rows_and_the_worker_goes_on(tmp_path):
     assert finished_names(out) == {"good"}
     assert sorted(os.listdir(os.path.join(out, "images"))) == ["good.png"]
     assert os.path.exists(part_url(out, "tiny", error=True))
-
-
-def test_the_truth_waits_for_the_metrics_in_8_bits_only_when_that_is_exact():
-    from cluster.images import to_tensor01
-    from cluster.worker import _as_8bit
-
-    decoded = to_tensor01(np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5).unsqueeze(0)
-    small = _as_8bit(decoded)
-    assert small.dtype == torch.uint8 and torch.equal(small.float().div_(255.0), decoded)
-    odd = decoded + 1e-3  # not an 8-bit image: kept as it is
-    assert _as_8bit(odd) is odd and _as_8bit(None) is None
