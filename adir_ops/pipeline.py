@@ -271,10 +271,7 @@ class ADIRPipeline(ReconstructionPipeline):
 
     @classmethod
     def from_spec(cls, prior: str = "default", retriever=None, *, precision: str = "auto", **kw) -> ADIRPipeline:
-        """`prior`: a spec of adir_ops.priors.registry.PRIORS: 'default' (the embedded default), 'unet64', 'tiny[:res]' (tests), a folder.
-
-        `precision`: the network's, as the job's --precision (adir_ops.priors.precision), on the CPU.
-        """
+        """`prior`: a PRIORS spec ('default', 'unet64', 'tiny[:res]' for tests, a folder); `precision`: as the job's --precision."""
         from adir_ops.priors.precision import set_precision
         from adir_ops.priors.registry import load_local_prior
 

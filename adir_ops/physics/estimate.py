@@ -262,22 +262,27 @@ def _same_blur(best: str, other: str) -> bool:
     return fa == "gaussian" and abs(wa - wb) > WIDTH_TOLERANCE + 1e-9
 
 
+def _spectrum(y01, noise_sigma_255: float):
+    """What both kernel criteria read from y: its gray DCT's powers (the mean dropped: every kernel keeps it),
+    which coefficients they are, the DCT frequencies of each axis, and the channel mean's noise variance."""
+    y = as_channels(y01)
+    coefficients = _gray_dct(y)
+    height, width = coefficients.shape
+    keep = np.ones_like(coefficients, dtype=bool)
+    keep[0, 0] = False
+    wk, wl = np.pi * np.arange(height) / height, np.pi * np.arange(width) / width
+    return coefficients[keep] ** 2, keep, wk, wl, (noise_sigma_255 / 255.0) ** 2 / y.shape[0]
+
+
 def estimate_blur(
     y01, noise_sigma_255: float, candidates: list[tuple[str, float]] | None = None, margin: float | None = None
 ) -> KernelEstimate:
     """The blur kernel (family and width, of KernelBlur's) that best explains y's spectrum; y is the blurred photo."""
-    y = as_channels(y01)
-    coefficients = _gray_dct(y)
-    height, width = coefficients.shape
-    wk = np.pi * np.arange(height) / height
-    wl = np.pi * np.arange(width) / width
+    power, keep, wk, wl, noise_var = _spectrum(y01, noise_sigma_255)
+    height, width = keep.shape
     floor = 0.5 * (np.pi / max(height, width)) ** 2  # keeps the power law finite at the lowest frequency
     wk2 = np.broadcast_to(wk[:, None] ** 2 + floor, (height, width))
     wl2 = np.broadcast_to(wl[None, :] ** 2 + floor, (height, width))
-    keep = np.ones_like(coefficients, dtype=bool)
-    keep[0, 0] = False  # the mean says nothing about the kernel (every kernel keeps it)
-    power = coefficients[keep] ** 2
-    noise_var = (noise_sigma_255 / 255.0) ** 2 / y.shape[0]  # the channel mean's noise
     scores = {}
     for family, size in candidates or blur_candidates():
         (rt, rp), (ct, cp) = _blur_axes(family, float(size))
@@ -302,24 +307,17 @@ def estimate_sr_kernel(
     """The downscaling kernel (of SR_KERNELS) that best explains the low-resolution y's aliased spectrum."""
     from adir_ops.physics.kernels import SR_KERNELS
 
-    y = as_channels(y01)
-    coefficients = _gray_dct(y)
-    height, width = coefficients.shape
-    wk = np.pi * np.arange(height) / height
-    wl = np.pi * np.arange(width) / width
+    power, keep, wk, wl, noise_var = _spectrum(y01, noise_sigma_255)
+    height, width = keep.shape
     # Each LR frequency w holds the HR frequencies |w + 2 pi j| / f, j = -f/2 .. f/2 - 1 (all of [0, pi]).
     shifts = np.arange(-(factor // 2), factor - factor // 2)
     uk = np.abs(wk[None, :] + 2 * np.pi * shifts[:, None]) / factor  # (aliases, H)
     ul = np.abs(wl[None, :] + 2 * np.pi * shifts[:, None]) / factor
     floor = 0.5 * (np.pi / (factor * max(height, width))) ** 2
     aliases = len(shifts) ** 2
-    keep = np.ones((height, width), dtype=bool)
-    keep[0, 0] = False
-    power = coefficients[keep] ** 2
     grid = (len(shifts), len(shifts), height, width)
     uk2 = np.broadcast_to(uk[:, None, :, None] ** 2 + floor, grid).reshape(aliases, height, width)[:, keep]
     ul2 = np.broadcast_to(ul[None, :, None, :] ** 2 + floor, grid).reshape(aliases, height, width)[:, keep]
-    noise_var = (noise_sigma_255 / 255.0) ** 2 / y.shape[0]
     scores = {}
     for family in kernels or SR_KERNELS:
         taps, positions = _sr_axis(family, factor)
